@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` (whole pipeline, built-in corpus) and `make test`.
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed-stamp
+# dvc.yaml runs `python -m pipelines.<stage>`: the venv's python must come first on PATH.
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: install demo test pipeline summary clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# CUDA torch where an NVIDIA GPU answers, else the CPU build (a local +cpu wheel or PyTorch's CPU index).
+	if nvidia-smi -L >/dev/null 2>&1; then \
+	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; \
+	else \
+	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
+	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/dvc repro
+	$(BIN)/lmforge summary
+
+pipeline: install
+	$(BIN)/lmforge run
+
+summary: install
+	$(BIN)/lmforge summary
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf data models reports mlflow.db mlartifacts

@@ -1,0 +1,1 @@
+"""`lmforge`: the user-facing commands."""

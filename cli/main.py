@@ -1,0 +1,89 @@
+"""`lmforge run | summary | validate-params`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def cmd_run(args) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.pipeline import pipeline
+
+    results = pipeline(profile=args.profile, data_source=args.data_source, repo_dir=args.repo)
+    ran = sum(r == "ran" for r in results.values())
+    print(f"lmforge run: {ran} stage(s) ran, {len(results) - ran} up to date")
+    return cmd_summary(args)
+
+
+def summary_rows(repo: Path) -> list[dict]:
+    from components import paths
+
+    comparison = json.loads((repo / paths.COMPARISON_JSON).read_text())
+    registry_file = repo / paths.REGISTRY_JSON
+    registry = {m["objective"]: m for m in json.loads(registry_file.read_text())["models"]} if registry_file.exists() else {}
+    scratch = {r["architecture"]: r for r in comparison["runs"] if not r["pretrained"]}
+    rows = []
+    for r in comparison["runs"]:
+        if not r["pretrained"]:
+            continue
+        s = scratch[r["architecture"]]
+        reg = registry.get(r["objective"], {})
+        rows.append({
+            "objective": r["objective"],
+            "pretraining": r.get("pretraining_metric", ""),
+            "accuracy": f"{r['test_accuracy']:.3f}",
+            "macro-F1": f"{r['test_macro_f1']:.3f}",
+            "scratch acc / F1": f"{s['test_accuracy']:.3f} / {s['test_macro_f1']:.3f}",
+            "Δ F1 (95% CI)": f"{r['delta_macro_f1_vs_scratch']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]",
+            "registered": f"{reg['name']} v{reg['version']} @{','.join(reg['aliases'])}" if reg else "-",
+        })
+    return rows
+
+
+def cmd_summary(args) -> int:
+    repo = Path(args.repo)
+    try:
+        rows = summary_rows(repo)
+    except FileNotFoundError as e:
+        print(f"error: {e.filename}: missing; run `dvc repro` or `lmforge run` first", file=sys.stderr)
+        return 1
+    headers = list(rows[0])
+    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in headers]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(r[h]).ljust(w) for h, w in zip(headers, widths)))
+    return 0
+
+
+def cmd_check_params(args) -> int:
+    from components.config import ConfigError, validate_all
+
+    try:
+        validate_all(Path(args.repo) / "params.yaml")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("params.yaml: ok")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lmforge", description="Pretrain, compare and register language models.")
+    parser.add_argument("--repo", default=".", help="the lmforge checkout (default: .)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline as a Prefect flow (stages through DVC)")
+    run.add_argument("--profile", choices=["tiny", "demo", "gpu-small"], help="set `profile` in params.yaml")
+    run.add_argument("--data-source", help="set `data.source` in params.yaml")
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("summary", help="print the results table").set_defaults(func=cmd_summary)
+    sub.add_parser("check-params", help="validate params.yaml without running anything").set_defaults(func=cmd_check_params)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""lmforge library code: pure functions and small typed configs, no Prefect, no argv."""

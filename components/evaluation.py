@@ -1,0 +1,90 @@
+"""Downstream metrics, bootstrap confidence intervals and the objective comparison report."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from components.finetuning import macro_f1
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """params.yaml `evaluate`: test-split evaluation and the comparison report."""
+
+    bootstrap_samples: int = 1000
+    """Paired bootstrap resamples of the test set for the CI on the difference to scratch."""
+    confidence: float = 0.95
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.bootstrap_samples < 100:
+            raise ValueError(f"evaluate.bootstrap_samples must be >= 100, got {self.bootstrap_samples}")
+        if not 0.5 < self.confidence < 1.0:
+            raise ValueError(f"evaluate.confidence must be in (0.5, 1), got {self.confidence}")
+        if self.batch_size < 1:
+            raise ValueError(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows = truth)."""
+    n = len(labels)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    per_class = {}
+    for c, name in enumerate(labels):
+        tp = confusion[c, c]
+        predicted, actual = confusion[:, c].sum(), confusion[c, :].sum()
+        precision = float(tp / predicted) if predicted else 0.0
+        recall = float(tp / actual) if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(actual)}
+    return {
+        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
+        "macro_f1": macro_f1(y_true, y_pred, n),
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def bootstrap_diff_ci(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_labels: int,
+                      samples: int, confidence: float, seed: int) -> dict:
+    """Paired bootstrap CI of macro-F1(a) - macro-F1(b) over test examples."""
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    diffs = np.empty(samples)
+    for i in range(samples):
+        idx = rng.integers(0, n, n)
+        diffs[i] = macro_f1(y_true[idx], pred_a[idx], n_labels) - macro_f1(y_true[idx], pred_b[idx], n_labels)
+    alpha = (1.0 - confidence) / 2
+    return {
+        "diff": macro_f1(y_true, pred_a, n_labels) - macro_f1(y_true, pred_b, n_labels),
+        "ci_low": float(np.quantile(diffs, alpha)),
+        "ci_high": float(np.quantile(diffs, 1 - alpha)),
+    }
+
+
+def majority_baseline(train_labels: np.ndarray, y_test: np.ndarray, n_labels: int) -> dict:
+    majority = int(np.bincount(train_labels, minlength=n_labels).argmax())
+    pred = np.full_like(y_test, majority)
+    return {"label": majority, "test_accuracy": float(np.mean(pred == y_test)),
+            "test_macro_f1": macro_f1(y_test, pred, n_labels)}
+
+
+def markdown_table(runs: list[dict], majority: dict) -> str:
+    lines = [
+        "| objective | architecture | pretrained | test accuracy | test macro-F1 | Δ macro-F1 vs scratch (95% CI) | pretraining metric |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        delta = "—"
+        if r.get("delta_macro_f1_vs_scratch") is not None:
+            delta = f"{r['delta_macro_f1_vs_scratch']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]"
+        lines.append(
+            f"| {r['objective']} | {r['architecture']} | {'yes' if r['pretrained'] else 'no'} | "
+            f"{r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | {delta} | {r.get('pretraining_metric', '—')} |"
+        )
+    lines.append(
+        f"| majority class | — | — | {majority['test_accuracy']:.3f} | {majority['test_macro_f1']:.3f} | — | — |"
+    )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,109 @@
+"""Models per objective and architecture, built from configs (no hub downloads)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """params.yaml `model`: one shape shared by GPT-2 and BERT so objectives compare fairly."""
+
+    n_layers: int = 4
+    n_heads: int = 4
+    d_model: int = 256
+    d_ff: int = 1024
+    """Feed-forward width (4 x d_model in GPT-2 and BERT)."""
+    max_positions: int = 128
+    """Position embeddings; tokenize.block_size must not exceed it."""
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        for name in ("n_layers", "n_heads", "d_model", "d_ff", "max_positions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+def _gpt2_config(cfg: ModelConfig, tokenizer, **extra):
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg.max_positions,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layers,
+        n_head=cfg.n_heads,
+        n_inner=cfg.d_ff,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        # pad differs from eos so EOS keeps its label, and classification finds the last real token.
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def _bert_config(cfg: ModelConfig, tokenizer, **extra):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        intermediate_size=cfg.d_ff,
+        max_position_embeddings=cfg.max_positions,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        type_vocab_size=2,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def build_pretraining_model(objective: str, cfg: ModelConfig, tokenizer):
+    """GPT2LMHeadModel (clm), BertForMaskedLM (mlm) or BertForPreTraining (mlm_nsp), SDPA attention."""
+    from transformers import BertForMaskedLM, BertForPreTraining, GPT2LMHeadModel
+
+    if objective == "clm":
+        return GPT2LMHeadModel(_gpt2_config(cfg, tokenizer, attn_implementation="sdpa"))
+    if objective == "mlm":
+        return BertForMaskedLM(_bert_config(cfg, tokenizer, attn_implementation="sdpa"))
+    if objective == "mlm_nsp":
+        return BertForPreTraining(_bert_config(cfg, tokenizer, attn_implementation="sdpa"))
+    raise ValueError(f"unknown objective {objective!r}; expected clm, mlm or mlm_nsp")
+
+
+def build_classifier(architecture: str, cfg: ModelConfig, tokenizer, labels: list[str], pretrained_dir: Path | None):
+    """A sequence classifier: from a pretrained directory, or randomly initialised (scratch).
+
+    GPT-2 classifies from the last non-pad token, BERT from the pooled [CLS] token.
+    """
+    from transformers import AutoModelForSequenceClassification, BertForSequenceClassification, GPT2ForSequenceClassification
+
+    label_kw = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+    if pretrained_dir is not None:
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(pretrained_dir), attn_implementation="sdpa", **label_kw
+        )
+    if architecture == "gpt2":
+        return GPT2ForSequenceClassification(_gpt2_config(cfg, tokenizer, attn_implementation="sdpa", **label_kw))
+    if architecture == "bert":
+        return BertForSequenceClassification(_bert_config(cfg, tokenizer, attn_implementation="sdpa", **label_kw))
+    raise ValueError(f"unknown architecture {architecture!r}; expected gpt2 or bert")
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

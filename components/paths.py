@@ -1,0 +1,47 @@
+"""Every path the stages exchange, in one place; dvc.yaml uses the same strings
+(tests/test_dvc_yaml.py checks that they agree)."""
+from __future__ import annotations
+
+OBJECTIVES = ("clm", "mlm", "mlm_nsp")
+# Each objective's architecture; the scratch baseline of an architecture has the same shapes.
+ARCHITECTURE = {"clm": "gpt2", "mlm": "bert", "mlm_nsp": "bert"}
+ARCHITECTURES = ("gpt2", "bert")
+SCRATCH_RUNS = tuple(f"scratch-{a}" for a in ARCHITECTURES)
+FINETUNE_RUNS = (*OBJECTIVES, *SCRATCH_RUNS)
+
+CORPUS_DIR = "data/corpus"
+DOWNSTREAM_DIR = "data/downstream"
+CORPUS_STATS = "reports/corpus_stats.json"
+VALIDATION_DIR = "reports/validation"
+TOKENIZERS_DIR = "data/tokenizers"
+TOKENIZED_DIR = "data/tokenized"
+PRETRAINED_DIR = "models/pretrained"
+PRETRAIN_REPORTS = "reports/pretrain"
+FINETUNED_DIR = "models/finetuned"
+FINETUNE_REPORTS = "reports/finetune"
+COMPARISON_JSON = "reports/comparison.json"
+COMPARISON_MD = "reports/comparison.md"
+COMPARISON_PNG = "reports/comparison.png"
+COMPARISON_METRICS = "reports/metrics.json"
+REGISTRY_JSON = "reports/registry.json"
+
+
+def tokenizer_dir(architecture: str) -> str:
+    return f"{TOKENIZERS_DIR}/{architecture}"
+
+
+def tokenized_dir(objective: str) -> str:
+    return f"{TOKENIZED_DIR}/{objective}"
+
+
+def pretrained_dir(objective: str) -> str:
+    return f"{PRETRAINED_DIR}/{objective}"
+
+
+def finetuned_dir(run: str) -> str:
+    return f"{FINETUNED_DIR}/{run}"
+
+
+def run_architecture(run: str) -> str:
+    """'clm' -> 'gpt2', 'scratch-bert' -> 'bert'."""
+    return run.removeprefix("scratch-") if run.startswith("scratch-") else ARCHITECTURE[run]

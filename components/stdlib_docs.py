@@ -1,0 +1,271 @@
+"""The built-in data: CPython's own standard-library documentation, read offline.
+
+Docstrings are read with ``ast`` from the ``.py`` sources, never by importing the modules:
+importing has side effects (``antigravity`` opens a browser, ``this`` prints). The one
+import is ``pydoc_data.topics``, a plain dict of help texts.
+
+The same docstrings give the built-in downstream task, ``stdlib-chapters``: name the
+Library Reference chapter a docstring's module is documented in.
+"""
+from __future__ import annotations
+
+import ast
+import bisect
+import hashlib
+import itertools
+import os
+import sysconfig
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+# Directories that hold tests, demos, tools or third-party code rather than library docs.
+SKIPPED_DIRS = frozenset(
+    {"test", "tests", "idlelib", "turtledemo", "lib2to3", "site-packages", "dist-packages", "__pycache__"}
+)
+
+# Library Reference chapters (docs.python.org/3/library/), merged into neighbours until
+# each class has enough modules for train, validation and test splits of its own.
+# Label index = position here; keys are top-level module or package names.
+CHAPTERS: dict[str, tuple[str, ...]] = {
+    # text processing, binary data, data types, numeric and math, functional, i18n
+    "text-and-data-types": (
+        "string", "re", "difflib", "textwrap", "unicodedata", "stringprep", "readline",
+        "rlcompleter", "struct", "codecs", "datetime", "zoneinfo", "calendar", "collections",
+        "heapq", "bisect", "array", "weakref", "types", "copy", "pprint", "reprlib", "enum",
+        "graphlib", "numbers", "math", "cmath", "decimal", "fractions", "random",
+        "statistics", "itertools", "functools", "operator", "gettext", "locale",
+    ),
+    # file and directory access, data persistence, compression and archiving, file formats
+    "files-and-persistence": (
+        "pathlib", "fileinput", "stat", "filecmp", "tempfile", "glob", "fnmatch", "linecache",
+        "shutil", "genericpath", "posixpath", "ntpath", "pickle", "copyreg", "shelve",
+        "marshal", "dbm", "sqlite3", "zlib", "gzip", "bz2", "lzma", "zipfile", "tarfile",
+        "csv", "configparser", "tomllib", "netrc", "plistlib", "xdrlib",
+    ),
+    # generic operating system services, Unix-specific services, cryptographic services
+    "os-services": (
+        "os", "io", "time", "argparse", "getopt", "optparse", "logging", "getpass", "curses",
+        "platform", "errno", "ctypes", "posix", "pwd", "grp", "termios", "tty", "pty", "fcntl",
+        "resource", "syslog", "pipes", "crypt", "hashlib", "hmac", "secrets",
+    ),
+    # concurrent execution, networking and interprocess communication
+    "concurrency-and-networking": (
+        "threading", "multiprocessing", "concurrent", "subprocess", "sched", "queue",
+        "contextvars", "asyncio", "socket", "ssl", "select", "selectors", "signal", "mmap",
+        "asynchat", "asyncore",
+    ),
+    # internet data handling, structured markup processing tools
+    "internet-data-and-markup": (
+        "email", "json", "mailbox", "mimetypes", "base64", "binascii", "quopri", "html",
+        "xml", "mailcap", "uu",
+    ),
+    "internet-protocols": (
+        "webbrowser", "wsgiref", "urllib", "http", "ftplib", "poplib", "imaplib", "smtplib",
+        "uuid", "socketserver", "xmlrpc", "ipaddress", "cgi", "cgitb", "nntplib", "telnetlib",
+        "smtpd", "nturl2path",
+    ),
+    # graphical user interfaces with Tk, program frameworks, multimedia services
+    "gui-and-multimedia": (
+        "tkinter", "turtle", "cmd", "shlex", "wave", "colorsys", "aifc", "sunau", "chunk",
+        "sndhdr", "imghdr", "audioop", "ossaudiodev",
+    ),
+    # development tools, debugging and profiling
+    "development-and-debugging": (
+        "typing", "pydoc", "doctest", "unittest", "bdb", "faulthandler", "pdb", "profile",
+        "cProfile", "pstats", "timeit", "trace", "tracemalloc",
+    ),
+    # runtime services, custom interpreters, importing, language services, packaging
+    "python-runtime": (
+        "sys", "sysconfig", "builtins", "warnings", "dataclasses", "contextlib", "abc",
+        "atexit", "traceback", "gc", "inspect", "site", "code", "codeop", "zipimport",
+        "pkgutil", "modulefinder", "runpy", "importlib", "imp", "ast", "symtable", "token",
+        "keyword", "tokenize", "tabnanny", "pyclbr", "py_compile", "compileall", "dis",
+        "pickletools", "opcode", "ensurepip", "venv", "zipapp", "distutils",
+    ),
+}
+LABELS: tuple[str, ...] = tuple(CHAPTERS)
+_LABEL_OF_TOP = {top: i for i, tops in enumerate(CHAPTERS.values()) for top in tops}
+SPLITS = ("train", "validation", "test")
+MIN_HELD_OUT_MODULES = 3
+
+
+@dataclass(frozen=True)
+class ModuleDocs:
+    """The docstrings of one module: module docstring first, then defs in source order."""
+
+    name: str
+    docstrings: tuple[str, ...]
+
+
+def label_of(module: str) -> int | None:
+    """Chapter index of a dotted module name, or None when it is not in the task."""
+    return _LABEL_OF_TOP.get(module.split(".")[0])
+
+
+def _is_public(part: str) -> bool:
+    return part.isidentifier() and (not part.startswith("_") or part in ("__init__", "__main__"))
+
+
+def stdlib_sources(root: Path | None = None) -> list[tuple[str, Path]]:
+    """(dotted module name, file) for each public stdlib module, sorted by name."""
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Prune in place so os.walk never descends into tests, caches or private packages
+        # (which also covers ensurepip/_bundled and non-identifier dirs like lib-dynload).
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and _is_public(d))
+        rel = Path(dirpath).relative_to(root).parts
+        for name in sorted(filenames):
+            stem, ext = os.path.splitext(name)
+            if ext != ".py" or not _is_public(stem):
+                continue
+            parts = [*rel, stem] if stem != "__init__" else list(rel)
+            if parts:
+                found.append((".".join(parts), Path(dirpath) / name))
+    return sorted(found)
+
+
+def docstrings_of(source: bytes, filename: str) -> tuple[str, ...]:
+    """Module, class and function docstrings of one source file, in source order."""
+    with warnings.catch_warnings():
+        # Old stdlib files hold invalid escape sequences; that is their business, not ours.
+        warnings.simplefilter("ignore")
+        tree = ast.parse(source, filename=filename)
+    defs = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    nodes = sorted(
+        (n for n in ast.walk(tree) if isinstance(n, defs)), key=lambda n: (n.lineno, n.col_offset)
+    )
+    docs = (ast.get_docstring(n, clean=True) for n in [tree, *nodes])
+    return tuple(d for d in docs if d and d.strip())
+
+
+def extract_stdlib_docs(root: Path | None = None) -> list[ModuleDocs]:
+    """Docstrings of every public stdlib module, sorted by module name."""
+    return [
+        ModuleDocs(name, docstrings_of(path.read_bytes(), str(path)))
+        for name, path in stdlib_sources(root)
+    ]
+
+
+def pydoc_topics() -> list[tuple[str, str]]:
+    """(topic, text) for the pydoc help topics, sorted by topic."""
+    from pydoc_data.topics import topics
+
+    return sorted(topics.items())
+
+
+def _rank(seed: int, key: str) -> str:
+    return hashlib.sha1(f"{seed}:{key}".encode("utf-8")).hexdigest()
+
+
+def _fill_held_out(
+    ranked: list[str], sizes: dict[str, int], targets: dict[str, float]
+) -> dict[str, str]:
+    """Deal one class's hash-ordered modules into held-out splits up to `targets` examples."""
+    room, count = dict(targets), dict.fromkeys(targets, 0)
+    split_of = {}
+    for module in ranked:
+        # Until a split has MIN_HELD_OUT_MODULES, a module may use only an even share of
+        # what is left of its room, so one big module cannot fill it alone.
+        fits = [s for s in room if sizes[module] <= room[s] / max(1, MIN_HELD_OUT_MODULES - count[s])]
+        # The split with most room left (relative to its target) takes it, so small
+        # modules spread over both instead of all landing in the first.
+        split = max(fits, key=lambda s: room[s] / targets[s]) if fits else "train"
+        if split != "train":
+            room[split] -= sizes[module]
+            count[split] += 1
+        split_of[module] = split
+    return split_of
+
+
+def split_modules(
+    sizes: dict[str, int], validation_fraction: float, test_fraction: float, seed: int
+) -> dict[str, str]:
+    """Module -> split, given each labelled module's example count.
+
+    Per class, modules are taken in the order of a hash of (seed, module name); test and
+    validation each fill up to their fraction of the class's examples, the rest is train.
+    Filling by examples rather than by module count keeps one huge module (tkinter) from
+    being a whole split on its own.
+    """
+    by_label: dict[int, list[str]] = {}
+    for module in sorted(sizes):
+        by_label.setdefault(label_of(module), []).append(module)
+    split_of = {}
+    for label, members in sorted(by_label.items()):
+        total = sum(sizes[m] for m in members)
+        targets = {"test": test_fraction * total, "validation": validation_fraction * total}
+        ranked = sorted(members, key=lambda m: _rank(seed, m))
+        split_of.update(_fill_held_out(ranked, sizes, targets))
+        missing = set(SPLITS) - {split_of[m] for m in members}
+        if missing:
+            raise ValueError(
+                f"downstream class '{LABELS[label]}' has no module for {sorted(missing)}: too few "
+                "modules for downstream.validation_fraction/test_fraction (or lower downstream.min_chars)"
+            )
+    return split_of
+
+
+def texts_containing(texts: list[str], needles: set[str]) -> set[str]:
+    """The texts that contain any of `needles` (cleaned text, so no NUL) as a substring."""
+    joined = "\0".join(texts)
+    starts = list(itertools.accumulate((len(t) + 1 for t in texts[:-1]), initial=0))
+    found = set()
+    for needle in needles:
+        pos = joined.find(needle)
+        while pos != -1:
+            found.add(texts[bisect.bisect_right(starts, pos) - 1])
+            pos = joined.find(needle, pos + 1)
+    return found
+
+
+def chapter_examples(
+    modules: list[ModuleDocs], min_chars: int, validation_fraction: float,
+    test_fraction: float, seed: int,
+) -> dict[str, list[tuple[str, int, str]]]:
+    """Split -> [(text, label, module)] from already-cleaned docstrings.
+
+    A text shared by two modules is kept once, in the first of test, validation, train;
+    a train or validation text that quotes a test text is dropped, so nothing tested on
+    was trained on.
+    """
+    usable = {}
+    for m in modules:
+        docs = [d for d in m.docstrings if len(d) >= min_chars]
+        if docs and label_of(m.name) is not None:
+            usable[m.name] = docs
+    split_of = split_modules({n: len(d) for n, d in usable.items()}, validation_fraction, test_fraction, seed)
+    test_texts = {t for n, docs in usable.items() if split_of[n] == "test" for t in docs}
+    others = [t for n, docs in usable.items() if split_of[n] != "test" for t in docs]
+    seen = texts_containing(others, test_texts) - test_texts
+    examples: dict[str, list[tuple[str, int, str]]] = {s: [] for s in SPLITS}
+    for split in ("test", "validation", "train"):
+        for name in sorted(usable):
+            for text in usable[name] if split_of[name] == split else ():
+                if text not in seen:
+                    seen.add(text)
+                    examples[split].append((text, label_of(name), name))
+    return examples
+
+
+def subsample(
+    rows: list[tuple[str, int, str]], cap: int, seed: int
+) -> list[tuple[str, int, str]]:
+    """At most `cap` rows, stratified: one of each class first, then proportionally.
+
+    Each row's key is its hash rank within its class divided by the class size, so taking
+    the smallest keys keeps class proportions; the original row order is kept.
+    """
+    if cap <= 0 or len(rows) <= cap:
+        return rows
+    by_label: dict[int, list[int]] = {}
+    for i, (text, label, module) in enumerate(rows):
+        by_label.setdefault(label, []).append(i)
+    keys = {}
+    for label, members in by_label.items():
+        ranked = sorted(members, key=lambda i: _rank(seed, rows[i][2] + "\0" + rows[i][0]))
+        for r, i in enumerate(ranked):
+            keys[i] = (r > 0, r / len(ranked), label)
+    chosen = sorted(sorted(keys, key=keys.__getitem__)[:cap])
+    return [rows[i] for i in chosen]

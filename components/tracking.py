@@ -1,0 +1,83 @@
+"""MLflow set-up: the tracking URI, the experiment, and one run per stage execution."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+# No network here or on many clusters: MLflow's telemetry must not try to phone home.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+EXPERIMENT = "lmforge"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set (a server on PostgreSQL, say), else SQLite at the repo root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def git_state() -> dict[str, str]:
+    """The commit the code ran from and whether the tree had uncommitted changes."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
+
+
+def setup() -> str:
+    """Point MLflow at our store and experiment; returns the experiment id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:"):
+        # Keep artifacts next to the database, not wherever the process happened to start.
+        location = (Path(tracking_uri().removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    try:
+        return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another stage
+        return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if hasattr(value, "__dataclass_fields__"):
+        value = {k: getattr(value, k) for k in value.__dataclass_fields__}
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: value}
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, config: dict[str, Any], objective: str | None = None) -> Iterator[Any]:
+    """One MLflow run per stage execution, tagged with stage, objective and git state."""
+    import mlflow
+
+    experiment_id = setup()
+    name = f"{stage}@{objective}" if objective else stage
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+        tags = {"lmforge.stage": stage, **{f"lmforge.{k}": v for k, v in git_state().items()}}
+        if objective:
+            tags["lmforge.objective"] = objective
+        mlflow.set_tags(tags)
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten("", config).items()})
+        yield run
+
+
+def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+    import mlflow
+
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numeric:
+        mlflow.log_metrics(numeric, step=step)

@@ -1,0 +1,332 @@
+"""The one training loop (`fit`) and the pretraining objectives that feed it.
+
+Objectives differ only by how a batch is made (masking, NSP pairs) and how its loss is
+computed; the loop, optimiser, schedule, precision and logging are shared with
+fine-tuning (components.finetuning).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from components.collators import IGNORE_INDEX, mask_tokens
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser, schedule and precision fields shared by pretraining and fine-tuning."""
+
+    lr: float = 1e-3
+    """Peak learning rate after warmup."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio."""
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    """AdamW decay on matrices only (not biases, LayerNorm or embeddings' norms)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping."""
+    batch_size: int = 32
+    grad_accum: int = 1
+    """Micro-batches per optimiser step; the effective batch is batch_size * grad_accum."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps."""
+    dtype: str = "auto"
+    """auto | float32 | bfloat16: auto is bf16 on CUDA and on CPUs with native bf16, else fp32."""
+
+    def __post_init__(self):
+        section = type(self).__name__.removesuffix("Config").lower()
+        if self.lr <= 0:
+            raise ValueError(f"{section}.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"{section}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("warmup_steps",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{section}.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{section}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"{section}.weight_decay and {section}.grad_clip must be >= 0")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"{section}.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig(OptimConfig):
+    """params.yaml `pretrain`: budget and evaluation of the pretraining run."""
+
+    max_steps: int = 300
+    """Optimiser steps (the budget is the same for every objective)."""
+    eval_every: int = 100
+    eval_batches: int = 10
+    """Validation batches per evaluation (fixed masks, so numbers compare across steps)."""
+    log_every: int = 10
+    mlm_probability: float = 0.15
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("max_steps", "eval_every", "eval_batches", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"pretrain.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"pretrain.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """The single place where device and precision are chosen."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dtype == "auto":
+        native = dev.type == "cuda" and torch.cuda.is_bf16_supported() or dev.type == "cpu" and cpu_has_native_bf16()
+        dtype = "bfloat16" if native else "float32"
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dev, getattr(torch, dtype)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused, foreach=not fused)
+
+
+def fit(
+    model: torch.nn.Module,
+    cfg: OptimConfig,
+    total_steps: int,
+    next_batch: Callable[[int, int], dict],
+    loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor],
+    evaluate: Callable[[int], bool] | None = None,
+    eval_every: int = 0,
+    on_log: Callable[[int, dict], None] | None = None,
+    log_every: int = 10,
+) -> dict:
+    """Train `model` for `total_steps` optimiser steps; the loop every objective shares.
+
+    `next_batch(step, micro)` returns a dict of tensors on the model's device;
+    `evaluate(step)` runs every `eval_every` steps and at the end, and returns True to stop
+    early. Returns {"steps", "seconds", "tokens"}.
+    """
+    device = next(model.parameters()).device
+    _, dtype = resolve_device_dtype(str(device), cfg.dtype)
+    optimizer = make_optimizer(model, cfg, device)
+    model.train()
+    start, tokens, step = time.perf_counter(), 0, 0
+    window_t, window_tokens = start, 0
+    for step in range(total_steps):
+        # Schedule: set this step's learning rate.
+        lr = lr_at(step, cfg, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # Forward and backward over the micro-batches; loss scaled so gradients average.
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = next_batch(step, micro)
+            with autocast(device, dtype):
+                loss = loss_fn(model, batch) / cfg.grad_accum
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate")
+            loss.backward()
+            loss_sum += loss.item()
+            n = int(batch["input_ids"].numel())
+            tokens += n
+            window_tokens += n
+        # Update: clip, step, clear.
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        # Log: loss, lr, grad norm and throughput over the last window.
+        if on_log and ((step + 1) % log_every == 0 or step + 1 == total_steps):
+            now = time.perf_counter()
+            on_log(step + 1, {
+                "train_loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
+                "tokens_per_s": window_tokens / max(now - window_t, 1e-9),
+            })
+            window_t, window_tokens = now, 0
+        # Evaluate: periodically and at the end; the callback may stop training early.
+        if evaluate and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == total_steps):
+            model.eval()
+            stop = evaluate(step + 1)
+            model.train()
+            if stop:
+                break
+    return {"steps": step + 1, "seconds": time.perf_counter() - start, "tokens": tokens}
+
+
+class PretrainData:
+    """Memory-mapped tokenized split (from components.tokenization) served as batches."""
+
+    def __init__(self, data_dir: Path, split: str):
+        data_dir = Path(data_dir)
+        meta_path = data_dir / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{data_dir}: no tokenized data; run the tokenize stage first")
+        self.meta = json.loads(meta_path.read_text())
+        self.arrays = {
+            p.name.split(".")[1]: np.load(p, mmap_mode="r") for p in sorted(data_dir.glob(f"{split}.*.npy"))
+        }
+        self.n = len(self.arrays["input_ids"])
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> dict:
+        idx = np.sort(indices)  # sorted reads are friendlier to the page cache
+        out = {name: torch.from_numpy(np.asarray(arr[idx], dtype=np.int64)).to(device) for name, arr in self.arrays.items()}
+        return out
+
+
+class Objective:
+    """Batch making and loss for clm, mlm and mlm_nsp: the only per-objective code."""
+
+    def __init__(self, name: str, tokenizer, mlm_probability: float):
+        self.name = name
+        self.mlm_probability = mlm_probability
+        self.vocab_size = len(tokenizer)
+        if name != "clm":
+            # mask id first: mask_tokens takes it from there.
+            self.special_ids = [tokenizer.mask_token_id, *sorted(set(tokenizer.all_special_ids) - {tokenizer.mask_token_id})]
+            self.pad_id = tokenizer.pad_token_id
+
+    def prepare(self, raw: dict, generator: torch.Generator) -> dict:
+        if self.name == "clm":
+            return {"input_ids": raw["input_ids"]}
+        inputs, labels = mask_tokens(raw["input_ids"], self.special_ids, self.vocab_size, self.mlm_probability, generator)
+        batch = {"input_ids": inputs, "labels": labels, "attention_mask": (raw["input_ids"] != self.pad_id).long()}
+        if self.name == "mlm_nsp":
+            batch["token_type_ids"] = raw["token_type_ids"]
+            batch["nsp_labels"] = raw["nsp_labels"]
+        return batch
+
+    def forward(self, model, batch: dict) -> dict:
+        """Loss plus the counts evaluation needs. For MLM the vocabulary head runs only on
+        masked positions (as MosaicBERT and Cramming do): ~7x fewer head FLOPs at 15%."""
+        if self.name == "clm":
+            out = model(input_ids=batch["input_ids"], labels=batch["input_ids"])
+            n = batch["input_ids"][:, 1:].numel()
+            return {"loss": out.loss, "loss_sum": out.loss.detach() * n, "count": n}
+        bert_out = model.bert(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch.get("token_type_ids"),
+        )
+        hidden = bert_out[0]
+        chosen = batch["labels"] != IGNORE_INDEX
+        targets = batch["labels"][chosen]
+        head = model.cls if self.name == "mlm" else model.cls.predictions
+        logits = head(hidden[chosen])
+        mlm_loss = F.cross_entropy(logits.float(), targets)
+        result = {
+            "loss": mlm_loss,
+            "loss_sum": mlm_loss.detach() * targets.numel(),
+            "count": targets.numel(),
+            "mlm_correct": (logits.argmax(-1) == targets).sum(),
+        }
+        if self.name == "mlm_nsp":
+            nsp_logits = model.cls.seq_relationship(bert_out[1])
+            nsp_loss = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"])
+            result["loss"] = mlm_loss + nsp_loss
+            result["nsp_loss_sum"] = nsp_loss.detach() * len(nsp_logits)
+            result["nsp_correct"] = (nsp_logits.argmax(-1) == batch["nsp_labels"]).sum()
+            result["nsp_count"] = len(nsp_logits)
+        return result
+
+
+@torch.no_grad()
+def evaluate_pretraining(model, objective: Objective, data: PretrainData, batch_size: int, max_batches: int,
+                         seed: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """Validation metrics in bounded memory: only sums and counts are kept per batch."""
+    sums: dict[str, float] = {}
+    generator = torch.Generator().manual_seed(seed)  # same masks at every evaluation
+    for b in range(min(max_batches, math.ceil(data.n / batch_size))):
+        idx = np.arange(b * batch_size, min(data.n, (b + 1) * batch_size))
+        batch = objective.prepare(data.batch(idx, device), generator)
+        with autocast(device, dtype):
+            out = objective.forward(model, batch)
+        for k, v in out.items():
+            if k != "loss":
+                sums[k] = sums.get(k, 0.0) + float(v)
+    metrics = {"val_loss": sums["loss_sum"] / max(1, sums["count"])}
+    if objective.name == "clm":
+        metrics["val_perplexity"] = math.exp(min(metrics["val_loss"], 50.0))
+    else:
+        metrics["val_mlm_accuracy"] = sums["mlm_correct"] / max(1, sums["count"])
+    if objective.name == "mlm_nsp":
+        metrics["val_nsp_accuracy"] = sums["nsp_correct"] / max(1, sums["nsp_count"])
+        metrics["val_nsp_loss"] = sums["nsp_loss_sum"] / max(1, sums["nsp_count"])
+        metrics["val_loss"] += metrics["val_nsp_loss"]
+    return metrics
+
+
+def pretrain(objective_name: str, model, tokenizer, data_dir: Path, cfg: PretrainConfig, seed: int,
+             on_log: Callable[[int, dict], None] | None = None) -> dict:
+    """Pretrain `model` on the tokenized data; returns final validation metrics and timing."""
+    torch.manual_seed(seed)
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    model.to(device)
+    objective = Objective(objective_name, tokenizer, cfg.mlm_probability)
+    train, val = PretrainData(data_dir, "train"), PretrainData(data_dir, "validation")
+    # Sample order: a fresh permutation per epoch, so step s maps to examples in O(1).
+    epochs: dict[int, np.ndarray] = {}
+
+    def next_batch(step: int, micro: int) -> dict:
+        first = (step * cfg.grad_accum + micro) * cfg.batch_size
+        idx = []
+        for pos in range(first, first + cfg.batch_size):
+            epoch, offset = divmod(pos, train.n)
+            if epoch not in epochs:
+                epochs[epoch] = np.random.default_rng([seed, epoch]).permutation(train.n)
+            idx.append(epochs[epoch][offset])
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
+        return objective.prepare(train.batch(np.asarray(idx), device), generator)
+
+    history: list[dict] = []
+
+    def evaluate(step: int) -> bool:
+        metrics = evaluate_pretraining(model, objective, val, cfg.batch_size, cfg.eval_batches, seed, device, dtype)
+        history.append({"step": step, **metrics})
+        if on_log:
+            on_log(step, metrics)
+        return False
+
+    timing = fit(model, cfg, cfg.max_steps, next_batch, lambda m, b: objective.forward(m, b)["loss"],
+                 evaluate=evaluate, eval_every=cfg.eval_every, on_log=on_log, log_every=cfg.log_every)
+    final = history[-1]
+    return {**{k: v for k, v in final.items() if k != "step"}, **timing,
+            "tokens_per_s": timing["tokens"] / max(timing["seconds"], 1e-9),
+            "device": str(device), "dtype": str(dtype).removeprefix("torch.")}

@@ -1,0 +1,364 @@
+"""Corpus validation: per-document statistics checked by a Great Expectations suite.
+
+The suite runs over a small stats frame (one row per document: length, printable share,
+U+FFFD share, duplicate flag), never over the raw text, so it stays fast on big corpora.
+The parquet files are read in batches; only the stats are kept in memory.
+
+Great Expectations is imported inside `validate_corpus` (the import alone takes ~2.5 s).
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.io import atomic_dir, write_json_atomic, write_text_atomic
+
+SPLITS = ("train", "validation")
+CORPUS_COLUMNS = ("doc_id", "source", "text")
+STATS_COLUMNS = (
+    "split", "doc_id", "n_chars", "printable_share", "replacement_share", "is_duplicate",
+    "text_is_null_or_empty",
+)
+REPLACEMENT_CHAR = "\ufffd"
+EXAMPLES = 5  # doc_ids kept per failed expectation
+READ_BATCH_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """Thresholds for the `validate` stage (params.yaml section `validate`)."""
+
+    min_documents: int = 50
+    """Fewest documents, train and validation together."""
+    min_characters: int = 100_000
+    """Fewest characters in the whole corpus."""
+    min_doc_chars: int = 20
+    """Shortest allowed document, in characters."""
+    max_doc_chars: int = 1_000_000
+    """Longest allowed document, in characters."""
+    min_printable_share: float = 0.95
+    """Per document: least share of characters that are printable or whitespace."""
+    max_replacement_share: float = 0.001
+    """Per document: largest share of U+FFFD replacement characters (decoding damage)."""
+    max_duplicate_share: float = 0.0
+    """Largest share of documents whose text already appeared (in either split)."""
+    min_validation_documents: int = 1
+    """Fewest documents in the validation split."""
+    mostly: float = 1.0
+    """GX `mostly` for the per-document checks: the share of documents that must pass each."""
+
+    def __post_init__(self) -> None:
+        for name in ("min_documents", "min_characters", "min_doc_chars", "max_doc_chars",
+                     "min_validation_documents"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"validate.{name} must be an integer >= 0, got {value!r}")
+        if self.max_doc_chars < max(self.min_doc_chars, 1):
+            raise ValueError(
+                f"validate.max_doc_chars must be >= 1 and >= validate.min_doc_chars "
+                f"({self.min_doc_chars}), got {self.max_doc_chars}"
+            )
+        for name in ("min_printable_share", "max_replacement_share", "max_duplicate_share", "mostly"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"validate.{name} must be in [0, 1], got {value!r}")
+
+
+def _printable_share(text: str) -> float:
+    # Fast path in C: once whitespace is removed, most documents are wholly printable.
+    if "".join(text.split()).isprintable():
+        return 1.0
+    bad = sum(1 for ch in text if not (ch.isprintable() or ch.isspace()))
+    return 1.0 - bad / len(text)
+
+
+def document_stats(frame: pd.DataFrame, seen_hashes: set[bytes] | None = None) -> pd.DataFrame:
+    """One row of statistics per document of `frame` (columns `split`, `doc_id`, `text`).
+
+    `is_duplicate` marks a text whose hash was seen earlier in `frame` or in `seen_hashes`
+    (updated in place, so batches of both splits can share one set). A null, empty or
+    whitespace-only text is flagged in `text_is_null_or_empty` and its other stats are null,
+    so it fails only that check.
+    """
+    missing = [c for c in ("split", "doc_id", "text") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"document_stats: frame lacks column(s) {', '.join(missing)}")
+    seen = set() if seen_hashes is None else seen_hashes
+    texts = frame["text"]
+    null = texts.isna().to_numpy()
+    empty = [bool(n) or not t or t.isspace() for n, t in zip(null, texts.to_numpy())]
+    valid = ~pd.Series(empty, index=frame.index, dtype=bool)
+    good = texts[valid].astype(str)
+
+    n_chars = pd.Series(pd.NA, index=frame.index, dtype="Int64")
+    printable = pd.Series(math.nan, index=frame.index, dtype="float64")
+    replacement = pd.Series(math.nan, index=frame.index, dtype="float64")
+    if len(good):
+        lengths = good.str.len().astype("int64")
+        n_chars[valid] = lengths
+        printable[valid] = [_printable_share(t) for t in good]
+        replacement[valid] = good.str.count(REPLACEMENT_CHAR).astype("int64") / lengths
+
+    duplicate = []
+    for is_empty, text in zip(empty, texts.to_numpy()):
+        if is_empty:
+            duplicate.append(False)
+            continue
+        digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest()
+        duplicate.append(digest in seen)
+        seen.add(digest)
+
+    return pd.DataFrame({
+        "split": frame["split"].astype(str).to_numpy(),
+        "doc_id": frame["doc_id"].astype(str).to_numpy(),
+        "n_chars": n_chars.to_numpy(),
+        "printable_share": printable.to_numpy(),
+        "replacement_share": replacement.to_numpy(),
+        "is_duplicate": pd.array(duplicate, dtype=bool),
+        "text_is_null_or_empty": pd.array(empty, dtype=bool),
+    }).astype({"n_chars": "Int64"})
+
+
+def _split_path(corpus_dir: Path, split: str) -> Path:
+    if not corpus_dir.is_dir():
+        raise FileNotFoundError(f"{corpus_dir}: corpus directory not found; run the ingest stage first")
+    path = corpus_dir / f"{split}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: corpus split not found; run the ingest stage first")
+    return path
+
+
+def corpus_stats(corpus_dir: Path) -> pd.DataFrame:
+    """`document_stats` of both splits, read in batches (train first, so a validation
+    document that repeats a training one is the duplicate)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus_dir = Path(corpus_dir)
+    paths = {split: _split_path(corpus_dir, split) for split in SPLITS}
+    seen: set[bytes] = set()
+    parts = []
+    for split, path in paths.items():
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"{path}: not a readable parquet file ({e}); re-run the ingest stage") from None
+        missing = [c for c in CORPUS_COLUMNS if c not in parquet.schema_arrow.names]
+        if missing:
+            raise ValueError(
+                f"{path}: missing column(s) {', '.join(missing)}; expected "
+                f"{', '.join(CORPUS_COLUMNS)} (re-run the ingest stage)"
+            )
+        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=["doc_id", "text"]):
+            frame = batch.to_pandas()
+            frame.insert(0, "split", split)
+            parts.append(document_stats(frame, seen))
+    if not parts:
+        empty = pd.DataFrame({"split": [], "doc_id": [], "text": []}, dtype=object)
+        parts.append(document_stats(empty))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _checks(cfg: ValidateConfig, gxe: Any, Column: Any) -> list[tuple[str, str, Any]]:
+    """(name, description, expectation) for each check, in report order."""
+    mostly = "" if cfg.mostly == 1 else f" (mostly {cfg.mostly:g})"
+    per_doc = {"mostly": cfg.mostly}
+    return [
+        ("text_not_empty", f"text not null or empty{mostly}",
+         gxe.ExpectColumnValuesToBeInSet(column="text_is_null_or_empty", value_set=[False], **per_doc)),
+        ("doc_length", f"n_chars between {cfg.min_doc_chars} and {cfg.max_doc_chars}{mostly}",
+         gxe.ExpectColumnValuesToBeBetween(
+             column="n_chars", min_value=cfg.min_doc_chars, max_value=cfg.max_doc_chars, **per_doc)),
+        ("printable_share", f"printable_share >= {cfg.min_printable_share:g}{mostly}",
+         gxe.ExpectColumnValuesToBeBetween(
+             column="printable_share", min_value=cfg.min_printable_share, **per_doc)),
+        ("replacement_share", f"replacement_share <= {cfg.max_replacement_share:g}{mostly}",
+         gxe.ExpectColumnValuesToBeBetween(
+             column="replacement_share", max_value=cfg.max_replacement_share, **per_doc)),
+        ("duplicate_share", f"duplicate share <= {cfg.max_duplicate_share:g}",
+         gxe.ExpectColumnMeanToBeBetween(column="is_duplicate", max_value=cfg.max_duplicate_share)),
+        ("document_count", f"documents >= {cfg.min_documents}",
+         gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_documents)),
+        ("character_count", f"total characters >= {cfg.min_characters}",
+         gxe.ExpectColumnSumToBeBetween(column="n_chars", min_value=cfg.min_characters)),
+        ("validation_document_count", f"validation documents >= {cfg.min_validation_documents}",
+         gxe.ExpectTableRowCountToBeBetween(
+             min_value=cfg.min_validation_documents, row_condition=Column("split") == "validation")),
+    ]
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy scalars become Python ones, NaN and pd.NA become None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if value is pd.NA or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _run_suite(stats: pd.DataFrame, cfg: ValidateConfig) -> tuple[dict, list[tuple[str, str, dict]]]:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.expectations.row_conditions import Column
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    batch = (
+        context.data_sources.add_pandas("corpus_stats")
+        .add_dataframe_asset("documents")
+        .add_batch_definition_whole_dataframe("all_documents")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name="corpus"))
+    checks = []
+    for name, description, expectation in _checks(cfg, gxe, Column):
+        expectation.meta = {"check": name}
+        checks.append((name, description, suite.add_expectation(expectation).id))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="corpus", data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name="corpus",
+        validation_definitions=[definition],
+        result_format={"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES,
+                       "unexpected_index_column_names": ["doc_id"]},
+    ))
+    run = checkpoint.run(batch_parameters={"dataframe": stats})
+    (validation,) = run.run_results.values()
+    by_id = {r.expectation_config.id: r.to_json_dict() for r in validation.results}
+    return validation.statistics, [(name, desc, by_id[eid]) for name, desc, eid in checks]
+
+
+def _entry(name: str, description: str, raw: dict, stats: pd.DataFrame) -> dict:
+    config, result = raw["expectation_config"], raw.get("result") or {}
+    kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
+    examples = [row["doc_id"] for row in result.get("partial_unexpected_index_list") or []][:EXAMPLES]
+    unexpected = result.get("unexpected_count")
+    if name == "duplicate_share":  # an aggregate expectation: list the duplicates ourselves
+        duplicates = stats.loc[stats["is_duplicate"], "doc_id"]
+        unexpected, examples = int(len(duplicates)), duplicates.head(EXAMPLES).tolist()
+    exception = raw.get("exception_info") or {}
+    return _jsonable({
+        "name": name,
+        "description": description,
+        "expectation": config["type"],
+        "column": kwargs.get("column"),
+        "kwargs": kwargs,
+        "success": bool(raw["success"]),
+        "observed_value": result.get("observed_value"),
+        "unexpected_count": unexpected,
+        "unexpected_examples": examples,
+        "error": exception.get("exception_message") if exception.get("raised_exception") else None,
+    })
+
+
+_FAILURE_PHRASE = {
+    "text_not_empty": "empty",
+    "doc_length": "out of range",
+    "printable_share": "below the minimum",
+    "replacement_share": "above the maximum",
+}
+
+
+def _failure_detail(entry: dict) -> str:
+    if entry["error"]:
+        return f"error: {entry['error'].splitlines()[0]}"
+    count, ids, observed = entry["unexpected_count"], entry["unexpected_examples"], entry["observed_value"]
+    noun = "document" if count == 1 else "documents"
+    example = f", e.g. {', '.join(i[:12] for i in ids[:2])}" if ids else ""
+    if entry["name"] in _FAILURE_PHRASE:
+        return f"{count} {noun} {_FAILURE_PHRASE[entry['name']]}{example}"
+    if entry["name"] == "duplicate_share" and isinstance(observed, (int, float)):
+        return f"share {observed:.4g}: {count} duplicate {noun}{example}"
+    return f"observed {observed}"
+
+
+def _summary(entries: list[dict]) -> str:
+    failed = [e for e in entries if not e["success"]]
+    if not failed:
+        return f"all {len(entries)} expectations passed"
+    details = ", ".join(f"{e['description']} ({_failure_detail(e)})" for e in failed)
+    return f"{len(failed)} of {len(entries)} expectations failed: {details}"
+
+
+def validate_corpus(corpus_dir: Path, cfg: ValidateConfig) -> dict:
+    """Check the corpus in `corpus_dir` against `cfg`; a JSON-able result (never raises on
+    a failed expectation, only on a missing or unreadable corpus)."""
+    stats = corpus_stats(Path(corpus_dir))
+    statistics, raw = _run_suite(stats, cfg)
+    entries = [_entry(name, description, r, stats) for name, description, r in raw]
+    counts = stats["split"].value_counts()
+    return _jsonable({
+        "success": all(e["success"] for e in entries),
+        "statistics": {k: statistics[k] for k in (
+            "evaluated_expectations", "successful_expectations", "unsuccessful_expectations",
+            "success_percent")},
+        "corpus": {
+            "train_documents": counts.get("train", 0),
+            "validation_documents": counts.get("validation", 0),
+            "characters": stats["n_chars"].sum(),
+        },
+        "expectations": entries,
+        "summary": _summary(entries),
+    })
+
+
+def _report_html(result: dict) -> str:
+    e = html.escape
+    rows = []
+    for x in result["expectations"]:
+        observed = x["observed_value"]
+        if observed is None and x["unexpected_count"] is not None:
+            observed = f"{x['unexpected_count']} unexpected"
+        status = "pass" if x["success"] else "FAIL"
+        rows.append(
+            f'<tr class="{status.lower()}"><td>{status}</td><td>{e(x["description"])}</td>'
+            f'<td><code>{e(x["expectation"])}</code></td><td>{e(str(x["column"] or ""))}</td>'
+            f'<td>{e(str(observed if observed is not None else ""))}</td>'
+            f'<td>{e(", ".join(x["unexpected_examples"]))}</td></tr>'
+        )
+    verdict = "passed" if result["success"] else "failed"
+    corpus = result.get("corpus", {})
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Corpus validation: {verdict}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }}
+tr.pass td:first-child {{ color: #176b2c; }}
+tr.fail td:first-child {{ color: #b00020; font-weight: bold; }}
+</style></head><body>
+<h1>Corpus validation {verdict}</h1>
+<p>{e(result["summary"])}</p>
+<p>{corpus.get("train_documents", "?")} train and {corpus.get("validation_documents", "?")}
+validation documents, {corpus.get("characters", "?")} characters.</p>
+<table><thead><tr><th>Status</th><th>Check</th><th>Expectation</th><th>Column</th>
+<th>Observed</th><th>Example doc_ids</th></tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody></table></body></html>
+"""
+
+
+def write_validation_report(result: dict, out_dir: Path) -> Path:
+    """Write `out_dir/result.json` and `out_dir/index.html`, replacing `out_dir` atomically."""
+    json.dumps(result, allow_nan=False)  # fail before touching out_dir if it is not JSON
+    with atomic_dir(out_dir) as tmp:
+        write_json_atomic(tmp / "result.json", result)
+        write_text_atomic(tmp / "index.html", _report_html(result))
+    return Path(out_dir)

@@ -1,0 +1,1 @@
+"""Prefect orchestration only: flows run the DVC stages, never a second implementation of them."""

@@ -1,0 +1,109 @@
+"""Stage evaluate: every fine-tuned model on the held-out test split, against scratch -> comparison report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from components import paths, tracking
+from components.evaluation import bootstrap_diff_ci, classification_metrics, majority_baseline, markdown_table
+from components.finetuning import encode_texts, predict, read_labelled
+from components.io import read_json, write_json_atomic, write_text_atomic
+from components.training import resolve_device_dtype
+from pipelines._stage import run_stage
+
+
+def pretraining_summary(objective: str) -> tuple[dict, str]:
+    metrics = read_json(Path(paths.PRETRAIN_REPORTS) / objective / "metrics.json")
+    keep = {k: metrics[k] for k in ("val_loss", "val_perplexity", "val_mlm_accuracy", "val_nsp_accuracy") if k in metrics}
+    if objective == "clm":
+        text = f"perplexity {metrics['val_perplexity']:.1f}"
+    else:
+        text = f"MLM acc {metrics['val_mlm_accuracy']:.3f}"
+        if "val_nsp_accuracy" in metrics:
+            text += f", NSP acc {metrics['val_nsp_accuracy']:.3f}"
+    return keep, text
+
+
+def plot_comparison(runs: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = [r["objective"] if r["pretrained"] else f"scratch ({r['architecture']})" for r in runs]
+    ax.bar(names, [r["test_macro_f1"] for r in runs], color=["tab:blue" if r["pretrained"] else "tab:gray" for r in runs])
+    ax.set_ylabel("test macro-F1")
+    ax.set_title("Downstream macro-F1 by pretraining objective")
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(out)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    def body(cfg: dict, _item) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        from components.tokenization import load_tokenizer
+
+        ev = cfg["evaluate"]
+        downstream = Path(paths.DOWNSTREAM_DIR)
+        labels = read_json(downstream / "labels.json")["labels"]
+        test = read_labelled(downstream / "test.parquet", labels)
+        train_labels = read_labelled(downstream / "train.parquet", labels)["label"].to_numpy()
+        y = test["label"].to_numpy()
+        device, dtype = resolve_device_dtype("auto", "auto")
+        predictions, runs = {}, []
+        with tracking.stage_run("evaluate", cfg):
+            for run in paths.FINETUNE_RUNS:
+                model_dir = Path(paths.finetuned_dir(run))
+                if not (model_dir / "config.json").exists():
+                    raise FileNotFoundError(f"{model_dir}: no fine-tuned model; run the finetune stage first")
+                architecture = paths.run_architecture(run)
+                model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).to(device)
+                tokenizer = load_tokenizer(model_dir)
+                encoded = encode_texts(tokenizer, test["text"].tolist(), model.config.max_position_embeddings
+                                       if architecture == "bert" else model.config.n_positions, architecture)
+                predictions[run] = predict(model, encoded, tokenizer.pad_token_id, ev.batch_size, device, dtype).argmax(-1)
+                m = classification_metrics(y, predictions[run], labels)
+                entry = {"objective": "scratch" if run.startswith("scratch-") else run, "run": run,
+                         "architecture": architecture, "pretrained": not run.startswith("scratch-"),
+                         "test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"],
+                         "per_class": m["per_class"], "confusion_matrix": m["confusion_matrix"]}
+                if entry["pretrained"]:
+                    entry["pretraining"], entry["pretraining_metric"] = pretraining_summary(run)
+                runs.append(entry)
+            for entry in runs:
+                if entry["pretrained"]:
+                    ci = bootstrap_diff_ci(y, predictions[entry["run"]], predictions[f"scratch-{entry['architecture']}"],
+                                           len(labels), ev.bootstrap_samples, ev.confidence, cfg["seed"])
+                    entry.update(delta_macro_f1_vs_scratch=ci["diff"], delta_ci_low=ci["ci_low"], delta_ci_high=ci["ci_high"],
+                                 beats_scratch=ci["diff"] > 0)
+                    tracking.log_metrics({f"{entry['run']}_delta_macro_f1": ci["diff"]})
+                tracking.log_metrics({f"{entry['run']}_test_accuracy": entry["test_accuracy"],
+                                      f"{entry['run']}_test_macro_f1": entry["test_macro_f1"]})
+            majority = majority_baseline(train_labels, y, len(labels))
+            report = {"labels": labels, "test_examples": int(len(y)), "confidence": ev.confidence,
+                      "majority_baseline": majority, "runs": runs}
+            write_json_atomic(paths.COMPARISON_JSON, report)
+            # Flat numbers for `dvc metrics show/diff` (nested per-class tables stay in comparison.json).
+            write_json_atomic(paths.COMPARISON_METRICS, {
+                r["run"]: {"test_accuracy": round(r["test_accuracy"], 6), "test_macro_f1": round(r["test_macro_f1"], 6)}
+                for r in runs})
+            table = markdown_table(runs, majority)
+            write_text_atomic(paths.COMPARISON_MD, f"# Objective comparison ({len(y)} test examples)\n\n{table}")
+            plot_comparison(runs, Path(paths.COMPARISON_PNG))
+            import mlflow
+
+            for p in (paths.COMPARISON_JSON, paths.COMPARISON_MD, paths.COMPARISON_PNG):
+                mlflow.log_artifact(p, artifact_path="report")
+        print(table)
+
+    run_stage("evaluate", body, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

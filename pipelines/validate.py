@@ -1,0 +1,31 @@
+"""Stage validate: the Great Expectations gate on the cleaned corpus; fails the pipeline on bad data."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from components import paths, tracking
+from components.validation import validate_corpus, write_validation_report
+from pipelines._stage import run_stage
+
+
+def main(argv=None) -> None:
+    def body(cfg: dict, _item) -> None:
+        with tracking.stage_run("validate", cfg):
+            result = validate_corpus(Path(paths.CORPUS_DIR), cfg["validate"])
+            write_validation_report(result, Path(paths.VALIDATION_DIR))
+            import mlflow
+
+            mlflow.log_artifacts(paths.VALIDATION_DIR, artifact_path="validation")
+            mlflow.set_tag("lmforge.validation_success", str(result["success"]).lower())
+            tracking.log_metrics({"validation_success": int(result["success"])})
+        print(f"validate: {result['summary']}")
+        if not result["success"]:
+            print(f"error: validate: corpus failed the gate; see {paths.VALIDATION_DIR}/index.html", file=sys.stderr)
+            raise SystemExit(1)
+
+    run_stage("validate", body, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Shared test set-up: hermetic homes for Prefect/MLflow, no telemetry, tiny fixtures."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Before anything imports prefect: results and the test database live in a throwaway home,
+# so nothing cached leaks between test runs (shared/NOTES.md).
+_HOME = tempfile.mkdtemp(prefix="lmforge-tests-")
+os.environ["PREFECT_HOME"] = str(Path(_HOME) / "prefect")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# dvc.yaml stages call `python`: make it this interpreter's.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(tmp_path_factory):
+    """A real WordPiece tokenizer trained on a little real prose (the module docstrings here)."""
+    from components.tokenization import TokenizerConfig, train_tokenizer, load_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "bert"
+    train_tokenizer("bert", _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
+    return load_tokenizer(out)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer(tmp_path_factory):
+    from components.tokenization import TokenizerConfig, train_tokenizer, load_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "gpt2"
+    train_tokenizer("gpt2", _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
+    return load_tokenizer(out)
+
+
+def _prose() -> list[str]:
+    import json, pathlib, argparse, collections, textwrap, functools  # noqa: E401
+
+    docs = [m.__doc__ for m in (json, pathlib, argparse, collections, textwrap, functools) if m.__doc__]
+    return docs * 3

@@ -1,0 +1,59 @@
+"""dvc.yaml and the code agree: declared params, paths, and the stage list."""
+from __future__ import annotations
+
+import yaml
+
+from components import paths
+from components.config import STAGE_PARAMS
+
+
+def load_dvc(repo_root):
+    return yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+
+
+def test_every_stage_declares_exactly_the_params_it_reads(repo_root):
+    stages = load_dvc(repo_root)
+    assert set(stages) == set(STAGE_PARAMS)
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        assert tuple(body["params"]) == STAGE_PARAMS[name], name
+
+
+def test_every_stage_runs_its_pipeline_module(repo_root):
+    for name, stage in load_dvc(repo_root).items():
+        body = stage.get("do", stage)
+        assert body["cmd"].startswith(f"python -m pipelines.{name}"), name
+        assert f"pipelines/{name}.py" in body["deps"], name
+        assert (repo_root / "pipelines" / f"{name}.py").exists()
+
+
+def test_foreach_lists_match_the_code(repo_root):
+    stages = load_dvc(repo_root)
+    assert stages["train_tokenizer"]["foreach"] == list(paths.ARCHITECTURES)
+    for name in ("tokenize", "pretrain"):
+        assert list(stages[name]["foreach"]) == list(paths.OBJECTIVES)
+        for objective, item in stages[name]["foreach"].items():
+            assert item["arch"] == paths.ARCHITECTURE[objective]
+    assert list(stages["finetune"]["foreach"]) == list(paths.FINETUNE_RUNS)
+
+
+def test_outs_use_the_paths_module(repo_root):
+    stages = load_dvc(repo_root)
+
+    def outs(stage):
+        body = stage.get("do", stage)
+        return [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
+
+    assert outs(stages["ingest"]) == [paths.CORPUS_DIR, paths.DOWNSTREAM_DIR]
+    assert outs(stages["validate"]) == [paths.VALIDATION_DIR]
+    assert outs(stages["train_tokenizer"]) == [paths.tokenizer_dir("${item}")]
+    assert outs(stages["tokenize"]) == [paths.tokenized_dir("${key}")]
+    assert outs(stages["pretrain"]) == [paths.pretrained_dir("${key}")]
+    assert outs(stages["finetune"])[0] == paths.finetuned_dir("${key}")
+    assert outs(stages["evaluate"]) == [paths.COMPARISON_JSON, paths.COMPARISON_MD]
+    assert outs(stages["register"]) == [paths.REGISTRY_JSON]
+    metrics = [next(iter(m)) for m in stages["evaluate"]["metrics"]]
+    assert metrics == [paths.COMPARISON_METRICS]
+    for run, item in stages["finetune"]["foreach"].items():
+        expected = paths.tokenizer_dir(item["arch"]) if run.startswith("scratch-") else paths.pretrained_dir(run)
+        assert item["base"] == expected
