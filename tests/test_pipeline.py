@@ -1,0 +1,173 @@
+"""The whole pipeline on profile tiny, through `dvc repro` and through the Prefect flow.
+
+Both run in temporary git repositories made from this working tree, with their own
+SQLite MLflow, so they never touch the developer's checkout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components import paths
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_repo(dest: Path) -> Path:
+    """Copy the tracked and untracked-but-not-ignored files into a fresh git repo, profile tiny."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    params = dest / "params.yaml"
+    params.write_text(params.read_text().replace("profile: demo", "profile: tiny", 1))
+    git = ["git", "-c", "user.name=lmforge-test", "-c", "user.email=test@lmforge.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
+    subprocess.run(git + ["commit", "-qm", "test repo"], cwd=dest, check=True)
+    return dest
+
+
+def env_for(repo: Path) -> dict:
+    env = os.environ.copy()
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env_for(repo),
+                          capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+COMPARED = [paths.COMPARISON_METRICS, *(f"{paths.PRETRAIN_REPORTS}/{o}/metrics.json" for o in paths.OBJECTIVES)]
+
+
+def comparable_metrics(repo: Path) -> dict:
+    """Metrics that must match between runs with the same seed (no wall-clock fields)."""
+    out = {}
+    for rel in COMPARED:
+        data = json.loads((repo / rel).read_text())
+        out[rel] = {k: v for k, v in data.items() if k.startswith("val_")} if "val_loss" in data else data
+    return out
+
+
+@pytest.fixture(scope="session")
+def dvc_run(tmp_path_factory) -> tuple[Path, dict]:
+    repo = make_repo(tmp_path_factory.mktemp("dvc-run"))
+    dvc(repo, "repro")
+    return repo, comparable_metrics(repo)  # snapshot before any test changes params
+
+
+@pytest.fixture(scope="session")
+def dvc_repo(dvc_run) -> Path:
+    return dvc_run[0]
+
+
+@pytest.fixture(scope="session")
+def flow_repo(tmp_path_factory) -> tuple[Path, dict]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    repo = make_repo(tmp_path_factory.mktemp("flow-run"))
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            from flows.pipeline import pipeline
+
+            results = pipeline(repo_dir=str(repo))
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    return repo, results
+
+
+def test_tokenizers_and_models_load_with_auto_classes(dvc_repo):
+    from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining,
+                              AutoModelForSequenceClassification, AutoTokenizer)
+
+    for arch in paths.ARCHITECTURES:
+        tok = AutoTokenizer.from_pretrained(str(dvc_repo / paths.tokenizer_dir(arch)))
+        assert tok.pad_token_id is not None and len(tok) >= 300
+    kinds = {"clm": AutoModelForCausalLM, "mlm": AutoModelForMaskedLM, "mlm_nsp": AutoModelForPreTraining}
+    for objective, auto in kinds.items():
+        model = auto.from_pretrained(str(dvc_repo / paths.pretrained_dir(objective)))
+        assert type(model).__name__ == {"clm": "GPT2LMHeadModel", "mlm": "BertForMaskedLM",
+                                        "mlm_nsp": "BertForPreTraining"}[objective]
+        assert (dvc_repo / paths.pretrained_dir(objective) / "model.safetensors").exists()
+    labels = json.loads((dvc_repo / paths.DOWNSTREAM_DIR / "labels.json").read_text())["labels"]
+    for run in paths.FINETUNE_RUNS:
+        model = AutoModelForSequenceClassification.from_pretrained(str(dvc_repo / paths.finetuned_dir(run)))
+        assert model.config.num_labels == len(labels) >= 5
+
+
+def test_metrics_for_every_objective_and_scratch(dvc_repo):
+    report = json.loads((dvc_repo / paths.COMPARISON_JSON).read_text())
+    runs = {r["run"]: r for r in report["runs"]}
+    assert set(runs) == set(paths.FINETUNE_RUNS)
+    for run, r in runs.items():
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 <= r["test_macro_f1"] <= 1.0
+        assert r["pretrained"] == (not run.startswith("scratch-"))
+        if r["pretrained"]:
+            assert r["delta_ci_low"] <= r["delta_macro_f1_vs_scratch"] <= r["delta_ci_high"]
+    pre = {o: json.loads((dvc_repo / paths.PRETRAIN_REPORTS / o / "metrics.json").read_text()) for o in paths.OBJECTIVES}
+    assert pre["clm"]["val_perplexity"] > 1.0
+    assert 0.0 <= pre["mlm"]["val_mlm_accuracy"] <= 1.0
+    assert 0.0 <= pre["mlm_nsp"]["val_nsp_accuracy"] <= 1.0
+    shown = dvc(dvc_repo, "metrics", "show", "--json").stdout
+    assert "test_macro_f1" in shown and "val_perplexity" in shown
+
+
+def test_registry_has_a_champion_per_objective_loadable_in_a_fresh_process(dvc_repo):
+    registry = json.loads((dvc_repo / paths.REGISTRY_JSON).read_text())["models"]
+    assert [m["objective"] for m in registry] == list(paths.OBJECTIVES)
+    assert all("champion" in m["aliases"] and "challenger" in m["aliases"] for m in registry)
+    code = (
+        "import mlflow, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    pipe = mlflow.transformers.load_model(f'models:/{name}@champion')\n"
+        "    print(name, pipe(['Return the number of items in a container.'])[0]['label'])\n"
+    )
+    names = [m["name"] for m in registry]
+    proc = subprocess.run([sys.executable, "-c", code, *names], cwd=dvc_repo, env=env_for(dvc_repo),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = json.loads((dvc_repo / paths.DOWNSTREAM_DIR / "labels.json").read_text())["labels"]
+    printed = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
+    assert set(printed) == set(names) and all(label in labels for label in printed.values())
+
+
+def test_second_repro_is_up_to_date_and_a_pretrain_param_reruns_only_downstream(dvc_repo):
+    again = dvc(dvc_repo, "repro")
+    assert "Running stage" not in again.stdout
+    assert "up to date" in again.stdout.lower()
+    exp = dvc(dvc_repo, "exp", "run", "-S", "pretrain.max_steps=6")
+    ran = {line.split("'")[1] for line in exp.stdout.splitlines() if line.startswith("Running stage")}
+    expected = {f"pretrain@{o}" for o in paths.OBJECTIVES} | {f"finetune@{o}" for o in paths.OBJECTIVES} \
+        | {"evaluate", "register"}
+    assert ran == expected, exp.stdout[-3000:]
+
+
+def test_prefect_flow_matches_dvc_repro(dvc_run, flow_repo):
+    repo, results = flow_repo
+    expected_stages = 2 + len(paths.ARCHITECTURES) + 2 * len(paths.OBJECTIVES) + len(paths.FINETUNE_RUNS) + 2
+    assert len(results) == expected_stages and set(results.values()) == {"ran"}
+    assert list(results)[0] == "ingest" and list(results)[-1] == "register"
+    assert comparable_metrics(repo) == dvc_run[1]
+    # dvc.lock is the shared record: after the flow, `dvc repro` has nothing left to do.
+    assert "Running stage" not in dvc(repo, "repro").stdout
