@@ -139,7 +139,8 @@ def resolve_section(params: dict[str, Any], section: str) -> Any:
     explicit = params.get(section) or {}
     if not isinstance(explicit, dict):
         raise ConfigError(f"params.yaml: section '{section}' must be a mapping, got {explicit!r}")
-    merged = {**profile_defaults(profile, section), **explicit}
+    # null in params.yaml means "not set here": the profile's value (or the default) applies.
+    merged = {**profile_defaults(profile, section), **{k: v for k, v in explicit.items() if v is not None}}
     return build_config(config_class(section), merged, section)
 
 

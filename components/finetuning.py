@@ -44,7 +44,7 @@ def read_labelled(path: Path, labels: list[str]) -> pd.DataFrame:
     bad = frame[frame["label"].isna() | ~frame["label"].isin(range(len(labels)))]
     if len(bad):
         raise ValueError(
-            f"{path}: row {bad.index[0]} has label {bad['label'].iloc[0]!r} outside the {len(labels)} "
+            f"{path}: row {bad.index[0]} has label {bad['label'].tolist()[0]!r} outside the {len(labels)} "
             f"labels in labels.json; fix the data or the label set"
         )
     return frame.reset_index(drop=True)

@@ -38,8 +38,11 @@ def model_name(cfg: RegisterConfig, objective: str) -> str:
 
 def weights_digest(model_dir: Path) -> str:
     """sha256 of the safetensors weights: the identity used to avoid duplicate versions."""
+    weights = sorted(Path(model_dir).glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"{model_dir}: no .safetensors weights; run the finetune stage first")
     digest = hashlib.sha256()
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
+    for path in weights:
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
@@ -70,6 +73,8 @@ def register_classifier(name: str, model_dir: Path, metrics: dict[str, float], t
     from mlflow import MlflowClient
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    if cfg.gate_metric not in metrics:
+        raise ValueError(f"register: metrics for {name} lack the gate metric '{cfg.gate_metric}'")
     tracking.setup()
     client = MlflowClient()
     digest = weights_digest(model_dir)

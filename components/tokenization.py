@@ -101,6 +101,13 @@ def train_tokenizer(architecture: str, texts: Iterable[str], cfg: TokenizerConfi
 
     tok.train_from_iterator(texts, trainer)
     if architecture == "bert":
+        # The WordPiece trainer numbers tied merges and the '##' alphabet in hash-map order,
+        # which changes between processes. Ids carry no meaning for WordPiece (it matches
+        # greedily by string), so renumber canonically: special tokens, then sorted.
+        vocab = tok.get_vocab()
+        special = list(specials.values())
+        ordered = special + sorted(t for t in vocab if t not in special)
+        tok.model = models.WordPiece(vocab={t: i for i, t in enumerate(ordered)}, unk_token=specials["unk_token"])
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",

@@ -250,7 +250,8 @@ class Objective:
         targets = batch["labels"][chosen]
         head = model.cls if self.name == "mlm" else model.cls.predictions
         logits = head(hidden[chosen])
-        mlm_loss = F.cross_entropy(logits.float(), targets)
+        # Sum over count, not mean: a batch that drew no masked token scores 0, not NaN.
+        mlm_loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(1, targets.numel())
         result = {
             "loss": mlm_loss,
             "loss_sum": mlm_loss.detach() * targets.numel(),

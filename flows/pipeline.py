@@ -28,8 +28,9 @@ def dvc_stage_order(repo_dir: str | Path) -> list[str]:
 
     with Repo(str(repo_dir)) as repo:
         graph = repo.index.graph.reverse(copy=True)  # DVC's edges point from a stage to its deps
-        order = nx.lexicographical_topological_sort(graph, key=lambda s: s.addressing)
-        return [stage.addressing for stage in order]
+        # `name` ("pretrain@clm"), not `addressing`, which is relative to the caller's cwd.
+        order = nx.lexicographical_topological_sort(graph, key=lambda s: s.name)
+        return [stage.name for stage in order]
 
 
 def set_params(repo_dir: str | Path, overrides: dict[str, object]) -> bool:

@@ -59,3 +59,16 @@ def test_bad_params_exit_2_before_any_work(tmp_path, repo_root):
     assert proc.stderr.startswith("error: params.yaml: unknown key 'pretrain.max_stepz'; known keys: ")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "models").exists()
+
+
+def test_params_yaml_lists_every_key_so_dvc_exp_set_param_can_address_it(repo_root):
+    import dataclasses
+
+    import yaml
+
+    from components.config import SECTIONS, config_class
+
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    for section in SECTIONS:
+        fields = {f.name for f in dataclasses.fields(config_class(section))}
+        assert set(params[section]) == fields, section

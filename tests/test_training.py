@@ -1,0 +1,196 @@
+"""The shared training loop and the three pretraining objectives, on a 1-layer model on CPU."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from components.modeling import ModelConfig, build_pretraining_model
+from components.tokenization import TokenizeConfig, tokenize_corpus
+from components.training import (
+    Objective,
+    OptimConfig,
+    PretrainConfig,
+    PretrainData,
+    fit,
+    lr_at,
+    pretrain,
+    resolve_device_dtype,
+)
+from conftest import _prose
+
+TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
+ARCH = {"clm": "gpt2", "mlm": "bert", "mlm_nsp": "bert"}
+CPU = {"device": "cpu", "dtype": "float32"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box they spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory, gpt2_tokenizer, bert_tokenizer):
+    """Real tokenized arrays (32-token blocks of stdlib docstrings) per objective."""
+    root = tmp_path_factory.mktemp("tokenized")
+    tokenizers = {"gpt2": gpt2_tokenizer, "bert": bert_tokenizer}
+    docs = _prose()
+    out = {}
+    for objective, arch in ARCH.items():
+        splits = {"train": docs, "validation": docs[:6]}
+        tokenize_corpus(objective, tokenizers[arch], splits, TokenizeConfig(block_size=32), 0, root / objective)
+        out[objective] = (tokenizers[arch], root / objective)
+    return out
+
+
+def _model(objective: str, tokenizer, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_pretraining_model(objective, TINY, tokenizer)
+
+
+def test_lr_schedule_endpoints():
+    cfg = OptimConfig(lr=1e-3, min_lr_ratio=0.1, warmup_steps=10)
+    assert lr_at(0, cfg, 100) == pytest.approx(1e-4)
+    assert lr_at(9, cfg, 100) == pytest.approx(1e-3)  # warmup ends at the peak
+    assert lr_at(10, cfg, 100) == pytest.approx(1e-3)  # cosine starts at the peak
+    assert lr_at(55, cfg, 100) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half way down
+    assert lr_at(100, cfg, 100) == pytest.approx(1e-4)  # ends at lr * min_lr_ratio
+    assert lr_at(500, cfg, 100) == pytest.approx(1e-4)  # and stays there
+    decay = [lr_at(s, cfg, 100) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert lr_at(0, OptimConfig(lr=1e-3, warmup_steps=0), 100) == pytest.approx(1e-3)
+
+
+def test_resolve_device_dtype_cpu_float32():
+    assert resolve_device_dtype("cpu", "float32") == (torch.device("cpu"), torch.float32)
+    assert resolve_device_dtype("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
+
+
+def test_optim_config_rejects_bad_values():
+    with pytest.raises(ValueError, match=r"optim\.lr must be > 0"):
+        OptimConfig(lr=0)
+    with pytest.raises(ValueError, match=r"pretrain\.max_steps must be >= 1"):
+        PretrainConfig(max_steps=0)
+    with pytest.raises(ValueError, match=r"pretrain\.dtype must be auto, float32 or bfloat16"):
+        PretrainConfig(dtype="float16")
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm", "mlm_nsp"])
+def test_pretrain_lowers_the_loss_and_reports_its_metrics(objective, tokenized):
+    tokenizer, data_dir = tokenized[objective]
+    model = _model(objective, tokenizer)
+    cfg = PretrainConfig(lr=1e-2, warmup_steps=3, max_steps=30, eval_every=15, eval_batches=2, log_every=1,
+                         batch_size=16, **CPU)
+    logs: list[tuple[int, dict]] = []
+    result = pretrain(objective, model, tokenizer, data_dir, cfg, seed=0, on_log=lambda s, m: logs.append((s, m)))
+
+    losses = [m["train_loss"] for _, m in logs if "train_loss" in m]
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3
+    evals = [(s, m) for s, m in logs if "val_loss" in m]
+    assert [s for s, _ in evals] == [15, 30]
+    assert result["val_loss"] == evals[-1][1]["val_loss"]
+    assert result["steps"] == 30 and result["tokens"] == 30 * 16 * 32
+    assert (result["device"], result["dtype"]) == ("cpu", "float32")
+    assert math.isfinite(result["val_loss"]) and result["val_loss"] < math.log(len(tokenizer)) + (
+        math.log(2) if objective == "mlm_nsp" else 0.0)  # better than uniform guessing
+    if objective == "clm":
+        assert result["val_perplexity"] == pytest.approx(math.exp(result["val_loss"]))
+    else:
+        assert 0.0 < result["val_mlm_accuracy"] <= 1.0
+    if objective == "mlm_nsp":
+        assert 0.0 <= result["val_nsp_accuracy"] <= 1.0
+        assert result["val_loss"] > result["val_nsp_loss"] > 0
+    else:
+        assert "val_nsp_accuracy" not in result
+
+
+def test_same_seed_gives_the_same_run(tokenized):
+    tokenizer, data_dir = tokenized["mlm"]
+    cfg = PretrainConfig(lr=1e-2, warmup_steps=2, max_steps=8, eval_every=8, eval_batches=2, log_every=1,
+                         batch_size=8, **CPU)
+
+    def run(seed: int):
+        logs: list[float] = []
+        result = pretrain("mlm", _model("mlm", tokenizer), tokenizer, data_dir, cfg, seed=seed,
+                          on_log=lambda s, m: logs.append(m.get("train_loss")))
+        return logs, result["val_loss"]
+
+    first, again, other = run(0), run(0), run(1)
+    assert first == again
+    assert first != other
+
+
+def test_fit_objective_batches_and_early_stop(tokenized):
+    """fit() on its own: micro-batches per step, the schedule it sets, and a stop from evaluate."""
+    tokenizer, data_dir = tokenized["mlm_nsp"]
+    model = _model("mlm_nsp", tokenizer)
+    objective = Objective("mlm_nsp", tokenizer, mlm_probability=0.15)
+    data = PretrainData(data_dir, "train")
+    assert set(data.arrays) == {"input_ids", "token_type_ids", "nsp_labels"}
+    calls, evals = [], []
+
+    def next_batch(step, micro):
+        calls.append((step, micro))
+        idx = np.arange(4 * (2 * step + micro), 4 * (2 * step + micro + 1)) % data.n
+        return objective.prepare(data.batch(idx, torch.device("cpu")), torch.Generator().manual_seed(step))
+
+    def evaluate(step):
+        evals.append(step)
+        return step == 4
+
+    cfg = OptimConfig(lr=1e-3, warmup_steps=2, batch_size=4, grad_accum=2, **CPU)
+    timing = fit(model, cfg, 10, next_batch, lambda m, b: objective.forward(m, b)["loss"],
+                 evaluate=evaluate, eval_every=2)
+    assert timing["steps"] == 4 and evals == [2, 4]
+    assert calls == [(s, m) for s in range(4) for m in range(2)]
+    assert timing["tokens"] == 4 * 2 * 4 * 32
+
+
+def test_fit_raises_on_a_nan_loss(tokenized):
+    tokenizer, data_dir = tokenized["clm"]
+    model = _model("clm", tokenizer)
+    objective = Objective("clm", tokenizer, mlm_probability=0.15)
+    data = PretrainData(data_dir, "train")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    seen: list[int] = []
+
+    def next_batch(step, micro):
+        seen.append(step)
+        return objective.prepare(data.batch(np.arange(4), torch.device("cpu")), torch.Generator())
+
+    def loss_fn(m, batch):  # a real loss, poisoned at the third step
+        loss = objective.forward(m, batch)["loss"]
+        return loss * float("nan") if len(seen) == 3 else loss
+
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 2"):
+        fit(model, OptimConfig(lr=1e-3, batch_size=4, **CPU), 10, next_batch, loss_fn)
+    assert seen == [0, 1, 2]
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # steps 0-1 did train
+
+
+def test_pretrain_data_requires_tokenized_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the tokenize stage first"):
+        PretrainData(tmp_path, "train")
+
+
+@pytest.mark.parametrize("objective_name", ["mlm", "mlm_nsp"])
+def test_mlm_batch_without_masked_tokens_has_zero_not_nan_loss(objective_name, tokenized):
+    """A short batch can draw no masked token (0.85**n): that must not read as divergence."""
+    tokenizer, data_dir = tokenized[objective_name]
+    objective = Objective(objective_name, tokenizer, mlm_probability=0.15)
+    batch = objective.prepare(PretrainData(data_dir, "train").batch(np.arange(2), torch.device("cpu")),
+                              torch.Generator().manual_seed(0))
+    batch["input_ids"] = torch.where(batch["labels"] == -100, batch["input_ids"], batch["labels"])
+    batch["labels"] = torch.full_like(batch["labels"], -100)
+    out = objective.forward(_model(objective_name, tokenizer), batch)
+    assert out["count"] == 0 and out["mlm_correct"] == 0
+    assert out["loss_sum"].item() == 0.0
+    assert torch.isfinite(out["loss"])
