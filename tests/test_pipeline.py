@@ -42,6 +42,10 @@ def env_for(repo: Path) -> dict:
     env = os.environ.copy()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    # `dvc exp run` commits experiments: give git an identity on machines without one.
+    for role in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{role}_NAME", "lmforge-test")
+        env.setdefault(f"GIT_{role}_EMAIL", "test@lmforge.invalid")
     return env
 
 
@@ -131,6 +135,8 @@ def test_metrics_for_every_objective_and_scratch(dvc_repo):
     assert 0.0 <= pre["mlm_nsp"]["val_nsp_accuracy"] <= 1.0
     shown = dvc(dvc_repo, "metrics", "show", "--json").stdout
     assert "test_macro_f1" in shown and "val_perplexity" in shown
+    plots = json.loads(dvc(dvc_repo, "plots", "show", "--json").stdout)
+    assert "pretraining_loss" in plots and paths.COMPARISON_PNG in plots
 
 
 def test_registry_has_a_champion_per_objective_loadable_in_a_fresh_process(dvc_repo):
