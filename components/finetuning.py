@@ -50,13 +50,24 @@ def read_labelled(path: Path, labels: list[str]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int, architecture: str) -> list[list[int]]:
-    """Token ids per text: BERT gets [CLS] ... [SEP] from its tokenizer; GPT-2 ends with EOS,
-    so the classifier always reads the same final token."""
-    if architecture == "bert":
-        return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length - 1, add_special_tokens=False)["input_ids"]
-    return [x + [tokenizer.eos_token_id] for x in ids]
+def prepare_classifier_tokenizer(tokenizer, architecture: str, max_length: int):
+    """Make the tokenizer add what the classifier reads, so training, evaluation and the
+    served pipeline encode a text identically: BERT already adds [CLS] ... [SEP]; GPT-2
+    gets an EOS appended (its classifier reads the last non-pad token)."""
+    if architecture == "gpt2":
+        from tokenizers import processors
+
+        eos = tokenizer.eos_token
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"$A {eos}", pair=f"$A {eos} $B:1 {eos}:1", special_tokens=[(eos, tokenizer.eos_token_id)]
+        )
+    tokenizer.model_max_length = max_length
+    return tokenizer
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids per text, truncated to `max_length` including the special tokens."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
 def collate(encoded: list[list[int]], pad_id: int, device: torch.device) -> dict:
@@ -96,14 +107,16 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> float:
 
 def finetune(model, tokenizer, architecture: str, train: pd.DataFrame, val: pd.DataFrame, n_labels: int,
              cfg: FinetuneConfig, seed: int, on_log=None) -> dict:
-    """Fine-tune with early stopping on validation macro-F1; the best epoch's weights are kept."""
+    """Fine-tune with early stopping on validation macro-F1; the best epoch's weights are kept.
+
+    `tokenizer` must have been through `prepare_classifier_tokenizer`."""
     torch.manual_seed(seed)
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     model.to(device)
     pad_id = tokenizer.pad_token_id
-    train_x = encode_texts(tokenizer, train["text"].tolist(), cfg.max_length, architecture)
+    train_x = encode_texts(tokenizer, train["text"].tolist(), cfg.max_length)
     train_y = torch.tensor(train["label"].to_numpy(), dtype=torch.long)
-    val_x = encode_texts(tokenizer, val["text"].tolist(), cfg.max_length, architecture)
+    val_x = encode_texts(tokenizer, val["text"].tolist(), cfg.max_length)
     val_y = val["label"].to_numpy()
     counts = np.bincount(train_y.numpy(), minlength=n_labels).astype(np.float64)
     weights = None

@@ -16,6 +16,7 @@ VALIDATION_DIR = "reports/validation"
 TOKENIZERS_DIR = "data/tokenizers"
 TOKENIZED_DIR = "data/tokenized"
 PRETRAINED_DIR = "models/pretrained"
+CHECKPOINTS_DIR = "checkpoints/pretrain"
 PRETRAIN_REPORTS = "reports/pretrain"
 FINETUNED_DIR = "models/finetuned"
 FINETUNE_REPORTS = "reports/finetune"
@@ -36,6 +37,10 @@ def tokenized_dir(objective: str) -> str:
 
 def pretrained_dir(objective: str) -> str:
     return f"{PRETRAINED_DIR}/{objective}"
+
+
+def checkpoint_dir(objective: str) -> str:
+    return f"{CHECKPOINTS_DIR}/{objective}"
 
 
 def finetuned_dir(run: str) -> str:

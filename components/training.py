@@ -18,7 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from components.checkpoint import Checkpointer
 from components.collators import IGNORE_INDEX, mask_tokens
+from components.distributed import is_main_process
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,16 @@ class PretrainConfig(OptimConfig):
     """Validation batches per evaluation (fixed masks, so numbers compare across steps)."""
     log_every: int = 10
     mlm_probability: float = 0.15
+    checkpoint_every: int = 100
+    """Steps between checkpoints (and one at the end); a rerun resumes from the newest."""
+    keep_checkpoints: int = 2
+    nproc_per_node: int = 1
+    """Processes for DDP: > 1 relaunches the stage under torchrun (gloo on CPU, NCCL on GPUs)."""
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("max_steps", "eval_every", "eval_batches", "log_every"):
+        for name in ("max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "nproc_per_node"):
             if getattr(self, name) < 1:
                 raise ValueError(f"pretrain.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.mlm_probability < 1.0:
@@ -136,20 +144,30 @@ def fit(
     eval_every: int = 0,
     on_log: Callable[[int, dict], None] | None = None,
     log_every: int = 10,
+    checkpointer: Checkpointer | None = None,
+    state: dict | None = None,
 ) -> dict:
     """Train `model` for `total_steps` optimiser steps; the loop every objective shares.
 
-    `next_batch(step, micro)` returns a dict of tensors on the model's device;
-    `evaluate(step)` runs every `eval_every` steps and at the end, and returns True to stop
-    early. Returns {"steps", "seconds", "tokens"}.
+    `next_batch(step, micro)` returns a dict of tensors on the model's device (a pure
+    function of the step, which is what makes resuming O(1)); `evaluate(step)` runs every
+    `eval_every` steps and at the end, and returns True to stop early. With a
+    `checkpointer`, training resumes from its newest checkpoint and saves `state` (the
+    caller's JSON-able loop state) with each one. Returns {"steps", "seconds", "tokens",
+    "resumed_from"}.
     """
     device = next(model.parameters()).device
     _, dtype = resolve_device_dtype(str(device), cfg.dtype)
     optimizer = make_optimizer(model, cfg, device)
+    first_step = 0
+    if checkpointer is not None:
+        first_step, saved = checkpointer.restore(model, optimizer)
+        if state is not None:
+            state.update(saved)
     model.train()
-    start, tokens, step = time.perf_counter(), 0, 0
+    start, tokens, step = time.perf_counter(), 0, first_step - 1
     window_t, window_tokens = start, 0
-    for step in range(total_steps):
+    for step in range(first_step, total_steps):
         # Schedule: set this step's learning rate.
         lr = lr_at(step, cfg, total_steps)
         for group in optimizer.param_groups:
@@ -186,9 +204,14 @@ def fit(
             model.eval()
             stop = evaluate(step + 1)
             model.train()
-            if stop:
-                break
-    return {"steps": step + 1, "seconds": time.perf_counter() - start, "tokens": tokens}
+        else:
+            stop = False
+        # Checkpoint: after evaluation, so the saved state includes it.
+        if checkpointer is not None and checkpointer.due(step + 1, total_steps) and is_main_process():
+            checkpointer.save(step + 1, model, optimizer, state or {})
+        if stop:
+            break
+    return {"steps": step + 1, "seconds": time.perf_counter() - start, "tokens": tokens, "resumed_from": first_step}
 
 
 class PretrainData:
@@ -294,13 +317,42 @@ def evaluate_pretraining(model, objective: Objective, data: PretrainData, batch_
     return metrics
 
 
+class _Trainable(torch.nn.Module):
+    """Model + objective as one module, so DDP sees the loss computation as its forward
+    (the MLM path calls submodules, which DDP's gradient sync would otherwise not see)."""
+
+    def __init__(self, model: torch.nn.Module, objective: Objective):
+        super().__init__()
+        self.inner = model
+        self.objective = objective
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.objective.forward(self.inner, batch)["loss"]
+
+
+def _rows(batch: dict, rank: int, world_size: int) -> dict:
+    """This rank's share of a global batch: every world_size-th row, equal for all ranks."""
+    return batch if world_size == 1 else {k: v[rank::world_size] for k, v in batch.items()}
+
+
 def pretrain(objective_name: str, model, tokenizer, data_dir: Path, cfg: PretrainConfig, seed: int,
-             on_log: Callable[[int, dict], None] | None = None) -> dict:
-    """Pretrain `model` on the tokenized data; returns final validation metrics and timing."""
+             on_log: Callable[[int, dict], None] | None = None, checkpointer: Checkpointer | None = None) -> dict:
+    """Pretrain `model` on the tokenized data; returns final validation metrics and timing.
+
+    Under torchrun each rank takes an equal slice of the same global batch (so no rank
+    runs out of data before another), DDP averages gradients, and only rank 0 evaluates,
+    logs and checkpoints.
+    """
+    from components import distributed
+
     torch.manual_seed(seed)
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    rank, world_size, device = distributed.setup(device)
+    if cfg.batch_size % world_size:
+        raise ValueError(f"pretrain.batch_size ({cfg.batch_size}) must be divisible by the {world_size} processes")
     model.to(device)
     objective = Objective(objective_name, tokenizer, cfg.mlm_probability)
+    trainable = distributed.wrap(_Trainable(model, objective), device)
     train, val = PretrainData(data_dir, "train"), PretrainData(data_dir, "validation")
     # Sample order: a fresh permutation per epoch, so step s maps to examples in O(1).
     epochs: dict[int, np.ndarray] = {}
@@ -313,21 +365,35 @@ def pretrain(objective_name: str, model, tokenizer, data_dir: Path, cfg: Pretrai
             if epoch not in epochs:
                 epochs[epoch] = np.random.default_rng([seed, epoch]).permutation(train.n)
             idx.append(epochs[epoch][offset])
+        # Masks are drawn for the whole global batch, then sliced: every world size sees
+        # exactly the inputs a single process would.
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
-        return objective.prepare(train.batch(np.asarray(idx), device), generator)
+        return _rows(objective.prepare(train.batch(np.asarray(idx), device), generator), rank, world_size)
 
-    history: list[dict] = []
+    state: dict = {"history": [], "curve": []}
+
+    def log(step: int, metrics: dict) -> None:
+        if "train_loss" in metrics:
+            state["curve"].append([step, metrics["train_loss"]])
+        if on_log and rank == 0:
+            on_log(step, metrics)
 
     def evaluate(step: int) -> bool:
-        metrics = evaluate_pretraining(model, objective, val, cfg.batch_size, cfg.eval_batches, seed, device, dtype)
-        history.append({"step": step, **metrics})
-        if on_log:
-            on_log(step, metrics)
+        if rank == 0:
+            metrics = evaluate_pretraining(model, objective, val, cfg.batch_size, cfg.eval_batches, seed, device, dtype)
+            state["history"].append({"step": step, **metrics})
+            log(step, metrics)
         return False
 
-    timing = fit(model, cfg, cfg.max_steps, next_batch, lambda m, b: objective.forward(m, b)["loss"],
-                 evaluate=evaluate, eval_every=cfg.eval_every, on_log=on_log, log_every=cfg.log_every)
-    final = history[-1]
+    try:
+        timing = fit(trainable, cfg, cfg.max_steps, next_batch, lambda m, b: m(b),
+                     evaluate=evaluate, eval_every=cfg.eval_every, on_log=log, log_every=cfg.log_every,
+                     checkpointer=checkpointer, state=state)
+        distributed.barrier()
+    finally:
+        distributed.teardown()
+    final = state["history"][-1] if state["history"] else {}
     return {**{k: v for k, v in final.items() if k != "step"}, **timing,
-            "tokens_per_s": timing["tokens"] / max(timing["seconds"], 1e-9),
-            "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+            "tokens_per_s": timing["tokens"] * world_size / max(timing["seconds"], 1e-9),
+            "world_size": world_size, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "curve": state["curve"], "history": state["history"]}

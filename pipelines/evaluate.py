@@ -65,8 +65,7 @@ def main(argv=None) -> None:
                 architecture = paths.run_architecture(run)
                 model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).to(device)
                 tokenizer = load_tokenizer(model_dir)
-                encoded = encode_texts(tokenizer, test["text"].tolist(), model.config.max_position_embeddings
-                                       if architecture == "bert" else model.config.n_positions, architecture)
+                encoded = encode_texts(tokenizer, test["text"].tolist(), tokenizer.model_max_length)
                 predictions[run] = predict(model, encoded, tokenizer.pad_token_id, ev.batch_size, device, dtype).argmax(-1)
                 m = classification_metrics(y, predictions[run], labels)
                 entry = {"objective": "scratch" if run.startswith("scratch-") else run, "run": run,

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from components import paths, tracking
-from components.finetuning import finetune, read_labelled
+from components.finetuning import finetune, prepare_classifier_tokenizer, read_labelled
 from components.io import atomic_dir, read_json, write_json_atomic
 from components.modeling import build_classifier
 from components.tokenization import load_tokenizer
@@ -21,6 +21,7 @@ def main(argv=None) -> None:
         if pretrained is not None and not (pretrained / "config.json").exists():
             raise FileNotFoundError(f"{pretrained}: no pretrained model; run the pretrain stage first")
         tokenizer = load_tokenizer(pretrained or paths.tokenizer_dir(architecture))
+        prepare_classifier_tokenizer(tokenizer, architecture, cfg["finetune"].max_length)
         downstream = Path(paths.DOWNSTREAM_DIR)
         labels = read_json(downstream / "labels.json")["labels"]
         train = read_labelled(downstream / "train.parquet", labels)

@@ -1,6 +1,8 @@
 """Downstream metrics, bootstrap CIs, the labelled-data reader and fine-tuning."""
 from __future__ import annotations
 
+import copy
+
 import random
 
 import numpy as np
@@ -9,7 +11,8 @@ import pytest
 import torch
 
 from components.evaluation import EvaluateConfig, bootstrap_diff_ci, classification_metrics, majority_baseline
-from components.finetuning import FinetuneConfig, encode_texts, finetune, macro_f1, predict, read_labelled
+from components.finetuning import (FinetuneConfig, encode_texts, finetune, macro_f1, predict,
+                                   prepare_classifier_tokenizer, read_labelled)
 from components.modeling import ModelConfig, build_classifier
 
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
@@ -141,7 +144,9 @@ def _cfg(**kw) -> FinetuneConfig:
 
 @pytest.mark.parametrize("architecture", ["bert", "gpt2"])
 def test_finetune_learns_a_separable_task_and_restores_the_best_epoch(architecture, request):
-    tokenizer = request.getfixturevalue(f"{architecture}_tokenizer")
+    # A copy: preparing adds GPT-2's EOS post-processor, which the shared fixture must not get.
+    tokenizer = prepare_classifier_tokenizer(copy.deepcopy(request.getfixturevalue(f"{architecture}_tokenizer")),
+                                             architecture, 16)
     torch.manual_seed(0)
     model = build_classifier(architecture, TINY, tokenizer, ["serialise", "filesystem"], None)
     head = model.classifier if architecture == "bert" else model.score
@@ -167,7 +172,7 @@ def test_finetune_learns_a_separable_task_and_restores_the_best_epoch(architectu
     assert scores[-1] <= 1 / 3 + 1e-9  # the sabotage took effect (constant prediction)
     assert result["val_macro_f1"] == max(scores) >= 0.9  # chance is about 0.5
     assert result["best_epoch"] == scores.index(max(scores)) + 1 < 4
-    val_x = encode_texts(tokenizer, val["text"].tolist(), cfg.max_length, architecture)
+    val_x = encode_texts(tokenizer, val["text"].tolist(), cfg.max_length)
     preds = predict(model, val_x, tokenizer.pad_token_id, 16, torch.device("cpu"), torch.float32).argmax(-1)
     assert macro_f1(val["label"].to_numpy(), preds, 2) == pytest.approx(result["val_macro_f1"])
 

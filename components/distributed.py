@@ -1,0 +1,58 @@
+"""torch.distributed set-up for `torchrun`: one process per device, DDP, rank-0 side effects.
+
+Nothing here is home-made distribution: torchrun starts the processes and sets RANK,
+WORLD_SIZE and LOCAL_RANK; we join the process group (NCCL on GPUs, gloo on CPU) and let
+DistributedDataParallel average gradients.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) from the environment torchrun sets; (0, 1) for a plain run."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def setup(device: torch.device) -> tuple[int, int, torch.device]:
+    """Join the process group when launched by torchrun; returns (rank, world, device)."""
+    rank, size = world()
+    if size == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, size, device
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DDP when there is more than one process, else the model itself."""
+    if world()[1] == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def teardown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
