@@ -82,4 +82,5 @@ class Checkpointer:
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)  # DDP wraps the model
+    model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module
+    return getattr(model, "module", model)  # and DDP wraps the model

@@ -1,30 +1,46 @@
 """Ingest: read documents, clean them, drop duplicates and short ones, split, write parquet.
 
 The corpus goes to ``train.parquet``/``validation.parquet`` (``doc_id``, ``source``,
-``text``) and the downstream task to ``train``/``validation``/``test.parquet`` (``text``,
-``label``, ``module``) plus ``labels.json``. Each output directory is written atomically.
+``text``, rows in doc_id order) and the downstream task to ``train``/``validation``/
+``test.parquet`` (``text``, ``label``, ``module``) plus ``labels.json``. Each output
+directory is written atomically.
+
+The corpus is streamed: documents are cleaned one at a time, sorted by doc_id with an
+external merge sort (runs of RUN_CHARS characters spilled to parquet), deduplicated as
+equal ids meet in the merge, and written a row group at a time. Memory holds one run, not
+the corpus; the sources themselves are read in ``components/sources.py``.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
-import json
+from array import array
+import heapq
+import itertools
 import re
+import shutil
 import sys
+import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components import stdlib_docs
 from components.io import atomic_dir, write_json_atomic
+from components.sources import HF_PREFIX, TXT_MODES, read_documents
 
 BUILTIN_CORPUS = "builtin:stdlib-docs"
 BUILTIN_TASK = "builtin:stdlib-chapters"
-LOCAL_SUFFIXES = (".jsonl", ".parquet", ".txt")
+# An in-memory run of the external sort. The built-in corpus (~1.7M characters) fits in
+# one, so it never touches disk; larger corpora spill runs and merge them.
+RUN_CHARS = 4 * 2**20
+MERGE_FANIN = 16
+RUN_GROUP_CHARS = 64 * 2**10  # small row groups in runs: a merge holds one per run
+OUTPUT_GROUP_CHARS = 2**20
 
 
 @dataclass(frozen=True)
@@ -32,21 +48,29 @@ class DataConfig:
     """params.yaml section ``data``: where the pretraining corpus comes from."""
 
     source: str = BUILTIN_CORPUS
-    """``builtin:stdlib-docs``, or a local file, directory or glob of .txt/.jsonl/.parquet."""
+    """``builtin:stdlib-docs``; a local file, directory or glob of .txt, .jsonl, .json, .csv
+    (each optionally .gz) and .parquet; a ``save_to_disk`` directory; or ``hf:<name>[:<config>]``."""
     text_column: str = "text"
-    """Field (jsonl) or column (parquet) holding each document's text."""
+    """Field (jsonl, json, Hugging Face) or column (csv, parquet) holding each document's text."""
+    txt_mode: str = "file"
+    """``file``: a .txt file is one document; ``paragraph``: each blank-line-separated block is."""
     validation_fraction: float = 0.05
     """Share of documents, chosen by hash of their text, held out for validation."""
     min_chars: int = 20
     """Documents shorter than this after cleaning are dropped."""
     max_documents: int = 0
-    """Keep only the first N documents by doc_id (0 = all); keeps tiny runs fast."""
+    """Keep only the first N documents by doc_id (0 = all): a hash sample, the same whatever
+    order the files are read in; keeps tiny runs fast."""
 
     def __post_init__(self) -> None:
         if self.source.startswith("builtin:") and self.source != BUILTIN_CORPUS:
             raise ValueError(f"data.source: unknown built-in {self.source!r}; use {BUILTIN_CORPUS!r} or a path")
         if not self.source.strip():
             raise ValueError(f"data.source must be {BUILTIN_CORPUS!r} or a path, got an empty string")
+        if self.source.startswith(HF_PREFIX) and not self.source.removeprefix(HF_PREFIX).partition(":")[0]:
+            raise ValueError(f"data.source: {self.source!r} names no dataset; use hf:<name>[:<config>]")
+        if self.txt_mode not in TXT_MODES:
+            raise ValueError(f"data.txt_mode must be one of {', '.join(TXT_MODES)}, got {self.txt_mode!r}")
         if not self.text_column:
             raise ValueError("data.text_column must name a field, got an empty string")
         if not 0 < self.validation_fraction < 0.5:
@@ -122,149 +146,210 @@ def is_validation(doc_id: str, fraction: float) -> bool:
     return int(doc_id[:8], 16) / 2**32 < fraction
 
 
-def local_files(source: str) -> list[Path]:
-    """The files a local source names, in sorted order."""
-    if glob.has_magic(source):
-        files = [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
-    elif Path(source).is_dir():
-        files = [p for p in Path(source).rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES]
-    elif Path(source).is_file():
-        files = [Path(source)]
-    else:
-        raise ValueError(f"data.source: {source!r} does not exist (give a file, directory or glob)")
-    if not files:
-        raise ValueError(f"data.source: no {'/'.join(LOCAL_SUFFIXES)} files match {source!r}")
-    for f in files:
-        if f.suffix not in LOCAL_SUFFIXES:
-            raise ValueError(f"data.source: {f}: unsupported file type; use {', '.join(LOCAL_SUFFIXES)}")
-    return sorted(files)
+def new_counts() -> dict[str, int]:
+    return {"documents_read": 0, "duplicates_removed": 0, "short_removed": 0}
 
 
-def _read_jsonl(path: Path, column: str) -> Iterator[tuple[str, str]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            if column not in record:
-                raise ValueError(f"{where}: no field '{column}' (set data.text_column)")
-            text = record[column]
-            if text is not None and not isinstance(text, str):
-                raise ValueError(f"{where}: field '{column}' must be a string, got {type(text).__name__}")
-            yield f"{path}:{lineno}", text or ""
-
-
-def _read_parquet(path: Path, column: str) -> Iterator[tuple[str, str]]:
-    pf = pq.ParquetFile(path)
-    field = pf.schema_arrow.field(column) if column in pf.schema_arrow.names else None
-    if field is None:
-        raise ValueError(f"{path}: no column '{column}' (set data.text_column); has {pf.schema_arrow.names}")
-    if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
-        raise ValueError(f"{path}: column '{column}' must hold strings, got {field.type}")
-    row = 0
-    # One row group at a time, so a large file never sits in memory whole.
-    for group in range(pf.num_row_groups):
-        for text in pf.read_row_group(group, columns=[column]).column(0).to_pylist():
-            yield f"{path}:{row}", text or ""
-            row += 1
-
-
-def read_local_documents(source: str, text_column: str) -> Iterator[tuple[str, str]]:
-    """(source, raw text) for each document of a local file, directory or glob."""
-    for path in local_files(source):
-        try:
-            if path.suffix == ".txt":
-                yield str(path), path.read_text(encoding="utf-8")
-            elif path.suffix == ".jsonl":
-                yield from _read_jsonl(path, text_column)
-            else:
-                yield from _read_parquet(path, text_column)
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
-
-
-def prepare_documents(
-    raw: Iterator[tuple[str, str]], min_chars: int, max_documents: int = 0
-) -> tuple[list[Document], dict[str, int]]:
-    """Clean, drop short documents then exact duplicates (first kept); sort by doc_id."""
-    docs: dict[str, Document] = {}
-    counts = {"documents_read": 0, "duplicates_removed": 0, "short_removed": 0}
+def clean_documents(raw: Iterable[tuple[str, str | None]], min_chars: int, counts: dict) -> Iterator[Document]:
+    """Cleaned documents of at least `min_chars` characters; counts what was read and dropped."""
     for source, text in raw:
         counts["documents_read"] += 1
-        text = clean_text(text)
+        text = clean_text(text or "")
         if len(text) < min_chars:
             counts["short_removed"] += 1
             continue
-        doc_id = doc_id_of(text)
-        if doc_id in docs:
+        yield Document(doc_id_of(text), source, text)
+
+
+def _by_id(doc: Document) -> str:
+    return doc.doc_id
+
+
+class _RowGroupWriter:
+    """A parquet file written one row group of about `group_chars` characters at a time."""
+
+    def __init__(self, path: Path, schema: pa.Schema, group_chars: int):
+        self.schema, self.group_chars = schema, group_chars
+        self.writer = pq.ParquetWriter(path, schema)
+        self.rows: list[tuple] = []
+        self.chars = 0
+
+    def write(self, row: tuple) -> None:
+        self.rows.append(row)
+        self.chars += len(row[-1])
+        if self.chars >= self.group_chars:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(_table(self.rows, self.schema))
+            self.rows, self.chars = [], 0
+
+    def __enter__(self) -> "_RowGroupWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.flush()
+        self.writer.close()
+
+
+def _spill(docs: Iterable[Document], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _RowGroupWriter(path, CORPUS_SCHEMA, RUN_GROUP_CHARS) as out:
+        for doc in docs:
+            out.write(doc)
+    return path
+
+
+def _read_run(path: Path) -> Iterator[Document]:
+    run = pq.ParquetFile(path)
+    for group in range(run.num_row_groups):
+        columns = run.read_row_group(group).to_pydict()
+        yield from map(Document._make, zip(*(columns[name] for name in CORPUS_SCHEMA.names)))
+
+
+def sort_unique(
+    docs: Iterable[Document], work_dir: Path, counts: dict,
+    run_chars: int = RUN_CHARS, fanin: int = MERGE_FANIN,
+) -> Iterator[Document]:
+    """`docs` in doc_id order, exact duplicates dropped (the first copy kept, counted in
+    counts["duplicates_removed"]).
+
+    An external merge sort: runs of `run_chars` characters are sorted in memory (a stable
+    sort, so equal ids keep their reading order) and spilled to parquet in `work_dir`;
+    runs are merged `fanin` at a time, earlier runs first on ties. A corpus that fits in
+    one run never touches disk.
+    """
+    runs: list[Path] = []
+    buffer: list[Document] = []
+    chars = 0
+    for doc in docs:
+        buffer.append(doc)
+        chars += len(doc.text)
+        if chars >= run_chars:
+            buffer.sort(key=_by_id)
+            runs.append(_spill(buffer, work_dir / f"run-0-{len(runs):06d}.parquet"))
+            buffer, chars = [], 0
+    buffer.sort(key=_by_id)
+    if runs and buffer:
+        runs.append(_spill(buffer, work_dir / f"run-0-{len(runs):06d}.parquet"))
+        buffer = []
+    level = 0
+    while len(runs) > fanin:
+        level += 1
+        groups = [runs[i:i + fanin] for i in range(0, len(runs), fanin)]
+        merged = []
+        for i, group in enumerate(groups):
+            merged.append(_spill(heapq.merge(*map(_read_run, group), key=_by_id),
+                                 work_dir / f"run-{level}-{i:06d}.parquet"))
+            for path in group:
+                path.unlink()
+        runs = merged
+    stream = heapq.merge(*map(_read_run, runs), key=_by_id) if runs else iter(buffer)
+    previous = None
+    for doc in stream:
+        if doc.doc_id == previous:
             counts["duplicates_removed"] += 1
             continue
-        docs[doc_id] = Document(doc_id, source, text)
-    kept = [docs[k] for k in sorted(docs)]
-    return (kept[:max_documents] if max_documents else kept), counts
+        previous = doc.doc_id
+        yield doc
+
+
+def prepare_documents(
+    raw: Iterable[tuple[str, str | None]], min_chars: int, max_documents: int = 0
+) -> tuple[list[Document], dict[str, int]]:
+    """Clean, drop short documents then exact duplicates (first kept); sort by doc_id.
+
+    The in-memory form of what build_corpus streams, for small inputs.
+    """
+    counts = new_counts()
+    with tempfile.TemporaryDirectory(prefix="lmforge-sort-") as work:
+        docs = list(sort_unique(clean_documents(raw, min_chars, counts), Path(work), counts))
+    return (docs[:max_documents] if max_documents else docs), counts
+
+
+def route(docs: Iterable[Document], fraction: float) -> Iterator[tuple[Document, bool]]:
+    """(document, goes to validation) for documents in doc_id order.
+
+    Validation takes the documents whose hash falls under `fraction`; in doc_id order they
+    come first. So both splits are non-empty from two documents on, the boundary document
+    moves when one would be empty: the first one if none hashes into validation, the last
+    one if all do. One document of lookahead, so this streams.
+    """
+    it = iter(docs)
+    doc, first = next(it, None), True
+    while doc is not None:
+        following = next(it, None)
+        val = is_validation(doc.doc_id, fraction)
+        if first and not val and following is not None:
+            val = True
+        elif not first and val and following is None:
+            val = False
+        yield doc, val
+        doc, first = following, False
 
 
 def split_documents(docs: list[Document], fraction: float) -> tuple[list[Document], list[Document]]:
-    """(train, validation) by doc hash; both non-empty whenever there are >= 2 documents."""
-    train = [d for d in docs if not is_validation(d.doc_id, fraction)]
-    val = [d for d in docs if is_validation(d.doc_id, fraction)]
-    if len(docs) >= 2 and not val:
-        # The document whose hash is nearest the threshold moves; sorted by doc_id, it is first.
-        val, train = train[:1], train[1:]
-    if len(docs) >= 2 and not train:
-        train, val = val[-1:], val[:-1]
+    """(train, validation) of documents in doc_id order; see `route`."""
+    train: list[Document] = []
+    val: list[Document] = []
+    for doc, is_val in route(docs, fraction):
+        (val if is_val else train).append(doc)
     return train, val
 
 
-def builtin_documents(
-    modules: list[stdlib_docs.ModuleDocs], test_modules: set[str], test_texts: set[str]
-) -> Iterator[tuple[str, str]]:
-    """One document per module (test-split modules left out) and one per pydoc topic.
-
-    A docstring or topic that holds a test example is left out too: docstrings are shared
-    and quoted across modules (posixpath and ntpath, multiprocessing.context).
-    """
-    kept = [m for m in modules if m.name not in test_modules]
-    topics = [(f"pydoc-topic:{name}", clean_text(text)) for name, text in stdlib_docs.pydoc_topics()]
-    units = [d for m in kept for d in m.docstrings] + [text for _, text in topics]
-    leaked = stdlib_docs.texts_containing(units, test_texts)
-    for m in kept:
-        yield m.name, "\n\n".join(d for d in m.docstrings if d not in leaked)
-    yield from ((source, text) for source, text in topics if text not in leaked)
-
-
-def _percentile(sorted_values: list[int], q: float) -> int:
+def _percentile(sorted_values: np.ndarray, q: float) -> int:
     """Nearest-rank percentile: a real document length, not an interpolated one."""
-    if not sorted_values:
+    if not len(sorted_values):
         return 0
-    return sorted_values[min(len(sorted_values) - 1, int(q / 100 * len(sorted_values)))]
+    return int(sorted_values[min(len(sorted_values) - 1, int(q / 100 * len(sorted_values)))])
+
+
+def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+    # Built from plain lists with a fixed schema: no pandas index or metadata, stable bytes.
+    return pa.table({name: [row[i] for row in rows] for i, name in enumerate(schema.names)}, schema=schema)
 
 
 def _write_parquet(path: Path, rows: list[tuple], schema: pa.Schema) -> None:
-    # Built from plain lists with a fixed schema: no pandas index or metadata, stable bytes.
-    columns = {name: [row[i] for row in rows] for i, name in enumerate(schema.names)}
-    pq.write_table(pa.table(columns, schema=schema), path)
+    pq.write_table(_table(rows, schema), path)
 
 
-def _stats(counts: dict[str, int], docs: list[Document], n_val: int, task: dict, excluded: int) -> dict:
+def write_splits(docs: Iterator[Document], out_dir: Path, fraction: float, max_documents: int) -> dict:
+    """Stream doc_id-ordered documents into train/validation.parquet; flat counts and lengths.
+
+    Documents past `max_documents` are still read (not written), so the duplicate count
+    covers the whole source.
+    """
+    lengths = array("q")  # 8 bytes a document: the only thing kept per document
+    n_val = 0
+    kept = itertools.islice(docs, max_documents or None)
+    with (_RowGroupWriter(out_dir / "train.parquet", CORPUS_SCHEMA, OUTPUT_GROUP_CHARS) as train,
+          _RowGroupWriter(out_dir / "validation.parquet", CORPUS_SCHEMA, OUTPUT_GROUP_CHARS) as val):
+        for doc, is_val in route(kept, fraction):
+            (val if is_val else train).write(doc)
+            n_val += is_val
+            lengths.append(len(doc.text))
+    for _ in docs:
+        pass
+    ordered = np.sort(np.frombuffer(lengths, dtype=np.int64)) if lengths else np.zeros(0, np.int64)
+    return {
+        "documents": len(ordered),
+        "train_documents": len(ordered) - n_val,
+        "validation_documents": n_val,
+        "characters": int(ordered.sum()),
+        "length_p05": _percentile(ordered, 5),
+        "length_p50": _percentile(ordered, 50),
+        "length_p95": _percentile(ordered, 95),
+    }
+
+
+def _stats(counts: dict[str, int], corpus: dict, task: dict, excluded: int) -> dict:
     """Flat, JSON-able numbers; documents_read counts what reached cleaning (test-split
     modules are left out before that, and counted in excluded_test_documents)."""
-    lengths = sorted(len(d.text) for d in docs)
     return {
         **counts,
-        "documents": len(docs),
-        "train_documents": len(docs) - n_val,
-        "validation_documents": n_val,
-        "characters": sum(lengths),
-        "length_p05": _percentile(lengths, 5),
-        "length_p50": _percentile(lengths, 50),
-        "length_p95": _percentile(lengths, 95),
+        **corpus,
         "downstream_train": len(task["train"]),
         "downstream_validation": len(task["validation"]),
         "downstream_test": len(task["test"]),
@@ -280,43 +365,55 @@ DOWNSTREAM_SCHEMA = pa.schema([("text", pa.string()), ("label", pa.int64()), ("m
 def build_corpus(
     data: DataConfig, downstream: DownstreamConfig, seed: int, corpus_dir: Path, downstream_dir: Path
 ) -> dict:
-    """Write the corpus and downstream splits; return flat stats for reports/corpus_stats.json."""
+    """Write the corpus and downstream splits; return flat stats for reports/corpus_stats.json.
+
+    Both directories appear together or not at all: a bad source fails before either is
+    replaced (a user's source is read first, so it fails before the slower stdlib parse).
+    """
     builtin = data.source == BUILTIN_CORPUS
-    if not builtin:
-        # Read a local source first, so a bad file fails before the slower stdlib parse.
-        docs, counts = prepare_documents(
-            read_local_documents(data.source, data.text_column), data.min_chars, data.max_documents
-        )
-    modules = [
-        stdlib_docs.ModuleDocs(m.name, tuple(clean_text(d) for d in m.docstrings))
-        for m in stdlib_docs.extract_stdlib_docs()
-    ]
-    full = stdlib_docs.chapter_examples(
-        modules, downstream.min_chars, downstream.validation_fraction, downstream.test_fraction, seed
-    )
-    task = {s: stdlib_docs.subsample(rows, downstream.max_examples_per_split, seed) for s, rows in full.items()}
-    excluded = 0
+    task = excluded = None
     if builtin:
-        # Every module with a test example is held out, even if subsampling dropped its rows.
-        test_modules = {module for _, _, module in full["test"]}
-        test_texts = {text for text, _, _ in full["test"]}
-        raw = builtin_documents(modules, test_modules, test_texts)
-        docs, counts = prepare_documents(raw, data.min_chars, data.max_documents)
-        excluded = sum(m.name in test_modules for m in modules)
-    train, val = split_documents(docs, data.validation_fraction)
-
-    with atomic_dir(downstream_dir) as tmp:
-        for split, rows in task.items():
-            _write_parquet(tmp / f"{split}.parquet", rows, DOWNSTREAM_SCHEMA)
-        write_json_atomic(tmp / "labels.json", {"labels": list(stdlib_docs.LABELS)})
+        task, raw, excluded = _builtin_task_and_corpus(downstream, seed)
+    else:
+        raw = read_documents(data.source, data.text_column, data.txt_mode)
+    counts = new_counts()
     with atomic_dir(corpus_dir) as tmp:
-        _write_parquet(tmp / "train.parquet", train, CORPUS_SCHEMA)
-        _write_parquet(tmp / "validation.parquet", val, CORPUS_SCHEMA)
+        work = tmp / ".sort"
+        docs = sort_unique(clean_documents(raw, data.min_chars, counts), work, counts)
+        corpus = write_splits(docs, tmp, data.validation_fraction, data.max_documents)
+        shutil.rmtree(work, ignore_errors=True)
+        if task is None:
+            task, excluded = _task(stdlib_docs.cleaned_modules(clean_text), downstream, seed)[0], 0
+        with atomic_dir(downstream_dir) as out:
+            for split, rows in task.items():
+                _write_parquet(out / f"{split}.parquet", rows, DOWNSTREAM_SCHEMA)
+            write_json_atomic(out / "labels.json", {"labels": list(stdlib_docs.LABELS)})
 
-    stats = _stats(counts, docs, len(val), task, excluded)
+    stats = _stats(counts, corpus, task, excluded)
     print(
-        f"corpus: {stats['documents']} documents ({len(train)} train / {len(val)} validation), "
-        f"{stats['characters']:,} characters; {excluded} test-split modules left out",
+        f"corpus: {stats['documents']} documents ({stats['train_documents']} train / "
+        f"{stats['validation_documents']} validation), {stats['characters']:,} characters; "
+        f"{stats['duplicates_removed']} duplicates and {stats['short_removed']} short documents removed; "
+        f"{excluded} test-split modules left out",
         file=sys.stderr,
     )
     return stats
+
+
+def _task(modules: list[stdlib_docs.ModuleDocs], downstream: DownstreamConfig, seed: int) -> tuple[dict, dict]:
+    """(the subsampled task, the full split) of the built-in downstream task."""
+    full = stdlib_docs.chapter_examples(
+        modules, downstream.min_chars, downstream.validation_fraction, downstream.test_fraction, seed
+    )
+    return {s: stdlib_docs.subsample(rows, downstream.max_examples_per_split, seed) for s, rows in full.items()}, full
+
+
+def _builtin_task_and_corpus(downstream: DownstreamConfig, seed: int):
+    """The task first: the built-in corpus leaves out every module with a test example
+    (even one that subsampling dropped)."""
+    modules = stdlib_docs.cleaned_modules(clean_text)
+    task, full = _task(modules, downstream, seed)
+    test_modules = {module for _, _, module in full["test"]}
+    test_texts = {text for text, _, _ in full["test"]}
+    raw = stdlib_docs.builtin_documents(modules, test_modules, test_texts, clean_text)
+    return task, raw, sum(m.name in test_modules for m in modules)

@@ -23,6 +23,7 @@ FINETUNE_REPORTS = "reports/finetune"
 COMPARISON_JSON = "reports/comparison.json"
 COMPARISON_MD = "reports/comparison.md"
 COMPARISON_PNG = "reports/comparison.png"
+LOSS_PNG = "reports/pretraining_loss.png"
 COMPARISON_METRICS = "reports/metrics.json"
 REGISTRY_JSON = "reports/registry.json"
 

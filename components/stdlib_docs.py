@@ -18,6 +18,7 @@ import sysconfig
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 # Directories that hold tests, demos, tools or third-party code rather than library docs.
 SKIPPED_DIRS = frozenset(
@@ -146,6 +147,29 @@ def extract_stdlib_docs(root: Path | None = None) -> list[ModuleDocs]:
         ModuleDocs(name, docstrings_of(path.read_bytes(), str(path)))
         for name, path in stdlib_sources(root)
     ]
+
+
+def cleaned_modules(clean: Callable[[str], str]) -> list[ModuleDocs]:
+    """`extract_stdlib_docs` with each docstring passed through the corpus cleaning."""
+    return [ModuleDocs(m.name, tuple(clean(d) for d in m.docstrings)) for m in extract_stdlib_docs()]
+
+
+def builtin_documents(
+    modules: list[ModuleDocs], test_modules: set[str], test_texts: set[str], clean: Callable[[str], str]
+) -> Iterator[tuple[str, str]]:
+    """The built-in corpus: one document per module (test-split modules left out) and one
+    per pydoc topic.
+
+    A docstring or topic that holds a test example is left out too: docstrings are shared
+    and quoted across modules (posixpath and ntpath, multiprocessing.context).
+    """
+    kept = [m for m in modules if m.name not in test_modules]
+    topics = [(f"pydoc-topic:{name}", clean(text)) for name, text in pydoc_topics()]
+    units = [d for m in kept for d in m.docstrings] + [text for _, text in topics]
+    leaked = texts_containing(units, test_texts)
+    for m in kept:
+        yield m.name, "\n\n".join(d for d in m.docstrings if d not in leaked)
+    yield from ((source, text) for source, text in topics if text not in leaked)
 
 
 def pydoc_topics() -> list[tuple[str, str]]:

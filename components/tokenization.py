@@ -1,19 +1,22 @@
-"""Tokenizer training, document packing into fixed blocks, and NSP pair building.
+"""Tokenizers (trained or a local pretrained one) and the tokenize stage's arrays.
 
-Outputs are plain numpy arrays (uint16 when the vocabulary fits) that training
-memory-maps, plus a ``meta.json``; nothing here needs torch.
+Training: byte-level BPE for gpt2 (clm), WordPiece for bert (mlm, mlm_nsp), saved so
+`AutoTokenizer.from_pretrained(dir)` works. Tokenizing streams the corpus through
+`components.packing` (fixed blocks) or `components.nsp` (sentence pairs) into numpy
+arrays (uint16 when the vocabulary fits) that training memory-maps, plus `meta.json`,
+the index of what each split holds; nothing here needs torch.
 """
 from __future__ import annotations
 
-import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
 from components.io import atomic_dir, write_json_atomic
+from components.nsp import PairRows, SentenceStore, sentences_of, write_nsp_pairs
+from components.packing import encode_stream, encoder_threads, make_encoder, pack_stream, pipelined, token_dtype
 
 GPT2_SPECIALS = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
 BERT_SPECIALS = {
@@ -23,6 +26,8 @@ BERT_SPECIALS = {
     "sep_token": "[SEP]",
     "mask_token": "[MASK]",
 }
+# What each architecture's pipeline needs from a tokenizer, trained or brought.
+REQUIRED_SPECIALS = {"gpt2": ("eos_token", "pad_token"), "bert": ("cls_token", "sep_token", "mask_token", "pad_token")}
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,10 @@ class TokenizerConfig:
     """WordPiece (BERT) only: lower-case and strip accents, like bert-base-uncased."""
     model_max_length: int = 512
     """Saved as the tokenizer's `model_max_length`."""
+    pretrained_gpt2: str = ""
+    """A local Hugging Face tokenizer directory to use for gpt2 (clm) instead of training one."""
+    pretrained_bert: str = ""
+    """A local Hugging Face tokenizer directory to use for bert (mlm, mlm_nsp) instead of training one."""
 
     def __post_init__(self):
         if self.vocab_size < 300:
@@ -48,6 +57,9 @@ class TokenizerConfig:
         if self.model_max_length < 8:
             raise ValueError(f"tokenizer.model_max_length must be >= 8, got {self.model_max_length}")
 
+    def pretrained(self, architecture: str) -> str:
+        return {"gpt2": self.pretrained_gpt2, "bert": self.pretrained_bert}.get(architecture, "")
+
 
 @dataclass(frozen=True)
 class TokenizeConfig:
@@ -58,7 +70,7 @@ class TokenizeConfig:
     short_seq_prob: float = 0.1
     """NSP: probability of a shorter target length (BERT's recipe, so the model sees short inputs)."""
     batch_size: int = 1000
-    """Documents per tokenizer call (the fast tokenizer parallelises inside a batch)."""
+    """Documents per tokenizer call; a few calls run at once on background threads."""
 
     def __post_init__(self):
         if self.block_size < 16:
@@ -70,7 +82,12 @@ class TokenizeConfig:
 
 
 def train_tokenizer(architecture: str, texts: Iterable[str], cfg: TokenizerConfig, out_dir: Path) -> dict:
-    """Train byte-level BPE (gpt2) or WordPiece (bert) and save it for AutoTokenizer."""
+    """Train byte-level BPE (gpt2) or WordPiece (bert), or take `cfg`'s pretrained
+    directory for this architecture, and save it for AutoTokenizer."""
+    if architecture not in REQUIRED_SPECIALS:
+        raise ValueError(f"unknown architecture {architecture!r}; expected gpt2 or bert")
+    if cfg.pretrained(architecture):
+        return use_pretrained_tokenizer(architecture, Path(cfg.pretrained(architecture)), cfg, out_dir)
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -85,29 +102,32 @@ def train_tokenizer(architecture: str, texts: Iterable[str], cfg: TokenizerConfi
             special_tokens=list(dict.fromkeys(specials.values())),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
-    elif architecture == "bert":
+    else:
         specials = BERT_SPECIALS
         tok = Tokenizer(models.WordPiece(unk_token=specials["unk_token"]))
         tok.normalizer = normalizers.BertNormalizer(lowercase=cfg.lowercase, strip_accents=cfg.lowercase)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
+        if iter(texts) is texts:  # one pass for the alphabet, one for training
+            texts = list(texts)
         trainer = trainers.WordPieceTrainer(
             vocab_size=cfg.vocab_size,
             min_frequency=cfg.min_frequency,
-            special_tokens=list(specials.values()),
+            special_tokens=[*specials.values(), *_continuation_alphabet(texts, tok.normalizer, tok.pre_tokenizer)],
         )
-    else:
-        raise ValueError(f"unknown architecture {architecture!r}; expected gpt2 or bert")
 
     tok.train_from_iterator(texts, trainer)
     if architecture == "bert":
-        # The WordPiece trainer numbers tied merges and the '##' alphabet in hash-map order,
-        # which changes between processes. Ids carry no meaning for WordPiece (it matches
-        # greedily by string), so renumber canonically: special tokens, then sorted.
+        # Ids carry no meaning for WordPiece (it matches greedily by string), so renumber
+        # canonically, special tokens then sorted, and rebuild the tokenizer without the
+        # '##' alphabet registered as special tokens (it was only there to fix tie order).
         vocab = tok.get_vocab()
         special = list(specials.values())
         ordered = special + sorted(t for t in vocab if t not in special)
-        tok.model = models.WordPiece(vocab={t: i for i, t in enumerate(ordered)}, unk_token=specials["unk_token"])
+        trained = tok
+        tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(ordered)}, unk_token=specials["unk_token"]))
+        tok.normalizer, tok.pre_tokenizer, tok.decoder = trained.normalizer, trained.pre_tokenizer, trained.decoder
+        tok.add_special_tokens(special)
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
@@ -123,6 +143,65 @@ def train_tokenizer(architecture: str, texts: Iterable[str], cfg: TokenizerConfi
     return {"vocab_size": tok.get_vocab_size(), "architecture": architecture}
 
 
+def _continuation_alphabet(texts: Iterable[str], normalizer, pre_tokenizer) -> list[str]:
+    """'##c' for every normalised character c that can continue a word, sorted.
+
+    The WordPiece trainer numbers '##c' pieces in hash-map order and breaks ties between
+    equally frequent merges by those numbers, so two runs on the same corpus learned
+    different vocabularies (seen: 12 of 400 tokens on the test prose, 2 of 875 on the
+    built-in corpus). Given to the trainer first, the pieces get fixed numbers and every
+    tie breaks the same way. Characters the pre-tokenizer always isolates (punctuation,
+    CJK) never continue a word, so they get no '##' piece to waste vocabulary on.
+    """
+    raw: set[str] = set()
+    for text in texts:
+        raw.update(text)
+    chars = set("".join(normalizer.normalize_str(c) for c in raw))
+
+    def continues_a_word(c: str) -> bool:
+        pieces = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str("a" + c))
+        return [w for w, _ in pieces] == ["a" + c]
+
+    return sorted(f"##{c}" for c in chars if continues_a_word(c))
+
+
+def check_pretrained_dir(architecture: str, cfg: TokenizerConfig) -> None:
+    """A pretrained directory that is set must exist (checked before any work starts)."""
+    source = cfg.pretrained(architecture)
+    if source and not Path(source).is_dir():
+        raise FileNotFoundError(f"tokenizer.pretrained_{architecture}: no directory {source!r}; "
+                                "give a local tokenizer directory or '' to train one")
+
+
+def use_pretrained_tokenizer(architecture: str, source: Path, cfg: TokenizerConfig, out_dir: Path) -> dict:
+    """Save a local tokenizer directory as this architecture's tokenizer.
+
+    It must be a fast tokenizer with the special tokens the objectives need; a gpt2-style
+    one without a pad token gets `<|pad|>` added, because padding with EOS would take EOS's
+    label away (HF #23530).
+    """
+    from transformers import AutoTokenizer
+
+    check_pretrained_dir(architecture, cfg)
+    param = f"tokenizer.pretrained_{architecture}"
+    try:
+        tok = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{param}: {source} is not a loadable tokenizer ({str(e).splitlines()[0]})") from None
+    if not tok.is_fast:
+        raise ValueError(f"{param}: {source} has no fast (Rust) tokenizer; save it with tokenizer.json")
+    if architecture == "gpt2" and (tok.pad_token is None or tok.pad_token_id == tok.eos_token_id):
+        tok.add_special_tokens({"pad_token": GPT2_SPECIALS["pad_token"]})
+    missing = [name for name in REQUIRED_SPECIALS[architecture] if getattr(tok, name) is None]
+    if missing:
+        raise ValueError(f"{param}: {source} has no {', '.join(missing)}; {architecture} needs "
+                         f"{', '.join(REQUIRED_SPECIALS[architecture])}")
+    tok.model_max_length = cfg.model_max_length
+    with atomic_dir(out_dir) as tmp:
+        tok.save_pretrained(tmp)
+    return {"vocab_size": len(tok), "architecture": architecture, "pretrained": str(source)}
+
+
 def load_tokenizer(path: str | Path):
     """Load a tokenizer saved by `train_tokenizer` (or any local HF tokenizer directory)."""
     from transformers import AutoTokenizer
@@ -133,175 +212,71 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def token_dtype(vocab_size: int):
-    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+def tokenize_split(objective: str, tokenizer, texts: Iterable[str], cfg: TokenizeConfig, seed: int,
+                   out_prefix: str) -> dict:
+    """Stream one split's texts into `<out_prefix>.<array>.npy` files; returns its stats.
 
-
-def _encode_batches(tokenizer, texts: Iterable[str], batch_size: int) -> Iterator[list[int]]:
-    """Token ids per document without special tokens, through the Rust tokenizer directly."""
-    backend = tokenizer.backend_tokenizer
-    batch: list[str] = []
-    for text in texts:
-        batch.append(text)
-        if len(batch) == batch_size:
-            yield from (e.ids for e in backend.encode_batch(batch, add_special_tokens=False))
-            batch = []
-    if batch:
-        yield from (e.ids for e in backend.encode_batch(batch, add_special_tokens=False))
-
-
-def pack_documents(
-    docs: Iterable[list[int]], block_size: int, sep_id: int, cls_id: int | None = None
-) -> tuple[np.ndarray, int]:
-    """Concatenate documents, each followed by `sep_id`, and cut into full blocks.
-
-    With `cls_id` (BERT), each block is [CLS] + (block_size - 2) tokens + [SEP], the
-    stream still carrying [SEP] between documents so no document runs into the next
-    unmarked. The ragged tail is dropped (less than one block). Returns (blocks, tokens).
+    clm: documents joined with EOS into blocks. mlm: joined with [SEP] into [CLS] ... [SEP]
+    blocks. mlm_nsp: BERT sentence pairs. mlm and mlm_nsp also store `word_starts` (from
+    the tokenizer's own word ids) for whole-word masking.
     """
-    body = block_size - 2 if cls_id is not None else block_size
-    stream: list[int] = []
-    for ids in docs:
-        stream.extend(ids)
-        stream.append(sep_id)
-    n_blocks = len(stream) // body
-    arr = np.asarray(stream[: n_blocks * body], dtype=np.int64).reshape(n_blocks, body)
-    if cls_id is not None:
-        arr = np.concatenate(
-            [np.full((n_blocks, 1), cls_id), arr, np.full((n_blocks, 1), sep_id)], axis=1
-        )
-    return arr, len(stream)
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
-
-
-def split_sentences(text: str) -> list[str]:
-    """A plain rule-based sentence splitter: good enough for NSP segment boundaries."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
-
-
-def build_nsp_pairs(
-    docs: list[list[list[int]]], block_size: int, short_seq_prob: float, seed: int, cls_id: int, sep_id: int, pad_id: int
-) -> dict[str, np.ndarray]:
-    """BERT's next-sentence pairs from documents given as lists of tokenised sentences.
-
-    Segments of whole sentences fill a target length; half the time B is the true
-    continuation (label 0), otherwise B comes from another document (label 1) and the
-    unused sentences of A's document are put back. Deterministic for a seed.
-    """
-    rng = random.Random(seed)
-    max_tokens = block_size - 3
-    input_ids, token_types, labels = [], [], []
-    for d, sentences in enumerate(docs):
-        target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
-        chunk: list[list[int]] = []
-        length = 0
-        i = 0
-        while i < len(sentences):
-            chunk.append(sentences[i])
-            length += len(sentences[i])
-            if i == len(sentences) - 1 or length >= target:
-                is_random = len(docs) > 1 and rng.random() < 0.5
-                if len(chunk) >= 2:
-                    a_end = rng.randint(1, len(chunk) - 1)
-                    a = [t for s in chunk[:a_end] for t in s]
-                    rest = [t for s in chunk[a_end:] for t in s]
-                else:  # one long sentence: its second half is its true continuation
-                    a_end = 1
-                    half = len(chunk[0]) // 2
-                    a, rest = chunk[0][:half], chunk[0][half:]
-                if is_random:
-                    other = d
-                    while other == d:
-                        other = rng.randrange(len(docs))
-                    other_sents = docs[other]
-                    b: list[int] = []
-                    for s in other_sents[rng.randrange(len(other_sents)):]:
-                        b.extend(s)
-                        if len(b) >= target - len(a):
-                            break
-                    i -= len(chunk) - a_end  # put the unused sentences back
-                else:
-                    b = rest
-                a, b = _truncate_pair(a, b, max_tokens, rng)
-                if a and b:
-                    ids = [cls_id, *a, sep_id, *b, sep_id]
-                    types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
-                    pad = block_size - len(ids)
-                    input_ids.append(ids + [pad_id] * pad)
-                    token_types.append(types + [0] * pad)
-                    labels.append(1 if is_random else 0)
-                chunk, length = [], 0
-                target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
-            i += 1
-    return {
-        "input_ids": np.asarray(input_ids, dtype=np.int64).reshape(-1, block_size),
-        "token_type_ids": np.asarray(token_types, dtype=np.uint8).reshape(-1, block_size),
-        "nsp_labels": np.asarray(labels, dtype=np.uint8),
-    }
-
-
-def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Random):
-    """Trim the longer side, from the front or back at random, until the pair fits."""
-    bounds = [[0, len(a)], [0, len(b)]]
-    while (bounds[0][1] - bounds[0][0]) + (bounds[1][1] - bounds[1][0]) > max_tokens:
-        side = bounds[0] if bounds[0][1] - bounds[0][0] > bounds[1][1] - bounds[1][0] else bounds[1]
-        if rng.random() < 0.5:
-            side[0] += 1
-        else:
-            side[1] -= 1
-    return a[bounds[0][0] : bounds[0][1]], b[bounds[1][0] : bounds[1][1]]
-
-
-def tokenize_split(objective: str, tokenizer, texts: list[str], cfg: TokenizeConfig, seed: int) -> tuple[dict, dict]:
-    """Arrays for one split and its stats, by objective."""
     dtype = token_dtype(len(tokenizer))
-    if objective == "mlm_nsp":
-        sent_texts = [split_sentences(t) for t in texts]
-        flat = [s for sents in sent_texts for s in sents]
-        flat_ids = iter(_encode_batches(tokenizer, flat, cfg.batch_size))
-        docs = [[next(flat_ids) for _ in sents] for sents in sent_texts]
-        docs = [[s for s in doc if s] for doc in docs]
-        docs = [doc for doc in docs if doc]
-        arrays = build_nsp_pairs(
-            docs, cfg.block_size, cfg.short_seq_prob, seed,
-            tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
-        )
-        arrays["input_ids"] = arrays["input_ids"].astype(dtype)
-        real = int((arrays["input_ids"] != tokenizer.pad_token_id).sum())
-        stats = {
-            "examples": int(len(arrays["nsp_labels"])),
-            "tokens": real,
-            "packing_efficiency": real / max(1, arrays["input_ids"].size),
-            "nsp_random_share": float(arrays["nsp_labels"].mean()) if len(arrays["nsp_labels"]) else 0.0,
-        }
-        return arrays, stats
-    docs = _encode_batches(tokenizer, texts, cfg.batch_size)
     if objective == "clm":
-        blocks, tokens = pack_documents(docs, cfg.block_size, tokenizer.eos_token_id)
-    elif objective == "mlm":
-        blocks, tokens = pack_documents(docs, cfg.block_size, tokenizer.sep_token_id, tokenizer.cls_token_id)
-    else:
+        batches = encode_stream(tokenizer, texts, cfg.batch_size, with_words=False)
+        return pack_stream(batches, cfg.block_size, tokenizer.eos_token_id, None, tokenizer.pad_token_id,
+                           out_prefix, dtype, with_words=False)
+    if objective == "mlm":
+        batches = encode_stream(tokenizer, texts, cfg.batch_size, with_words=True)
+        return pack_stream(batches, cfg.block_size, tokenizer.sep_token_id, tokenizer.cls_token_id,
+                           tokenizer.pad_token_id, out_prefix, dtype, with_words=True)
+    if objective == "mlm_nsp":
+        encode = make_encoder(tokenizer, with_words=True)
+        store = SentenceStore(Path(f"{out_prefix}.sentences"), dtype, with_words=True)
+        try:
+            # Each item is a batch of documents' sentences and the sentence count of each document.
+            for batch, per_doc in pipelined(sentences_of(texts, cfg.batch_size),
+                                            lambda item: (encode(item[0]), item[1]), encoder_threads()):
+                store.add(batch, per_doc)
+            store.finish()
+            rows = PairRows(cfg.block_size, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
+                            dtype, with_words=True)
+            return write_nsp_pairs(store, cfg.block_size, cfg.short_seq_prob, seed, rows, out_prefix)
+        finally:
+            store.close()
+    raise ValueError(f"unknown objective {objective!r}; expected clm, mlm or mlm_nsp")
+
+
+OBJECTIVES = ("clm", "mlm", "mlm_nsp")
+
+
+def tokenize_corpus(objective: str, tokenizer, splits: dict[str, Iterable[str]], cfg: TokenizeConfig, seed: int,
+                    out_dir: Path) -> dict:
+    """Write `<split>.<array>.npy` per split plus meta.json into `out_dir` atomically.
+
+    `splits` maps a split name to its texts, any iterable (a parquet stream, a list).
+    meta.json is the index: block size, vocabulary, dtype, every array's shape, and per
+    split: documents; corpus_tokens (the tokenizer's output); blocks (rows); tokens (stored
+    non-pad tokens, separators included); tokens_dropped (packed: the stream's tail shorter
+    than a block; NSP: tokens cut by pair truncation); packing_efficiency (non-pad share of
+    the stored slots); fertility (corpus tokens per whitespace word); nsp_random_share.
+    """
+    if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected clm, mlm or mlm_nsp")
-    stats = {"examples": int(len(blocks)), "tokens": int(tokens), "packing_efficiency": 1.0}
-    return {"input_ids": blocks.astype(dtype)}, stats
-
-
-def tokenize_corpus(objective: str, tokenizer, splits: dict[str, list[str]], cfg: TokenizeConfig, seed: int, out_dir: Path) -> dict:
-    """Write `<split>.<array>.npy` per split plus meta.json into `out_dir` atomically."""
-    meta: dict = {"objective": objective, "block_size": cfg.block_size, "vocab_size": len(tokenizer), "splits": {}}
+    dtype = np.dtype(token_dtype(len(tokenizer)))
+    meta: dict = {"objective": objective, "block_size": cfg.block_size, "vocab_size": len(tokenizer),
+                  "dtype": str(dtype), "splits": {}, "arrays": {}}
     with atomic_dir(out_dir) as tmp:
         for split, texts in splits.items():
-            arrays, stats = tokenize_split(objective, tokenizer, texts, cfg, seed)
-            if stats["examples"] == 0:
+            stats = tokenize_split(objective, tokenizer, texts, cfg, seed, str(tmp / split))
+            if stats["blocks"] == 0:
                 raise ValueError(
                     f"tokenize: the {split} split yields no {cfg.block_size}-token example; "
                     "lower tokenize.block_size or use a larger corpus"
                 )
-            for name, arr in arrays.items():
-                np.save(tmp / f"{split}.{name}.npy", arr)
             meta["splits"][split] = stats
-        meta["dtype"] = str(np.dtype(token_dtype(len(tokenizer))))
+            for path in sorted(tmp.glob(f"{split}.*.npy")):
+                arr = np.load(path, mmap_mode="r")
+                meta["arrays"][path.name] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+                del arr
         write_json_atomic(tmp / "meta.json", meta)
     return meta

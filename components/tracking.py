@@ -59,15 +59,30 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+def data_hashes(objective: str | None) -> dict[str, str]:
+    """DVC hashes (from dvc.lock) of the corpus and, per objective, the tokenized data."""
+    from components import paths
+    from components.lineage import dvc_out_hashes
+
+    hashes = dvc_out_hashes()
+    wanted = {"corpus_md5": paths.CORPUS_DIR}
+    if objective in paths.OBJECTIVES:
+        wanted["tokenized_md5"] = paths.tokenized_dir(objective)
+    return {k: hashes[v] for k, v in wanted.items() if v in hashes}
+
+
 @contextlib.contextmanager
-def stage_run(stage: str, config: dict[str, Any], objective: str | None = None) -> Iterator[Any]:
-    """One MLflow run per stage execution, tagged with stage, objective and git state."""
+def stage_run(stage: str, config: dict[str, Any], objective: str | None = None,
+              system_metrics: bool = False) -> Iterator[Any]:
+    """One MLflow run per stage execution, tagged with stage, objective, git state and the
+    DVC hashes of the data it descends from; optionally with CPU/GPU/memory sampling."""
     import mlflow
 
     experiment_id = setup()
     name = f"{stage}@{objective}" if objective else stage
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
-        tags = {"lmforge.stage": stage, **{f"lmforge.{k}": v for k, v in git_state().items()}}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, log_system_metrics=system_metrics) as run:
+        tags = {"lmforge.stage": stage, **{f"lmforge.{k}": v for k, v in git_state().items()},
+                **{f"lmforge.{k}": v for k, v in data_hashes(objective).items()}}
         if objective:
             tags["lmforge.objective"] = objective
         mlflow.set_tags(tags)

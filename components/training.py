@@ -73,11 +73,15 @@ class PretrainConfig(OptimConfig):
     """Validation batches per evaluation (fixed masks, so numbers compare across steps)."""
     log_every: int = 10
     mlm_probability: float = 0.15
+    whole_word_masking: bool = False
+    """MLM: choose whole words (the tokenizer's own word ids, stored at tokenize time), not single tokens."""
     checkpoint_every: int = 100
     """Steps between checkpoints (and one at the end); a rerun resumes from the newest."""
     keep_checkpoints: int = 2
     nproc_per_node: int = 1
     """Processes for DDP: > 1 relaunches the stage under torchrun (gloo on CPU, NCCL on GPUs)."""
+    compile: bool = False
+    """torch.compile the model (worth it on GPUs for long runs; compile time dominates short ones)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -237,9 +241,10 @@ class PretrainData:
 class Objective:
     """Batch making and loss for clm, mlm and mlm_nsp: the only per-objective code."""
 
-    def __init__(self, name: str, tokenizer, mlm_probability: float):
+    def __init__(self, name: str, tokenizer, mlm_probability: float, whole_word_masking: bool = False):
         self.name = name
         self.mlm_probability = mlm_probability
+        self.whole_word_masking = whole_word_masking
         self.vocab_size = len(tokenizer)
         if name != "clm":
             # mask id first: mask_tokens takes it from there.
@@ -249,7 +254,14 @@ class Objective:
     def prepare(self, raw: dict, generator: torch.Generator) -> dict:
         if self.name == "clm":
             return {"input_ids": raw["input_ids"]}
-        inputs, labels = mask_tokens(raw["input_ids"], self.special_ids, self.vocab_size, self.mlm_probability, generator)
+        word_starts = None
+        if self.whole_word_masking:
+            if "word_starts" not in raw:
+                raise ValueError("pretrain.whole_word_masking: the tokenized data has no word_starts array; "
+                                 "re-run the tokenize stage")
+            word_starts = raw["word_starts"]
+        inputs, labels = mask_tokens(raw["input_ids"], self.special_ids, self.vocab_size, self.mlm_probability,
+                                     generator, word_starts)
         batch = {"input_ids": inputs, "labels": labels, "attention_mask": (raw["input_ids"] != self.pad_id).long()}
         if self.name == "mlm_nsp":
             batch["token_type_ids"] = raw["token_type_ids"]
@@ -351,8 +363,10 @@ def pretrain(objective_name: str, model, tokenizer, data_dir: Path, cfg: Pretrai
     if cfg.batch_size % world_size:
         raise ValueError(f"pretrain.batch_size ({cfg.batch_size}) must be divisible by the {world_size} processes")
     model.to(device)
-    objective = Objective(objective_name, tokenizer, cfg.mlm_probability)
+    objective = Objective(objective_name, tokenizer, cfg.mlm_probability, cfg.whole_word_masking)
     trainable = distributed.wrap(_Trainable(model, objective), device)
+    if cfg.compile:
+        trainable = torch.compile(trainable)
     train, val = PretrainData(data_dir, "train"), PretrainData(data_dir, "validation")
     # Sample order: a fresh permutation per epoch, so step s maps to examples in O(1).
     epochs: dict[int, np.ndarray] = {}

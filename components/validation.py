@@ -29,6 +29,7 @@ STATS_COLUMNS = (
 )
 REPLACEMENT_CHAR = "\ufffd"
 EXAMPLES = 5  # doc_ids kept per failed expectation
+SNIPPET_CHARS = 80  # of each offending document's text, in the failure report
 READ_BATCH_ROWS = 10_000
 
 
@@ -247,11 +248,14 @@ def _run_suite(stats: pd.DataFrame, cfg: ValidateConfig) -> tuple[dict, list[tup
 def _entry(name: str, description: str, raw: dict, stats: pd.DataFrame) -> dict:
     config, result = raw["expectation_config"], raw.get("result") or {}
     kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
-    examples = [row["doc_id"] for row in result.get("partial_unexpected_index_list") or []][:EXAMPLES]
+    rows = (result.get("partial_unexpected_index_list") or [])[:EXAMPLES]
+    examples = [row["doc_id"] for row in rows]
+    values = [row.get(kwargs.get("column")) for row in rows]
     unexpected = result.get("unexpected_count")
     if name == "duplicate_share":  # an aggregate expectation: list the duplicates ourselves
         duplicates = stats.loc[stats["is_duplicate"], "doc_id"]
         unexpected, examples = int(len(duplicates)), duplicates.head(EXAMPLES).tolist()
+        values = [True] * len(examples)
     exception = raw.get("exception_info") or {}
     return _jsonable({
         "name": name,
@@ -263,6 +267,7 @@ def _entry(name: str, description: str, raw: dict, stats: pd.DataFrame) -> dict:
         "observed_value": result.get("observed_value"),
         "unexpected_count": unexpected,
         "unexpected_examples": examples,
+        "unexpected_values": values,
         "error": exception.get("exception_message") if exception.get("raised_exception") else None,
     })
 
@@ -302,6 +307,11 @@ def validate_corpus(corpus_dir: Path, cfg: ValidateConfig) -> dict:
     stats = corpus_stats(Path(corpus_dir))
     statistics, raw = _run_suite(stats, cfg)
     entries = [_entry(name, description, r, stats) for name, description, r in raw]
+    wanted = {i for e in entries if not e["success"] for i in e["unexpected_examples"]}
+    found = _find_documents(Path(corpus_dir), wanted) if wanted else {}
+    for e in entries:
+        e["documents"] = [{"doc_id": i, "value": _jsonable(v), **found.get(i, {})}
+                          for i, v in zip(e["unexpected_examples"], e["unexpected_values"])]
     counts = stats["split"].value_counts()
     return _jsonable({
         "success": all(e["success"] for e in entries),
@@ -318,6 +328,51 @@ def validate_corpus(corpus_dir: Path, cfg: ValidateConfig) -> dict:
     })
 
 
+def _find_documents(corpus_dir: Path, doc_ids: set[str]) -> dict[str, dict]:
+    """doc_id -> where it is (split:source, every copy) and the start of its text: one more
+    pass over the corpus, keeping only the few documents asked for."""
+    import pyarrow.parquet as pq
+
+    found: dict[str, dict] = {}
+    for split in SPLITS:
+        parquet = pq.ParquetFile(_split_path(corpus_dir, split))
+        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=list(CORPUS_COLUMNS)):
+            for doc_id, source, text in zip(*(batch.column(c).to_pylist() for c in CORPUS_COLUMNS)):
+                if doc_id in doc_ids:
+                    entry = found.setdefault(doc_id, {"where": [], "text": (text or "")[:SNIPPET_CHARS]})
+                    entry["where"].append(f"{split}:{source}")
+    return found
+
+
+def failure_report(result: dict, report: str) -> str:
+    """Lines for a person reading the stage's stderr: each failed expectation, its observed
+    value, and a few offending documents with where they came from and how they start."""
+    failed = [e for e in result["expectations"] if not e["success"]]
+    lines = [f"corpus failed the gate: {len(failed)} of {len(result['expectations'])} "
+             f"expectations failed (report: {report})"]
+    total = result["corpus"]["train_documents"] + result["corpus"]["validation_documents"]
+    for e in failed:
+        column = e["column"] or "value"
+        if e["documents"] and e["name"] != "duplicate_share":
+            observed = f"failed by {e['unexpected_count']} of {total} documents"
+        else:
+            observed = f"observed {_show(e['observed_value'])}"
+            if e["name"] == "duplicate_share":
+                observed += f" ({e['unexpected_count']} duplicate document(s))"
+        lines.append(f"  FAILED {e['name']}: expected {e['description']}; {observed}")
+        if e["error"]:
+            lines.append(f"    error: {e['error'].splitlines()[0]}")
+        for doc in e["documents"][:3]:
+            where = ", ".join(doc.get("where", [])[:3]) or "?"
+            value = "" if e["name"] == "duplicate_share" else f" {column}={_show(doc['value'])}"
+            lines.append(f"    doc {doc['doc_id'][:12]}{value} in {where}: {doc.get('text', '')!r}")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _report_html(result: dict) -> str:
     e = html.escape
     rows = []
@@ -330,7 +385,7 @@ def _report_html(result: dict) -> str:
             f'<tr class="{status.lower()}"><td>{status}</td><td>{e(x["description"])}</td>'
             f'<td><code>{e(x["expectation"])}</code></td><td>{e(str(x["column"] or ""))}</td>'
             f'<td>{e(str(observed if observed is not None else ""))}</td>'
-            f'<td>{e(", ".join(x["unexpected_examples"]))}</td></tr>'
+            f'<td>{"<br>".join(_document_html(d) for d in x.get("documents", []))}</td></tr>'
         )
     verdict = "passed" if result["success"] else "failed"
     corpus = result.get("corpus", {})
@@ -348,11 +403,17 @@ tr.fail td:first-child {{ color: #b00020; font-weight: bold; }}
 <p>{corpus.get("train_documents", "?")} train and {corpus.get("validation_documents", "?")}
 validation documents, {corpus.get("characters", "?")} characters.</p>
 <table><thead><tr><th>Status</th><th>Check</th><th>Expectation</th><th>Column</th>
-<th>Observed</th><th>Example doc_ids</th></tr></thead>
+<th>Observed</th><th>Offending documents</th></tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody></table></body></html>
 """
+
+
+def _document_html(doc: dict) -> str:
+    where = ", ".join(doc.get("where", []))
+    return (f'<code>{html.escape(doc["doc_id"][:12])}</code> {html.escape(where)} '
+            f'<q>{html.escape(doc.get("text", ""))}</q>')
 
 
 def write_validation_report(result: dict, out_dir: Path) -> Path:

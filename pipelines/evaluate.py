@@ -9,6 +9,8 @@ from components import paths, tracking
 from components.evaluation import bootstrap_diff_ci, classification_metrics, majority_baseline, markdown_table
 from components.finetuning import encode_texts, predict, read_labelled
 from components.io import read_json, write_json_atomic, write_text_atomic
+from components.report import (fill_mask_samples, generation_samples, plot_loss_curves, plot_macro_f1, read_curve,
+                               samples_markdown)
 from components.training import resolve_device_dtype
 from pipelines._stage import run_stage
 
@@ -23,24 +25,6 @@ def pretraining_summary(objective: str) -> tuple[dict, str]:
         if "val_nsp_accuracy" in metrics:
             text += f", NSP acc {metrics['val_nsp_accuracy']:.3f}"
     return keep, text
-
-
-def plot_comparison(runs: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = [r["objective"] if r["pretrained"] else f"scratch ({r['architecture']})" for r in runs]
-    ax.bar(names, [r["test_macro_f1"] for r in runs], color=["tab:blue" if r["pretrained"] else "tab:gray" for r in runs])
-    ax.set_ylabel("test macro-F1")
-    ax.set_title("Downstream macro-F1 by pretraining objective")
-    fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(out)
-    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -87,17 +71,30 @@ def main(argv=None) -> None:
             majority = majority_baseline(train_labels, y, len(labels))
             report = {"labels": labels, "test_examples": int(len(y)), "confidence": ev.confidence,
                       "majority_baseline": majority, "runs": runs}
-            write_json_atomic(paths.COMPARISON_JSON, report)
             # Flat numbers for `dvc metrics show/diff` (nested per-class tables stay in comparison.json).
             write_json_atomic(paths.COMPARISON_METRICS, {
                 r["run"]: {"test_accuracy": round(r["test_accuracy"], 6), "test_macro_f1": round(r["test_macro_f1"], 6)}
                 for r in runs})
+            samples = {"clm": generation_samples(Path(paths.pretrained_dir("clm"))),
+                       "mlm": fill_mask_samples(Path(paths.pretrained_dir("mlm"))),
+                       "mlm_nsp": fill_mask_samples(Path(paths.pretrained_dir("mlm_nsp")))}
+            report["samples"] = samples
+            write_json_atomic(paths.COMPARISON_JSON, report)
             table = markdown_table(runs, majority)
-            write_text_atomic(paths.COMPARISON_MD, f"# Objective comparison ({len(y)} test examples)\n\n{table}")
-            plot_comparison(runs, Path(paths.COMPARISON_PNG))
+            verdicts = "\n".join(
+                f"- **{r['objective']}** {'beats' if r['delta_ci_low'] > 0 else 'does not clearly beat' if r['delta_macro_f1_vs_scratch'] > 0 else 'does not beat'} "
+                f"scratch {r['architecture']}: {r['delta_macro_f1_vs_scratch']:+.3f} macro-F1 "
+                f"(95% CI {r['delta_ci_low']:+.3f} to {r['delta_ci_high']:+.3f})"
+                for r in runs if r["pretrained"])
+            write_text_atomic(paths.COMPARISON_MD, f"# Objective comparison ({len(y)} test examples)\n\n{table}\n"
+                              f"{verdicts}\n\n![macro-F1](comparison.png)\n![loss](pretraining_loss.png)\n\n"
+                              f"{samples_markdown(samples)}")
+            plot_macro_f1(runs, Path(paths.COMPARISON_PNG))
+            plot_loss_curves({o: read_curve(Path(paths.PRETRAIN_REPORTS) / o / "train_loss.csv") for o in paths.OBJECTIVES},
+                             Path(paths.LOSS_PNG))
             import mlflow
 
-            for p in (paths.COMPARISON_JSON, paths.COMPARISON_MD, paths.COMPARISON_PNG):
+            for p in (paths.COMPARISON_JSON, paths.COMPARISON_MD, paths.COMPARISON_PNG, paths.LOSS_PNG):
                 mlflow.log_artifact(p, artifact_path="report")
         print(table)
 

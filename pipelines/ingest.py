@@ -1,20 +1,29 @@
 """Stage ingest: corpus source -> cleaned, split Parquet corpus + the downstream task."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-from components import paths, tracking
-from components.corpus import build_corpus
-from components.io import write_json_atomic
-from pipelines._stage import run_stage
+# pyarrow's default allocator (mimalloc) keeps the pages it frees, so the peak memory of a
+# streamed ingest crept up with corpus size; malloc hands them back. It is read when pyarrow
+# loads, hence before the imports (benchmarks/ingest_memory.py measures the stage).
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+from pathlib import Path  # noqa: E402
+
+from components import paths, tracking  # noqa: E402
+from components.corpus import build_corpus  # noqa: E402
+from components.io import write_json_atomic  # noqa: E402
+from pipelines._stage import run_stage  # noqa: E402
 
 
 def main(argv=None) -> None:
     def body(cfg: dict, _item) -> None:
+        # The work first, the MLflow run after: a bad source then fails in about a second,
+        # before MLflow is imported, with nothing written anywhere.
+        stats = build_corpus(cfg["data"], cfg["downstream"], cfg["seed"],
+                             Path(paths.CORPUS_DIR), Path(paths.DOWNSTREAM_DIR))
+        write_json_atomic(paths.CORPUS_STATS, stats)
         with tracking.stage_run("ingest", cfg):
-            stats = build_corpus(cfg["data"], cfg["downstream"], cfg["seed"],
-                                 Path(paths.CORPUS_DIR), Path(paths.DOWNSTREAM_DIR))
-            write_json_atomic(paths.CORPUS_STATS, stats)
             tracking.log_metrics(stats)
         print(f"ingest: {stats['documents']} documents, {stats['characters']:,} characters; "
               f"downstream {stats['downstream_train']}/{stats['downstream_validation']}/{stats['downstream_test']} "

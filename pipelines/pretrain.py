@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 from components import paths, tracking
 from components.checkpoint import Checkpointer
 from components.distributed import is_main_process
+from components.flops import device_peak_flops, flops_per_token, mfu
 from components.io import atomic_dir, write_json_atomic, write_text_atomic
 from components.modeling import build_pretraining_model, count_parameters
 from components.tokenization import load_tokenizer
@@ -62,17 +64,29 @@ def main(argv=None) -> None:
         checkpointer = Checkpointer(paths.checkpoint_dir(objective), train_cfg.checkpoint_every,
                                     train_cfg.keep_checkpoints, run_fingerprint(objective, cfg, data_dir))
         main_process = is_main_process()
+        per_token = flops_per_token(count_parameters(model), model_cfg.n_layers, model_cfg.d_model, block_size)
+        peak = device_peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+        clock: dict = {}
 
         def on_log(step: int, metrics: dict) -> None:
-            tracking.log_metrics(metrics, step=step)
             if "train_loss" in metrics:
+                # Throughput is per process; MFU only where the device's peak is known (GPUs).
+                utilisation = mfu(metrics["tokens_per_s"], per_token, peak)
+                if utilisation is not None:
+                    metrics = {**metrics, "mfu": utilisation}
+                t0, s0 = clock.setdefault("start", (time.perf_counter(), step))
+                eta = (time.perf_counter() - t0) / max(step - s0, 1) * (train_cfg.max_steps - step)
                 print(f"pretrain {objective} step {step}/{train_cfg.max_steps} loss {metrics['train_loss']:.4f} "
-                      f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s", file=sys.stderr, flush=True)
-            else:
+                      f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s"
+                      + (f" mfu {utilisation:.1%}" if utilisation is not None else "")
+                      + f" eta {eta:.0f}s", file=sys.stderr, flush=True)
+            tracking.log_metrics(metrics, step=step)
+            if "train_loss" not in metrics:
                 print(f"pretrain {objective} step {step} validation "
                       + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr, flush=True)
 
-        run = tracking.stage_run("pretrain", cfg, objective=objective) if main_process else contextlib.nullcontext()
+        run = (tracking.stage_run("pretrain", cfg, objective=objective, system_metrics=True)
+               if main_process else contextlib.nullcontext())
         with run:
             if main_process:
                 import mlflow

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from components import paths, tracking
-from components.validation import validate_corpus, write_validation_report
+from components.validation import failure_report, validate_corpus, write_validation_report
 from pipelines._stage import run_stage
 
 
@@ -21,7 +21,9 @@ def main(argv=None) -> None:
             tracking.log_metrics({"validation_success": int(result["success"])})
         print(f"validate: {result['summary']}")
         if not result["success"]:
-            print(f"error: validate: corpus failed the gate; see {paths.VALIDATION_DIR}/index.html", file=sys.stderr)
+            # Exit 1 stops `dvc repro` here: train_tokenizer depends on reports/validation.
+            report = failure_report(result, f"{paths.VALIDATION_DIR}/index.html")
+            print(f"error: validate: {report}", file=sys.stderr)
             raise SystemExit(1)
 
     run_stage("validate", body, argv=argv)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,13 +18,17 @@ from components.corpus import (
     Document,
     DownstreamConfig,
     build_corpus,
+    clean_documents,
     clean_text,
     doc_id_of,
     is_validation,
+    new_counts,
     prepare_documents,
-    read_local_documents,
+    sort_unique,
     split_documents,
+    write_splits,
 )
+from components.sources import read_documents
 
 SPLITS = ("train", "validation", "test")
 
@@ -135,50 +142,66 @@ def test_error_message_names_value_and_range():
         DataConfig(validation_fraction=0.7)
 
 
-def test_local_sources_txt_jsonl_parquet(tmp_path):
-    src = tmp_path / "src"
-    (src / "sub").mkdir(parents=True)
-    (src / "b.txt").write_text("A plain text document, one per file.\r\n", encoding="utf-8")
-    (src / "sub" / "a.jsonl").write_text(
-        json.dumps({"body": "First JSON lines document here."}) + "\n\n"
-        + json.dumps({"body": "Second JSON lines document, 中文也可以。", "id": 2}) + "\n",
-        encoding="utf-8",
-    )
-    table = pa.table({"body": [f"Parquet row {i} of several row groups." for i in range(5)]})
-    pq.write_table(table, src / "c.parquet", row_group_size=2)
-    (src / "ignored.csv").write_text("not,read\n", encoding="utf-8")
+def _raw_with_duplicates(n: int) -> list[tuple[str, str]]:
+    texts = [f"Document {i}: " + "some words of text " * (1 + i % 5) for i in range(n)]
+    # Every fifth document comes back later, so copies land in different sort runs.
+    return [(f"s{i}", t) for i, t in enumerate(texts)] + [(f"copy{i}", texts[i]) for i in range(0, n, 5)]
 
-    got = list(read_local_documents(str(src), "body"))
-    assert [s for s, _ in got] == [
-        f"{src}/b.txt", f"{src}/c.parquet:0", f"{src}/c.parquet:1", f"{src}/c.parquet:2",
-        f"{src}/c.parquet:3", f"{src}/c.parquet:4", f"{src}/sub/a.jsonl:1", f"{src}/sub/a.jsonl:3",
-    ]
-    assert got[-1][1] == "Second JSON lines document, 中文也可以。"
-    assert [s for s, _ in read_local_documents(str(src / "**" / "*.jsonl"), "body")] == [
-        f"{src}/sub/a.jsonl:1", f"{src}/sub/a.jsonl:3"
-    ]
-    assert len(list(read_local_documents(str(src / "c.parquet"), "body"))) == 5
+
+def test_sort_unique_spills_runs_and_merges_them_like_an_in_memory_sort(tmp_path):
+    raw = _raw_with_duplicates(300)
+    in_memory, memory_counts = prepare_documents(iter(raw), min_chars=10)
+    counts = new_counts()
+    work = tmp_path / "work"
+    spilled = list(sort_unique(clean_documents(iter(raw), 10, counts), work, counts, run_chars=2_000, fanin=3))
+    assert spilled == in_memory and counts == memory_counts
+    assert counts["duplicates_removed"] == 60
+    assert {d.source for d in spilled} == {f"s{i}" for i in range(300)}  # the first copy is kept
+    assert [p.name for p in work.iterdir() if p.name.startswith("run-0-")] == []  # merged away
+    assert any(p.name.startswith("run-2-") for p in work.iterdir())  # two levels of merging
+
+
+def test_spilled_and_in_memory_builds_write_identical_bytes(tmp_path):
+    raw = _raw_with_duplicates(200)
+    for name, run_chars in (("spilled", 1_500), ("memory", 10**9)):
+        out = tmp_path / name
+        out.mkdir()
+        counts = new_counts()
+        docs = sort_unique(clean_documents(iter(raw), 10, counts), tmp_path / f"{name}-work", counts, run_chars)
+        summary = write_splits(docs, out, 0.2, 150)
+        assert summary["documents"] == 150 and counts["duplicates_removed"] == 40  # counted past the cap
+    for split in ("train", "validation"):
+        assert (tmp_path / "spilled" / f"{split}.parquet").read_bytes() == \
+            (tmp_path / "memory" / f"{split}.parquet").read_bytes()
+    assert len(list((tmp_path / "spilled-work").iterdir())) > 1 and not (tmp_path / "memory-work").exists()
+
+
+def test_max_documents_is_a_hash_sample_whatever_the_reading_order():
+    raw = [(f"s{i}", f"document number {i} is long enough") for i in range(50)]
+    forward, _ = prepare_documents(iter(raw), min_chars=10, max_documents=7)
+    backward, _ = prepare_documents(iter(raw[::-1]), min_chars=10, max_documents=7)
+    assert forward == backward and len(forward) == 7
 
 
 def test_jsonl_missing_field_names_file_and_line(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text('{"text": "fine document text"}\n{"body": "no text field"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"docs\.jsonl, line 2: no field 'text'"):
-        list(read_local_documents(str(path), "text"))
+        list(read_documents(str(path), "text"))
 
 
 def test_parquet_missing_column_names_file_and_column(tmp_path):
     path = tmp_path / "docs.parquet"
     pq.write_table(pa.table({"body": ["some text"]}), path)
     with pytest.raises(ValueError, match=r"docs\.parquet: no column 'text'"):
-        list(read_local_documents(str(path), "text"))
+        list(read_documents(str(path), "text"))
 
 
 def test_no_matching_files_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     for source in (tmp_path / "empty", tmp_path / "missing", tmp_path / "*.jsonl"):
         with pytest.raises(ValueError, match="data.source") as info:
-            list(read_local_documents(str(source), "text"))
+            list(read_documents(str(source), "text"))
         assert str(source) in str(info.value)
 
 
@@ -277,9 +300,15 @@ def test_builtin_corpus_stats_and_order(builtin):
 
 
 def test_build_is_byte_identical_across_runs(builtin, tmp_path):
+    """Built again in another process with another string-hash seed, so no set or dict
+    order that varies between runs can reach the output."""
     stats, root = builtin
-    again = build_corpus(DataConfig(), DownstreamConfig(), 1337, tmp_path / "corpus", tmp_path / "downstream")
-    assert again == stats
+    code = ("import json, sys; from pathlib import Path; from components.corpus import *; "
+            "print(json.dumps(build_corpus(DataConfig(), DownstreamConfig(), 1337, Path('corpus'), Path('downstream'))))")
+    env = {**os.environ, "PYTHONHASHSEED": "4242"}  # pytest runs under a random one
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == stats
     files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
     assert len(files) == 6
     for rel in files:

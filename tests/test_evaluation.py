@@ -18,13 +18,7 @@ from components.modeling import ModelConfig, build_classifier
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box they spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Three classes, six examples; rows of the confusion matrix are the truth.
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2])

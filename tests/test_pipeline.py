@@ -135,8 +135,8 @@ def test_metrics_for_every_objective_and_scratch(dvc_repo):
     assert 0.0 <= pre["mlm_nsp"]["val_nsp_accuracy"] <= 1.0
     shown = dvc(dvc_repo, "metrics", "show", "--json").stdout
     assert "test_macro_f1" in shown and "val_perplexity" in shown
-    plots = json.loads(dvc(dvc_repo, "plots", "show", "--json").stdout)
-    assert "pretraining_loss" in plots and paths.COMPARISON_PNG in plots
+    plots = json.loads(dvc(dvc_repo, "plots", "show", "--json").stdout)["data"]
+    assert "pretraining_loss" in plots and paths.COMPARISON_PNG in plots and paths.LOSS_PNG in plots
 
 
 def test_registry_has_a_champion_per_objective_loadable_in_a_fresh_process(dvc_repo):

@@ -1,25 +1,24 @@
-"""Tokenizer training, packing, NSP pairs and the tokenize stage's arrays."""
+"""Tokenizers, streaming packing, NSP pairs and the tokenize stage's arrays, on real tokenizers."""
 from __future__ import annotations
 
 import json
 import random
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from components.tokenization import (
-    TokenizeConfig,
-    TokenizerConfig,
-    build_nsp_pairs,
-    pack_documents,
-    split_sentences,
-    tokenize_corpus,
-    train_tokenizer,
-)
+from components.nsp import build_nsp_pairs, plan_nsp_pairs, split_sentences
+from components.packing import ArrayWriter, BlockPacker, EncodedBatch, make_encoder, pack_documents
+from components.tokenization import TokenizeConfig, TokenizerConfig, tokenize_corpus, train_tokenizer
 from conftest import _prose
+from pipelines.train_tokenizer import iter_texts
 
 CLS, SEP, PAD = 1, 2, 0
+# Text the stdlib corpus lacks: the WordPiece alphabet gets it only by seeing it in training.
+WORLD = ["机器学习是人工智能的一个分支。", "emoji 🤖🎉 and a family 👩‍👩‍👧, accents café naïve"]
 
 
 def test_gpt2_tokenizer_saves_a_loadable_byte_level_bpe(tmp_path):
@@ -33,13 +32,22 @@ def test_gpt2_tokenizer_saves_a_loadable_byte_level_bpe(tmp_path):
 
 
 def test_bert_tokenizer_saves_a_loadable_wordpiece(tmp_path):
-    train_tokenizer("bert", _prose(), TokenizerConfig(vocab_size=350, min_frequency=1), tmp_path / "bert")
+    train_tokenizer("bert", _prose(), TokenizerConfig(vocab_size=350, min_frequency=1, model_max_length=64),
+                    tmp_path / "bert")
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "bert"))
     assert (tok.cls_token, tok.sep_token, tok.mask_token, tok.pad_token, tok.unk_token) == (
         "[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]")
+    assert tok.model_max_length == 64
     ids = tok("the module", "a path")["input_ids"]
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
     assert ids.count(tok.sep_token_id) == 2
+
+
+def test_wordpiece_training_is_byte_identical_across_runs(tmp_path):
+    cfg = TokenizerConfig(vocab_size=400, min_frequency=1)
+    train_tokenizer("bert", _prose(), cfg, tmp_path / "a")
+    train_tokenizer("bert", _prose(), cfg, tmp_path / "b")
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
 
 
 def test_train_tokenizer_rejects_unknown_architecture(tmp_path):
@@ -54,7 +62,9 @@ def test_train_tokenizer_rejects_unknown_architecture(tmp_path):
     "emoji 🤖🎉 and a combined 👩‍👩‍👧 family, accents café",
 ])
 def test_byte_level_round_trip_is_lossless(gpt2_tokenizer, text):
+    # The fixture never saw Chinese or emoji in training: bytes cover them anyway.
     ids = gpt2_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert gpt2_tokenizer.unk_token_id is None or gpt2_tokenizer.unk_token_id not in ids
     assert gpt2_tokenizer.decode(ids) == text
 
 
@@ -63,6 +73,57 @@ def test_wordpiece_round_trip_is_lower_cased_on_ascii(bert_tokenizer):
     ids = bert_tokenizer(text)["input_ids"]
     assert bert_tokenizer.unk_token_id not in ids
     assert bert_tokenizer.decode(ids, skip_special_tokens=True) == text.lower()
+
+
+@pytest.fixture(scope="module")
+def world_bert(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world") / "bert"
+    train_tokenizer("bert", _prose() + WORLD * 3, TokenizerConfig(vocab_size=600, min_frequency=1), out)
+    return AutoTokenizer.from_pretrained(str(out))
+
+
+@pytest.mark.parametrize("text", [*WORLD, "Mixed 学习 and ASCII 🤖: json.dumps(x)."])
+def test_wordpiece_round_trip_is_normalised_equality_with_chinese_and_emoji(world_bert, text):
+    """WordPiece keeps no spacing (it splits CJK characters and punctuation into words), so
+    equality is up to whitespace, after its own normalisation (lower case, no accents, no ZWJ)."""
+    ids = world_bert(text)["input_ids"]
+    assert world_bert.unk_token_id not in ids
+    normalised = world_bert.backend_tokenizer.normalizer.normalize_str(text)
+    assert "".join(world_bert.decode(ids, skip_special_tokens=True).split()) == "".join(normalised.split())
+
+
+def _saved_fast_tokenizer(path, **specials):
+    """A local HF tokenizer directory as someone might bring one: a trained BPE, other specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator(_prose(), trainers.BpeTrainer(vocab_size=320, special_tokens=list(specials.values()),
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(path)
+    return path
+
+
+def test_pretrained_tokenizer_directory_is_used_instead_of_training(tmp_path):
+    source = _saved_fast_tokenizer(tmp_path / "brought", eos_token="</s>")
+    cfg = TokenizerConfig(model_max_length=256, pretrained_gpt2=str(source))
+    info = train_tokenizer("gpt2", iter(()), cfg, tmp_path / "gpt2")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "gpt2"))
+    assert info["pretrained"] == str(source) and info["vocab_size"] == len(tok) == 321
+    assert tok.model_max_length == 256
+    assert tok.eos_token == "</s>" and tok.pad_token == "<|pad|>"  # a pad is added, never EOS as pad
+    assert tok.decode(tok("unchanged text")["input_ids"]) == "unchanged text"
+
+
+def test_pretrained_tokenizer_errors_name_the_param_in_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"^tokenizer.pretrained_bert: no directory .*or '' to train one$"):
+        train_tokenizer("bert", iter(()), TokenizerConfig(pretrained_bert=str(tmp_path / "nope")), tmp_path / "out")
+    source = _saved_fast_tokenizer(tmp_path / "gpt-ish", eos_token="</s>", pad_token="<pad>")
+    with pytest.raises(ValueError) as err:
+        train_tokenizer("bert", iter(()), TokenizerConfig(pretrained_bert=str(source)), tmp_path / "out")
+    assert str(err.value).startswith("tokenizer.pretrained_bert: ")
+    assert "has no cls_token, sep_token, mask_token;" in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
 
 
 def test_pack_documents_separates_every_document_and_keeps_full_blocks():
@@ -85,6 +146,46 @@ def test_pack_documents_with_cls_wraps_each_block():
 def test_pack_documents_shorter_than_a_block_gives_no_block():
     blocks, tokens = pack_documents([[5, 6]], block_size=8, sep_id=SEP)
     assert blocks.shape == (0, 8) and tokens == 3
+
+
+def _batch(docs: list[list[int]]) -> EncodedBatch:
+    flat = np.asarray([t for d in docs for t in d], dtype=np.uint16)
+    starts = np.asarray([int(t % 3 == 0) for d in docs for t in d], dtype=np.uint8)
+    return EncodedBatch(flat, np.asarray([len(d) for d in docs], dtype=np.int64), starts, 0)
+
+
+def test_block_packer_gives_the_same_blocks_however_the_stream_is_batched():
+    rng = random.Random(0)
+    docs = [[rng.randrange(10, 500) for _ in range(rng.randint(0, 40))] for _ in range(300)]
+    whole = BlockPacker(16, SEP, CLS, PAD, np.uint16)
+    ids_all, starts_all = whole.add(_batch(docs))
+    pieces = BlockPacker(16, SEP, CLS, PAD, np.uint16)
+    ids, starts, i = [], [], 0
+    while i < len(docs):
+        n = rng.randint(1, 7)
+        a, b = pieces.add(_batch(docs[i : i + n]))
+        ids.append(a), starts.append(b)
+        i += n
+    np.testing.assert_array_equal(np.concatenate(ids), ids_all)
+    np.testing.assert_array_equal(np.concatenate(starts), starts_all)
+    assert pieces.stats() == whole.stats()
+    stream = [t for d in docs if d for t in [*d, SEP]]  # empty documents add no separator
+    assert ids_all[:, 1:-1].reshape(-1).tolist() == stream[: ids_all.shape[0] * 14]
+    assert whole.stats()["tokens_dropped"] == len(stream) - ids_all.shape[0] * 14 < 14
+    assert (starts_all[:, [0, -1]] == 1).all() and (starts_all[ids_all == SEP] == 1).all()
+
+
+def test_array_writer_header_is_rewritten_in_place(tmp_path):
+    writer = ArrayWriter(tmp_path / "x.npy", np.uint16, (4,))
+    for n in (0, 3, 1000):
+        writer.append(np.full((n, 4), n, dtype=np.uint16))
+    writer.close()
+    loaded = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert loaded.shape == (1003, 4) and loaded.dtype == np.uint16
+    assert loaded[:3].tolist() == [[3] * 4] * 3 and (loaded[3:] == 1000).all()
+    empty = ArrayWriter(tmp_path / "e.npy", np.uint8)
+    empty.close()
+    assert np.load(tmp_path / "e.npy").shape == (0,)
 
 
 def test_split_sentences():
@@ -177,6 +278,22 @@ def test_nsp_pairs_are_deterministic_for_a_seed():
         first["input_ids"], other["input_ids"])
 
 
+def test_no_random_next_segment_comes_from_its_own_document_on_a_large_set():
+    rng = random.Random(2)
+    lengths = [[rng.randint(1, 30) for _ in range(rng.randint(1, 12))] for _ in range(20_000)]
+    pairs = list(plan_nsp_pairs(lambda d: lengths[d], len(lengths), 128, 0.1, seed=4))
+    assert len(pairs) > 20_000
+    labels = np.asarray([p.label for p in pairs])
+    assert abs(labels.mean() - 0.5) <= 0.02
+    assert all((p.b_doc != p.a_doc) == bool(p.label) for p in pairs)
+    assert all(p.a_end - p.a_start >= 1 and p.b_end - p.b_start >= 1 for p in pairs)
+    assert all(p.a_end - p.a_start + p.b_end - p.b_start <= 125 for p in pairs)
+
+
+def _stream(tokenizer, docs, sep):
+    return [t for d in docs for t in tokenizer(d, add_special_tokens=False)["input_ids"] + [sep]]
+
+
 def test_tokenize_corpus_clm_packs_documents_with_eos(gpt2_tokenizer, tmp_path):
     docs = _prose()[:6]
     cfg = TokenizeConfig(block_size=32)
@@ -185,25 +302,98 @@ def test_tokenize_corpus_clm_packs_documents_with_eos(gpt2_tokenizer, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.input_ids.npy", "validation.input_ids.npy"]
     assert json.loads((out / "meta.json").read_text()) == meta
     assert meta["dtype"] == "uint16" and meta["block_size"] == 32 and meta["vocab_size"] == len(gpt2_tokenizer)
-    train = np.load(out / "train.input_ids.npy")
+    train = np.load(out / "train.input_ids.npy", mmap_mode="r")
     assert train.dtype == np.uint16 and train.shape[1] == 32
-    assert meta["splits"]["train"]["examples"] == len(train)
-    stream = [t for d in docs for t in gpt2_tokenizer(d, add_special_tokens=False)["input_ids"] + [gpt2_tokenizer.eos_token_id]]
-    assert meta["splits"]["train"]["tokens"] == len(stream)
+    assert meta["arrays"]["train.input_ids.npy"] == {"shape": list(train.shape), "dtype": "uint16"}
+    stats = meta["splits"]["train"]
+    stream = _stream(gpt2_tokenizer, docs, gpt2_tokenizer.eos_token_id)
     assert train.reshape(-1).tolist() == stream[: train.size]
+    assert stats["blocks"] == len(train) and stats["tokens"] == train.size and stats["packing_efficiency"] == 1.0
+    assert stats["corpus_tokens"] + stats["documents"] == len(stream) == train.size + stats["tokens_dropped"]
+    assert stats["fertility"] == pytest.approx(stats["corpus_tokens"] / sum(len(d.split()) for d in docs))
+
+
+def test_tokenize_corpus_mlm_stores_blocks_and_the_tokenizers_word_starts(bert_tokenizer, tmp_path):
+    docs = _prose()[:6]
+    meta = tokenize_corpus("mlm", bert_tokenizer, {"train": docs}, TokenizeConfig(block_size=32), 0, tmp_path / "mlm")
+    ids = np.load(tmp_path / "mlm" / "train.input_ids.npy")
+    starts = np.load(tmp_path / "mlm" / "train.word_starts.npy")
+    assert ids.shape == starts.shape and starts.dtype == np.uint8
+    assert (ids[:, 0] == bert_tokenizer.cls_token_id).all() and (ids[:, -1] == bert_tokenizer.sep_token_id).all()
+    sep = bert_tokenizer.sep_token_id
+    assert ids[:, 1:-1].reshape(-1).tolist() == _stream(bert_tokenizer, docs, sep)[: ids.shape[0] * 30]
+    expected = []
+    for d in docs:
+        words = bert_tokenizer(d, add_special_tokens=False).word_ids()
+        expected += [int(i == 0 or w != words[i - 1]) for i, w in enumerate(words)] + [1]
+    assert starts[:, 1:-1].reshape(-1).tolist() == expected[: ids.shape[0] * 30]
+    # For WordPiece the tokenizer's word ids and the '##' rule agree exactly (BPE has no '##').
+    tokens = bert_tokenizer.convert_ids_to_tokens(ids[:, 1:-1].reshape(-1).tolist())
+    assert starts[:, 1:-1].reshape(-1).tolist() == [int(not t.startswith("##")) for t in tokens]
+    assert 0 < (starts == 0).mean() < 0.5 and meta["splits"]["train"]["packing_efficiency"] == 1.0
+
+
+def test_special_token_text_in_the_corpus_is_not_a_special_token(gpt2_tokenizer, bert_tokenizer, tmp_path):
+    docs = ["a docstring quoting <|endoftext|> and <|pad|> " * 20, "and [SEP] [MASK] [CLS] [PAD] as text " * 20]
+    tokenize_corpus("clm", gpt2_tokenizer, {"train": docs}, TokenizeConfig(block_size=16), 0, tmp_path / "clm")
+    clm = np.load(tmp_path / "clm" / "train.input_ids.npy").reshape(-1).tolist()
+    assert clm.count(gpt2_tokenizer.eos_token_id) == 1 and gpt2_tokenizer.pad_token_id not in clm
+    tokenize_corpus("mlm", bert_tokenizer, {"train": docs}, TokenizeConfig(block_size=16), 0, tmp_path / "mlm")
+    body = np.load(tmp_path / "mlm" / "train.input_ids.npy")[:, 1:-1].reshape(-1).tolist()
+    assert body.count(bert_tokenizer.sep_token_id) == 1
+    assert not set(body) & {bert_tokenizer.mask_token_id, bert_tokenizer.cls_token_id, bert_tokenizer.pad_token_id}
 
 
 def test_tokenize_corpus_mlm_nsp_writes_pair_arrays(bert_tokenizer, tmp_path):
     docs = _prose()[:6]
-    meta = tokenize_corpus("mlm_nsp", bert_tokenizer, {"train": docs}, TokenizeConfig(block_size=32), 0, tmp_path / "nsp")
+    cfg = TokenizeConfig(block_size=32)
+    meta = tokenize_corpus("mlm_nsp", bert_tokenizer, {"train": docs}, cfg, 0, tmp_path / "nsp")
     out = tmp_path / "nsp"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "meta.json", "train.input_ids.npy", "train.nsp_labels.npy", "train.token_type_ids.npy", "train.word_starts.npy"]
     ids = np.load(out / "train.input_ids.npy")
     types = np.load(out / "train.token_type_ids.npy")
     labels = np.load(out / "train.nsp_labels.npy")
     assert ids.dtype == np.uint16 and ids.shape == types.shape and len(labels) == len(ids) > 0
     assert (ids[:, 0] == bert_tokenizer.cls_token_id).all()
     assert ((ids == bert_tokenizer.sep_token_id).sum(axis=1) == 2).all()
-    assert meta["splits"]["train"]["nsp_random_share"] == pytest.approx(labels.mean())
+    stats = meta["splits"]["train"]
+    assert stats["nsp_random_share"] == pytest.approx(labels.mean())
+    assert stats["tokens"] == (ids != bert_tokenizer.pad_token_id).sum()
+    assert stats["packing_efficiency"] == pytest.approx(stats["tokens"] / ids.size)
+
+
+def test_mlm_nsp_from_disk_equals_the_in_memory_recipe(bert_tokenizer, tmp_path):
+    """The streaming path (sentences on disk, pairs planned on lengths) builds exactly the
+    pairs the in-memory builder makes from the same tokenised sentences."""
+    docs = _prose()
+    cfg = TokenizeConfig(block_size=48, batch_size=4)  # several batches, so batch joins are exercised
+    tokenize_corpus("mlm_nsp", bert_tokenizer, {"train": docs}, cfg, 7, tmp_path / "nsp")
+    encode = make_encoder(bert_tokenizer, with_words=False)
+    tokenised = []
+    for doc in docs:
+        batch = encode(split_sentences(doc))
+        tokenised.append(np.split(batch.ids, np.cumsum(batch.lengths)[:-1]))
+    expected = build_nsp_pairs(tokenised, 48, cfg.short_seq_prob, 7, bert_tokenizer.cls_token_id,
+                               bert_tokenizer.sep_token_id, bert_tokenizer.pad_token_id)
+    for name in ("input_ids", "token_type_ids", "nsp_labels"):
+        np.testing.assert_array_equal(np.load(tmp_path / "nsp" / f"train.{name}.npy"), expected[name])
+
+
+@pytest.mark.parametrize("objective, arch", [("clm", "gpt2"), ("mlm", "bert"), ("mlm_nsp", "bert")])
+def test_two_runs_with_the_same_seed_are_byte_identical(objective, arch, gpt2_tokenizer, bert_tokenizer, tmp_path):
+    tokenizer = {"gpt2": gpt2_tokenizer, "bert": bert_tokenizer}[arch]
+    parquet = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"text": _prose() * 2}), parquet)
+    # A parquet stream in batches of 3 documents, then a list in one batch: the same bytes.
+    runs = [(iter_texts(parquet), 3), (_prose() * 2, 1000)]
+    for i, (texts, batch_size) in enumerate(runs):
+        cfg = TokenizeConfig(block_size=32, batch_size=batch_size)
+        tokenize_corpus(objective, tokenizer, {"train": texts, "validation": _prose()[:3]}, cfg, 5, tmp_path / str(i))
+    names = sorted(p.name for p in (tmp_path / "0").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "1").iterdir()) and len(names) >= 3
+    for name in names:
+        assert (tmp_path / "0" / name).read_bytes() == (tmp_path / "1" / name).read_bytes(), name
 
 
 def test_tokenize_corpus_fails_clearly_on_an_empty_split(gpt2_tokenizer, tmp_path):
@@ -217,3 +407,32 @@ def test_tokenize_corpus_fails_clearly_on_an_empty_split(gpt2_tokenizer, tmp_pat
 def test_tokenize_corpus_rejects_unknown_objective(gpt2_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="unknown objective 'seq2seq'"):
         tokenize_corpus("seq2seq", gpt2_tokenizer, {"train": _prose()}, TokenizeConfig(), 0, tmp_path / "x")
+
+
+def test_tokenize_stage_writes_metrics_and_a_pretrained_dir_error_is_one_line(gpt2_tokenizer, tmp_path,
+                                                                               monkeypatch, capsys):
+    from pipelines import tokenize as tokenize_stage
+    from pipelines import train_tokenizer as tokenizer_stage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("profile: tiny\ntokenizer:\n  pretrained_bert: no/such/dir\n")
+    (tmp_path / "data" / "corpus").mkdir(parents=True)
+    for split, docs in (("train", _prose()), ("validation", _prose()[:3])):
+        pq.write_table(pa.table({"text": docs}), tmp_path / "data" / "corpus" / f"{split}.parquet")
+    gpt2_tokenizer.save_pretrained(tmp_path / "data" / "tokenizers" / "gpt2")
+
+    tokenize_stage.main(["--objective", "clm"])
+    report = json.loads((tmp_path / "reports" / "tokenize" / "clm.json").read_text())
+    meta = json.loads((tmp_path / "data" / "tokenized" / "clm" / "meta.json").read_text())
+    assert report["train"] == meta["splits"]["train"] and report["validation"] == meta["splits"]["validation"]
+    assert set(report["train"]) == {"documents", "corpus_tokens", "blocks", "tokens", "tokens_dropped",
+                                    "packing_efficiency", "fertility"}
+    assert report["tokens_per_s"] > 0 and report["block_size"] == 64
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        tokenizer_stage.main(["--architecture", "bert"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("error: train_tokenizer: tokenizer.pretrained_bert: no directory 'no/such/dir'")
+    assert not (tmp_path / "data" / "tokenizers" / "bert").exists()

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +16,7 @@ from components.config import ConfigError, build_config
 from components.validation import (
     ValidateConfig,
     document_stats,
+    failure_report,
     validate_corpus,
     write_validation_report,
 )
@@ -296,3 +300,46 @@ def test_config_bounds_are_checked_together():
     with pytest.raises(ConfigError, match=r"validate\.min_printable_share must be in \[0, 1\], got 1.5"):
         build_config(ValidateConfig, {"min_printable_share": 1.5}, "validate")
     assert build_config(ValidateConfig, {"mostly": 1}, "validate").mostly == 1.0
+
+
+def test_failure_report_names_expectation_observed_value_and_documents(results, corpora):
+    report = failure_report(results["binary_garbage"], "reports/validation/index.html").splitlines()
+    bad = corpora["binary_garbage"][1]
+    assert report[0] == "corpus failed the gate: 1 of 8 expectations failed (report: reports/validation/index.html)"
+    assert report[1] == "  FAILED printable_share: expected printable_share >= 0.95; failed by 1 of 60 documents"
+    assert report[2] == f"    doc {doc_id(bad)[:12]} printable_share=0.2 in train:test: {bad[:80]!r}"
+    (entry,) = [e for e in results["binary_garbage"]["expectations"] if not e["success"]]
+    assert entry["documents"] == [{"doc_id": doc_id(bad), "value": pytest.approx(0.2), "where": ["train:test"], "text": bad[:80]}]
+
+    duplicates = failure_report(results["duplicates"], "r").splitlines()
+    assert duplicates[1] == "  FAILED duplicate_share: expected duplicate share <= 0; observed 0.01667 (1 duplicate document(s))"
+    assert duplicates[2].endswith(" in train:test, validation:test: " + repr(corpora["duplicates"][1][:80]))
+    few = failure_report(results["too_few_documents"], "r").splitlines()
+    assert few[1:] == ["  FAILED document_count: expected documents >= 50; observed 40"]
+
+
+def test_validate_stage_exits_1_and_prints_the_summary(tmp_path):
+    """The stage as DVC runs it, on a corpus with a binary document and a duplicate."""
+    train, validation = good_texts()
+    garbage = prose(7)[:200] + "\x01\x02\x03\x04" * 200
+    train = [garbage, *train[1:]]
+    validation = [train[5], *validation[1:]]
+    write_corpus(tmp_path / "data" / "corpus", train, validation)
+    (tmp_path / "params.yaml").write_text("profile: tiny\n", encoding="utf-8")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "LMFORGE_DEBUG": ""}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.validate"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "validate: 2 of 8 expectations failed: printable_share >= 0.95 (1 document below" in proc.stdout
+    err = proc.stderr[proc.stderr.index("error: validate: "):].splitlines()
+    assert err[:5] == [
+        "error: validate: corpus failed the gate: 2 of 8 expectations failed (report: reports/validation/index.html)",
+        "  FAILED printable_share: expected printable_share >= 0.95; failed by 1 of 60 documents",
+        f"    doc {doc_id(garbage)[:12]} printable_share=0.2 in train:test: {garbage[:80]!r}",
+        "  FAILED duplicate_share: expected duplicate share <= 0; observed 0.01667 (1 duplicate document(s))",
+        f"    doc {doc_id(train[5])[:12]} in train:test, validation:test: {train[5][:80]!r}",
+    ]
+    result = json.loads((tmp_path / "reports" / "validation" / "result.json").read_text(encoding="utf-8"))
+    assert result["success"] is False and (tmp_path / "reports" / "validation" / "index.html").is_file()
+    logged = list((tmp_path / "mlartifacts").rglob("validation/result.json"))
+    assert len(logged) == 1 and json.loads(logged[0].read_text(encoding="utf-8")) == result

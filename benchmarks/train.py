@@ -1,0 +1,128 @@
+"""Training-loop benchmark: transformers' Trainer vs lmforge's `fit`, and bf16 vs fp32.
+
+Both sides get the same demo-size model config, the same packed data (the built-in corpus,
+tokenized by our stages' code), batch size, sequence length, optimiser steps, threads,
+precision and compile setting; all printed. CLM and MLM, three repetitions each; medians.
+The last line is one JSON object.
+
+    python -m benchmarks.train [--steps 40] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.corpus import DataConfig, DownstreamConfig, build_corpus
+from components.modeling import ModelConfig, build_pretraining_model
+from components.profiles import PROFILE_VALUES
+from components.tokenization import TokenizeConfig, TokenizerConfig, load_tokenizer, tokenize_corpus, train_tokenizer
+from components.training import Objective, PretrainConfig, PretrainData, _Trainable, fit
+from pipelines.train_tokenizer import iter_texts
+
+DEMO = PROFILE_VALUES["demo"]
+
+
+def prepare_data(work: Path) -> dict[str, tuple]:
+    """Corpus -> tokenizers -> packed blocks, with the pipeline's own components."""
+    build_corpus(DataConfig(), DownstreamConfig(), 1337, work / "corpus", work / "downstream")
+    texts = {s: list(iter_texts(work / "corpus" / f"{s}.parquet")) for s in ("train", "validation")}
+    out = {}
+    for objective, arch in (("clm", "gpt2"), ("mlm", "bert")):
+        train_tokenizer(arch, iter(texts["train"]), TokenizerConfig(**DEMO["tokenizer"]), work / arch)
+        tok = load_tokenizer(work / arch)
+        tokenize_corpus(objective, tok, texts, TokenizeConfig(**DEMO["tokenize"]), 1337, work / objective)
+        out[objective] = (tok, PretrainData(work / objective, "train"))
+    return out
+
+
+def run_ours(objective: str, tok, data: PretrainData, cfg: PretrainConfig, steps: int) -> tuple[float, list[float]]:
+    torch.manual_seed(0)
+    model = build_pretraining_model(objective, ModelConfig(**DEMO["model"]), tok)
+    obj = Objective(objective, tok, cfg.mlm_probability)
+    order = np.random.default_rng(0).permutation(data.n)
+    losses: list[float] = []
+
+    def next_batch(step, micro):
+        idx = order[(step * cfg.batch_size) % (data.n - cfg.batch_size):][: cfg.batch_size]
+        return obj.prepare(data.batch(idx, torch.device("cpu")), torch.Generator().manual_seed(step))
+
+    timing = fit(_Trainable(model, obj), cfg, steps, next_batch, lambda m, b: m(b),
+                 on_log=lambda s, m: losses.append(m["train_loss"]), log_every=1)
+    return timing["tokens"] / timing["seconds"], losses
+
+
+def run_trainer(objective: str, tok, data: PretrainData, cfg: PretrainConfig, steps: int, work: Path) -> float:
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = build_pretraining_model(objective, ModelConfig(**DEMO["model"]), tok)
+    n = steps * cfg.batch_size + cfg.batch_size
+    ids = np.asarray(data.arrays["input_ids"][: min(n, data.n)], dtype=np.int64)
+    dataset = Dataset.from_dict({"input_ids": ids.tolist()})
+    collator = DataCollatorForLanguageModeling(tok, mlm=objective == "mlm", mlm_probability=cfg.mlm_probability)
+    args = TrainingArguments(
+        output_dir=str(work / "trainer"), per_device_train_batch_size=cfg.batch_size, max_steps=steps,
+        learning_rate=cfg.lr, warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.grad_clip, bf16=cfg.dtype == "bfloat16", use_cpu=True, report_to="none",
+        save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        optim="adamw_torch", seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    start = time.perf_counter()
+    trainer.train()
+    return steps * cfg.batch_size * ids.shape[1] / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    base = {k: v for k, v in DEMO["pretrain"].items() if k in ("batch_size", "lr", "warmup_steps")}
+    bf16 = PretrainConfig(**base, dtype="bfloat16", device="cpu")
+    fp32 = PretrainConfig(**base, dtype="float32", device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = prepare_data(work)
+        block = data["clm"][1].meta["block_size"]
+        print(f"model {DEMO['model']} | batch {bf16.batch_size} x {block} tokens | {args.steps} steps | "
+              f"threads {torch.get_num_threads()} | bf16 autocast on both sides | torch.compile off on both sides")
+        rows: dict[str, list[float]] = {}
+        curves: dict[str, list[float]] = {}
+        for rep in range(args.repeats):
+            for objective in ("clm", "mlm"):
+                tok, arr = data[objective]
+                rows.setdefault(f"trainer_{objective}", []).append(run_trainer(objective, tok, arr, bf16, args.steps, work))
+                tps, curves[f"ours_{objective}_bf16"] = run_ours(objective, tok, arr, bf16, args.steps)
+                rows.setdefault(f"ours_{objective}", []).append(tps)
+            tps, curves["ours_clm_fp32"] = run_ours("clm", *data["clm"], fp32, args.steps)
+            rows.setdefault("ours_clm_fp32", []).append(tps)
+            print(f"repetition {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rows.items()), flush=True)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    # bf16 must train like fp32: compare the last 10 steps' mean loss.
+    tail = lambda c: float(np.mean(c[-10:]))  # noqa: E731
+    loss_gap = abs(tail(curves["ours_clm_bf16"]) - tail(curves["ours_clm_fp32"])) / tail(curves["ours_clm_fp32"])
+    print(f"\n{'side':<18}{'median tokens/s':>18}")
+    for k, v in med.items():
+        print(f"{k:<18}{v:>18,.0f}")
+    result = {
+        "clm_speedup": med["ours_clm"] / med["trainer_clm"],
+        "mlm_speedup": med["ours_mlm"] / med["trainer_mlm"],
+        "bf16_vs_fp32": med["ours_clm"] / med["ours_clm_fp32"],
+        "bf16_fp32_final_loss_rel_gap": loss_gap,
+        **{f"{k}_tokens_per_s": v for k, v in med.items()},
+        "steps": args.steps, "repeats": args.repeats,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The comparison report's pictures and samples: what a person looks at first."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+GENERATION_PROMPTS = ("Return the number of", "This module provides", "Raise an exception if the")
+FILL_MASK_PROMPTS = (
+    "Return a new [MASK] containing all items from the iterable.",
+    "This module provides functions for working with [MASK] paths.",
+    "Raise an [MASK] if the file does not exist.",
+)
+
+
+def _save(fig, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = out.with_suffix(".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(out)  # atomic: DVC never sees half a PNG
+    plt.close(fig)
+
+
+def plot_macro_f1(runs: list[dict], out: Path) -> None:
+    """Test macro-F1 per run; pretrained bars carry the bootstrap CI of their gain over scratch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    names = [r["objective"] if r["pretrained"] else f"scratch ({r['architecture']})" for r in runs]
+    scores = [r["test_macro_f1"] for r in runs]
+    # Error bar = the CI of (pretrained - scratch), drawn around the pretrained score.
+    low = [r["delta_macro_f1_vs_scratch"] - r["delta_ci_low"] if r["pretrained"] else 0 for r in runs]
+    high = [r["delta_ci_high"] - r["delta_macro_f1_vs_scratch"] if r["pretrained"] else 0 for r in runs]
+    ax.bar(names, scores, yerr=[low, high], capsize=4,
+           color=["tab:blue" if r["pretrained"] else "tab:gray" for r in runs])
+    for r in runs:
+        if not r["pretrained"]:
+            ax.axhline(r["test_macro_f1"], color="tab:gray", lw=0.8, ls="--")
+    ax.set_ylabel("test macro-F1")
+    ax.set_title("Downstream macro-F1 by pretraining objective (bars: 95% CI of the gain over scratch)")
+    ax.title.set_fontsize(9)
+    _save(fig, out)
+
+
+def plot_loss_curves(curves: dict[str, list[tuple[int, float]]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for name, points in curves.items():
+        if points:
+            steps, losses = zip(*points)
+            ax.plot(steps, losses, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Pretraining loss by objective (MLM+NSP adds the NSP loss)")
+    ax.legend()
+    _save(fig, out)
+
+
+def read_curve(csv_path: Path) -> list[tuple[int, float]]:
+    lines = Path(csv_path).read_text().splitlines()[1:]
+    return [(int(s), float(v)) for s, v in (line.split(",") for line in lines if line)]
+
+
+@torch.no_grad()
+def generation_samples(model_dir: Path, max_new_tokens: int = 20) -> list[dict]:
+    """Greedy continuations of fixed prompts from a CLM model (deterministic)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    samples = []
+    for prompt in GENERATION_PROMPTS:
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        samples.append({"prompt": prompt, "completion": tok.decode(out[0, ids["input_ids"].shape[1]:],
+                                                                  skip_special_tokens=True)})
+    return samples
+
+
+@torch.no_grad()
+def fill_mask_samples(model_dir: Path, top_k: int = 3) -> list[dict]:
+    """Top-k fillers for one [MASK] in fixed sentences, from an MLM (or MLM+NSP) model."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForMaskedLM.from_pretrained(str(model_dir)).eval()
+    samples = []
+    for sentence in FILL_MASK_PROMPTS:
+        enc = tok(sentence.replace("[MASK]", tok.mask_token), return_tensors="pt")
+        position = (enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0]
+        logits = model(**enc).logits[0, position]
+        top = torch.topk(logits, top_k)
+        samples.append({"text": sentence, "fills": [tok.decode([int(i)]).strip() for i in top.indices],
+                        "probabilities": [round(float(p), 4) for p in torch.softmax(logits, -1)[top.indices]]})
+    return samples
+
+
+def samples_markdown(samples: dict[str, list[dict]]) -> str:
+    lines = ["## What the pretrained models say", ""]
+    for objective, items in samples.items():
+        lines.append(f"**{objective}**")
+        lines.append("")
+        for item in items:
+            if "prompt" in item:
+                lines.append(f"- _{item['prompt']}_ → {item['completion']!r}")
+            else:
+                fills = ", ".join(f"`{f}` ({p:.2f})" for f, p in zip(item["fills"], item["probabilities"]))
+                lines.append(f"- {item['text']} → {fills}")
+        lines.append("")
+    return "\n".join(lines)
