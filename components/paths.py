@@ -36,6 +36,10 @@ def tokenized_dir(objective: str) -> str:
     return f"{TOKENIZED_DIR}/{objective}"
 
 
+def tokenize_report(objective: str) -> str:
+    return f"reports/tokenize/{objective}.json"
+
+
 def pretrained_dir(objective: str) -> str:
     return f"{PRETRAINED_DIR}/{objective}"
 

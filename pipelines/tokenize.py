@@ -17,10 +17,6 @@ from pipelines.train_tokenizer import iter_texts
 SPLITS = ("train", "validation")
 
 
-def report_path(objective: str) -> str:
-    return f"reports/tokenize/{objective}.json"
-
-
 def main(argv=None) -> None:
     def body(cfg: dict, objective: str) -> None:
         tokenizer = load_tokenizer(paths.tokenizer_dir(paths.ARCHITECTURE[objective]))
@@ -33,7 +29,7 @@ def main(argv=None) -> None:
             corpus_tokens = sum(st["corpus_tokens"] for st in meta["splits"].values())
             report = {"block_size": meta["block_size"], "vocab_size": meta["vocab_size"], "seconds": seconds,
                       "tokens_per_s": corpus_tokens / max(seconds, 1e-9), **meta["splits"]}
-            write_json_atomic(report_path(objective), report)
+            write_json_atomic(paths.tokenize_report(objective), report)
             tracking.log_metrics({"seconds": seconds, "tokens_per_s": report["tokens_per_s"],
                                   **{f"{s}_{k}": v for s, st in meta["splits"].items() for k, v in st.items()}})
         train = meta["splits"]["train"]
