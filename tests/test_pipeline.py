@@ -177,3 +177,23 @@ def test_prefect_flow_matches_dvc_repro(dvc_run, flow_repo):
     assert comparable_metrics(repo) == dvc_run[1]
     # dvc.lock is the shared record: after the flow, `dvc repro` has nothing left to do.
     assert "Running stage" not in dvc(repo, "repro").stdout
+
+
+def test_every_downstream_mlflow_run_records_the_corpus_hash_from_dvc_lock(dvc_run):
+    import mlflow
+    import yaml
+
+    repo, _ = dvc_run
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    corpus_md5 = next(o["md5"] for o in lock["stages"]["ingest"]["outs"] if o["path"] == paths.CORPUS_DIR)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lmforge")
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    downstream = [r for r in runs if r.data.tags.get("lmforge.stage") not in ("ingest",)]
+    assert len(downstream) >= 16
+    assert {r.data.tags.get("lmforge.corpus_md5") for r in downstream} == {corpus_md5}
+    pretrain = [r for r in runs if r.data.tags.get("lmforge.stage") == "pretrain"]
+    for r in pretrain:
+        objective = r.data.tags["lmforge.objective"]
+        tokenized = next(o["md5"] for o in lock["stages"][f"tokenize@{objective}"]["outs"])
+        assert r.data.tags["lmforge.tokenized_md5"] == tokenized
