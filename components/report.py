@@ -70,13 +70,19 @@ def read_curve(csv_path: Path) -> list[tuple[int, float]]:
     return [(int(s), float(v)) for s, v in (line.split(",") for line in lines if line)]
 
 
+def _load(model_dir: Path, auto_class):
+    """Tokenizer and model (in eval mode) saved side by side by the pretrain stage."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir)), auto_class.from_pretrained(str(model_dir)).eval()
+
+
 @torch.no_grad()
 def generation_samples(model_dir: Path, max_new_tokens: int = 20) -> list[dict]:
     """Greedy continuations of fixed prompts from a CLM model (deterministic)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    tok, model = _load(model_dir, AutoModelForCausalLM)
     samples = []
     for prompt in GENERATION_PROMPTS:
         ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
@@ -90,10 +96,9 @@ def generation_samples(model_dir: Path, max_new_tokens: int = 20) -> list[dict]:
 @torch.no_grad()
 def fill_mask_samples(model_dir: Path, top_k: int = 3) -> list[dict]:
     """Top-k fillers for one [MASK] in fixed sentences, from an MLM (or MLM+NSP) model."""
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModelForMaskedLM
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForMaskedLM.from_pretrained(str(model_dir)).eval()
+    tok, model = _load(model_dir, AutoModelForMaskedLM)
     samples = []
     for sentence in FILL_MASK_PROMPTS:
         enc = tok(sentence.replace("[MASK]", tok.mask_token), return_tensors="pt")

@@ -284,7 +284,7 @@ def subsample(
     if cap <= 0 or len(rows) <= cap:
         return rows
     by_label: dict[int, list[int]] = {}
-    for i, (text, label, module) in enumerate(rows):
+    for i, (_text, label, _module) in enumerate(rows):
         by_label.setdefault(label, []).append(i)
     keys = {}
     for label, members in by_label.items():

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from components import paths, tracking
 from components.evaluation import bootstrap_diff_ci, classification_metrics, majority_baseline, markdown_table
 from components.finetuning import encode_texts, predict, read_labelled
