@@ -64,3 +64,22 @@ def _prose() -> list[str]:
 
     docs = [m.__doc__ for m in (json, pathlib, argparse, collections, textwrap, functools) if m.__doc__]
     return docs * 3
+
+
+@pytest.fixture(scope="session")
+def dvc_run(tmp_path_factory) -> tuple[Path, dict]:
+    """The whole tiny pipeline through `dvc repro`, once per session: (repo, metrics snapshot).
+
+    Shared: tests that change params, the registry or files in it must say so and restore them,
+    or build their own repo with pipeline_repo.make_repo.
+    """
+    from pipeline_repo import comparable_metrics, dvc, make_repo
+
+    repo = make_repo(tmp_path_factory.mktemp("dvc-run"))
+    dvc(repo, "repro")
+    return repo, comparable_metrics(repo)  # snapshot before any test changes params
+
+
+@pytest.fixture(scope="session")
+def dvc_repo(dvc_run) -> Path:
+    return dvc_run[0]

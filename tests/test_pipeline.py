@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,70 +14,10 @@ from pathlib import Path
 import pytest
 
 from components import paths
+from pipeline_repo import comparable_metrics, dvc, env_for, make_repo
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_repo(dest: Path) -> Path:
-    """Copy the tracked and untracked-but-not-ignored files into a fresh git repo, profile tiny."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    params = dest / "params.yaml"
-    params.write_text(params.read_text().replace("profile: demo", "profile: tiny", 1))
-    git = ["git", "-c", "user.name=lmforge-test", "-c", "user.email=test@lmforge.invalid"]
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
-    subprocess.run(git + ["commit", "-qm", "test repo"], cwd=dest, check=True)
-    return dest
-
-
-def env_for(repo: Path) -> dict:
-    env = os.environ.copy()
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    # `dvc exp run` commits experiments: give git an identity on machines without one.
-    for role in ("AUTHOR", "COMMITTER"):
-        env.setdefault(f"GIT_{role}_NAME", "lmforge-test")
-        env.setdefault(f"GIT_{role}_EMAIL", "test@lmforge.invalid")
-    return env
-
-
-def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env_for(repo),
-                          capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-COMPARED = [paths.COMPARISON_METRICS, *(f"{paths.PRETRAIN_REPORTS}/{o}/metrics.json" for o in paths.OBJECTIVES)]
-
-
-def comparable_metrics(repo: Path) -> dict:
-    """Metrics that must match between runs with the same seed (no wall-clock fields)."""
-    out = {}
-    for rel in COMPARED:
-        data = json.loads((repo / rel).read_text())
-        out[rel] = {k: v for k, v in data.items() if k.startswith("val_")} if "val_loss" in data else data
-    return out
-
-
-@pytest.fixture(scope="session")
-def dvc_run(tmp_path_factory) -> tuple[Path, dict]:
-    repo = make_repo(tmp_path_factory.mktemp("dvc-run"))
-    dvc(repo, "repro")
-    return repo, comparable_metrics(repo)  # snapshot before any test changes params
-
-
-@pytest.fixture(scope="session")
-def dvc_repo(dvc_run) -> Path:
-    return dvc_run[0]
 
 
 @pytest.fixture(scope="session")
