@@ -10,6 +10,9 @@ from pathlib import Path
 
 def cmd_run(args) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Fail before a Prefect server starts or any stage runs; the overrides are checked too.
+    if cmd_check_params(args, overrides={"profile": args.profile, "data.source": args.data_source}, quiet=True):
+        return 2
     from flows.pipeline import pipeline
 
     results = pipeline(profile=args.profile, data_source=args.data_source, repo_dir=args.repo)
@@ -59,15 +62,38 @@ def cmd_summary(args) -> int:
     return 0
 
 
-def cmd_check_params(args) -> int:
-    from components.config import ConfigError, validate_all
+def cmd_check_params(args, overrides: dict | None = None, quiet: bool = False) -> int:
+    """Every section, every cross-section range; with `overrides` (dotted keys), as the
+    file would be after they are written."""
+    import tempfile
 
+    import yaml
+
+    from components.config import ConfigError, read_params, validate_all
+
+    path = Path(args.repo) / "params.yaml"
     try:
-        validate_all(Path(args.repo) / "params.yaml")
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if overrides:
+            params = read_params(path)
+            for dotted, value in overrides.items():
+                *parents, leaf = dotted.split(".")
+                node = params
+                for key in parents:
+                    if not isinstance(node.get(key), dict):
+                        node[key] = {}
+                    node = node[key]
+                node[leaf] = value
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "params.yaml").write_text(yaml.safe_dump(params))
+                validate_all(Path(tmp) / "params.yaml")
+        else:
+            validate_all(path)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("params.yaml: ok")
+    if not quiet:
+        print("params.yaml: ok")
     return 0
 
 

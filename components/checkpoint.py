@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from components.io import disk_full_error, is_disk_full, remove_stale_temporaries
+
 PREFIX = "step-"
 
 
@@ -50,17 +52,24 @@ class Checkpointer:
         from safetensors.torch import save_model
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.directory))
+        remove_stale_temporaries(self.directory, ".tmp-")  # left by a killed run
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.directory))
+        final = self.directory / f"{PREFIX}{step:08d}"
         try:
             save_model(_unwrap(model), str(tmp / "model.safetensors"))  # handles tied embeddings
             torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "trainer.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint, **state}))
-            final = self.directory / f"{PREFIX}{step:08d}"
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-        except BaseException:
+        except BaseException as e:
+            full = isinstance(e, Exception) and is_disk_full(e, self.directory)
             shutil.rmtree(tmp, ignore_errors=True)
+            if full:
+                previous = self.latest()
+                kept = (f"the previous checkpoint {previous} is intact and a rerun resumes from it"
+                        if previous is not None else "no earlier checkpoint exists")
+                raise disk_full_error(final, kept) from e
             raise
         for old in self._existing()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)

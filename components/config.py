@@ -62,12 +62,17 @@ def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
-    unknown = sorted(set(params) - set(SECTIONS) - set(TOP_LEVEL))
+    unknown = sorted(map(_shown, set(params) - set(SECTIONS) - set(TOP_LEVEL)))
     if unknown:
         raise ConfigError(
             f"{path}: unknown section '{unknown[0]}'; known: {', '.join([*TOP_LEVEL, *SECTIONS])}"
         )
     return params
+
+
+def _shown(key: Any) -> str:
+    """A key as one line of text (YAML keys may hold newlines, or be numbers)."""
+    return repr(key)[1:-1] if isinstance(key, str) else repr(key)
 
 
 def config_class(section: str) -> type:
@@ -113,7 +118,7 @@ def build_config(cls: type, values: dict[str, Any], section: str) -> Any:
         raise ConfigError(f"params.yaml: section '{section}' must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
+    unknown = sorted(map(_shown, set(values) - fields))
     if unknown:
         raise ConfigError(
             f"params.yaml: unknown key '{section}.{unknown[0]}'; known keys: {', '.join(sorted(fields))}"
@@ -163,9 +168,34 @@ def load_stage(stage: str, params_path: str | Path = PARAMS_FILE) -> dict[str, A
     return out
 
 
-def validate_all(params_path: str | Path = PARAMS_FILE) -> None:
-    """Check every section before any compute is spent (raises ConfigError)."""
+def validate_all(params_path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Check every section, then the ranges that span sections, before any compute is
+    spent; returns the typed configs by section (raises ConfigError)."""
     params = read_params(params_path)
     seed_of(params)
-    for section in SECTIONS:
-        resolve_section(params, section)
+    configs = {section: resolve_section(params, section) for section in SECTIONS}
+    check_across_sections(configs)
+    return configs
+
+
+def check_across_sections(configs: dict[str, Any]) -> None:
+    """Limits one section puts on another (each section checks its own in __post_init__)."""
+    model, tokenize, tokenizer = configs["model"], configs["tokenize"], configs["tokenizer"]
+    pretrain, finetune = configs["pretrain"], configs["finetune"]
+    limits = [
+        ("tokenize.block_size", tokenize.block_size, "model.max_positions", model.max_positions),
+        ("finetune.max_length", finetune.max_length, "model.max_positions", model.max_positions),
+        ("tokenize.block_size", tokenize.block_size, "tokenizer.model_max_length", tokenizer.model_max_length),
+    ]
+    for name, value, limit_name, limit in limits:
+        if value > limit:
+            raise ConfigError(f"params.yaml: {name} ({value}) exceeds {limit_name} ({limit}); "
+                              "lower one or raise the other")
+    if pretrain.batch_size % pretrain.nproc_per_node:
+        raise ConfigError(f"params.yaml: pretrain.batch_size ({pretrain.batch_size}) must be divisible by "
+                          f"pretrain.nproc_per_node ({pretrain.nproc_per_node})")
+    for architecture in ("gpt2", "bert"):
+        source = tokenizer.pretrained(architecture)
+        if source and not Path(source).is_dir():
+            raise ConfigError(f"params.yaml: tokenizer.pretrained_{architecture}: no directory {source!r}; "
+                              "give a local tokenizer directory or '' to train one")

@@ -382,6 +382,12 @@ def build_corpus(
         docs = sort_unique(clean_documents(raw, data.min_chars, counts), work, counts)
         corpus = write_splits(docs, tmp, data.validation_fraction, data.max_documents)
         shutil.rmtree(work, ignore_errors=True)
+        if not corpus["documents"]:  # raised inside atomic_dir: nothing is written
+            raise ValueError(
+                f"data.source {data.source!r}: no documents ({counts['documents_read']} read, "
+                f"{counts['short_removed']} shorter than data.min_chars={data.min_chars}); "
+                "give a non-empty corpus or lower data.min_chars"
+            )
         if task is None:
             task, excluded = _task(stdlib_docs.cleaned_modules(clean_text), downstream, seed)[0], 0
         with atomic_dir(downstream_dir) as out:

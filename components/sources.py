@@ -36,6 +36,9 @@ HF_SPLIT = "train"
 BATCH_ROWS = 1024
 CHUNK_BYTES = 1 << 20
 SNIFF_BYTES = 8192
+# One line (or one whole .txt document) longer than this is refused rather than read into
+# memory: no real document is 64 MiB, but a minified dump or a mislabelled binary can be.
+MAX_LINE_BYTES = 64 * 2**20
 _BOM = codecs.BOM_UTF8
 _UTF8_FIX = "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
 _BINARY_FIX = "binary data or UTF-16 text; give UTF-8 text files"
@@ -157,9 +160,18 @@ def _decode(raw: bytes, path: Path, line: int) -> str:
         raise ValueError(f"{path}, line {where}: not UTF-8 (byte 0x{raw[e.start]:02x}); {_UTF8_FIX}") from None
 
 
+def _too_long(path: Path, line: int, what: str) -> ValueError:
+    return ValueError(f"{path}, line {line}: {what} longer than {MAX_LINE_BYTES // 2**20} MiB; "
+                      "split it into documents (one JSON object per line, or txt_mode: paragraph)")
+
+
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     with _open(path) as f:
-        for lineno, raw in enumerate(f, start=1):
+        lineno = 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):  # bounded: a huge line never fills memory
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise _too_long(path, lineno, "a line")
             if lineno == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
             yield lineno, _decode(raw, path, lineno)
@@ -167,7 +179,9 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def _read_whole(path: Path) -> Raw:
     with _open(path) as f:
-        raw = f.read()
+        raw = f.read(MAX_LINE_BYTES + 1)
+    if len(raw) > MAX_LINE_BYTES:
+        raise _too_long(path, 1, "the document (txt_mode: file reads a file as one document) is")
     yield str(path), _decode(raw.removeprefix(_BOM), path, 1)
 
 
@@ -192,7 +206,7 @@ def _text_of(record: Any, column: str, where: str, fix_kind: str) -> Any:
         raise ValueError(f"{where}: expected a JSON object with a '{column}' field, got {type(record).__name__}; "
                          f"fix the {fix_kind}")
     if column not in record:
-        keys = ", ".join(list(record)[:8]) or "none"
+        keys = ", ".join(repr(k)[1:-1] for k in list(record)[:8]) or "none"  # escaped: one line
         raise ValueError(f"{where}: no field '{column}' (fields: {keys}); set data.text_column or fix the {fix_kind}")
     text = record[column]
     if text is not None and not isinstance(text, str):

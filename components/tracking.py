@@ -10,12 +10,39 @@ from typing import Any, Iterator
 # No network here or on many clusters: MLflow's telemetry must not try to phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+# A tracking server that is down should fail a stage in seconds, not after MLflow's default
+# 7 retries with exponential backoff (minutes) and a 120 s timeout per try. Metrics are
+# logged synchronously, so a server lost mid-run fails the stage too: nothing is dropped
+# silently, and a rerun resumes from the last checkpoint. Set these to override.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+for _key, _value in HTTP_RETRY_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
+
 EXPERIMENT = "lmforge"
 
 
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set (a server on PostgreSQL, say), else SQLite at the repo root."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def unreachable_server(exc: BaseException) -> str | None:
+    """A one-line description when `exc` is MLflow failing to reach its tracking server."""
+    if not type(exc).__module__.startswith("mlflow"):
+        return None
+    uri = tracking_uri()
+    text = str(exc)
+    if not uri.startswith(("http://", "https://")) or not any(
+        marker in text for marker in ("Max retries exceeded", "Connection refused", "ConnectionError",
+                                      "Read timed out", "Failed to establish a new connection", "NameResolution")
+    ):
+        return None
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+    reason = next((r for r in ("Connection refused", "timed out", "Name or service not known") if r in text),
+                  "no answer")
+    return (f"MLflow tracking server {uri} unreachable after {retries} retries ({reason}); start it or fix "
+            "MLFLOW_TRACKING_URI (retries: MLFLOW_HTTP_REQUEST_MAX_RETRIES); nothing was logged past this point")
 
 
 def git_state() -> dict[str, str]:

@@ -183,7 +183,8 @@ def fit(
             with autocast(device, dtype):
                 loss = loss_fn(model, batch) / cfg.grad_accum
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate")
+                raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate"
+                                         + _kept(checkpointer))
             loss.backward()
             loss_sum += loss.item()
             n = int(batch["input_ids"].numel())
@@ -193,6 +194,10 @@ def fit(
         grad_norm = torch.nn.utils.clip_grad_norm_(
             model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         )
+        # A finite loss can still overflow a gradient; stepping on it would poison the weights.
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"gradient norm is {float(grad_norm)} at step {step}; lower the learning rate"
+                                     + _kept(checkpointer))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         # Log: loss, lr, grad norm and throughput over the last window.
@@ -216,6 +221,12 @@ def fit(
         if stop:
             break
     return {"steps": step + 1, "seconds": time.perf_counter() - start, "tokens": tokens, "resumed_from": first_step}
+
+
+def _kept(checkpointer: Checkpointer | None) -> str:
+    """What a failed run leaves to resume from (nothing is saved after a bad step)."""
+    latest = checkpointer.latest() if checkpointer is not None else None
+    return f"; the last good checkpoint {latest} is kept" if latest is not None else ""
 
 
 class PretrainData:

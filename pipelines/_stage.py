@@ -4,32 +4,54 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
-from components.config import PARAMS_FILE, ConfigError, load_stage
+from components.config import PARAMS_FILE, ConfigError, load_stage, validate_all
+from components.io import DiskFullError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line (exit 2), like every other bad-input error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}\n")
 
 
 def run_stage(stage: str, body: Callable[[dict, str | None], None], item: str | None = None,
               choices: Sequence[str] = (), argv: Sequence[str] | None = None) -> None:
-    """Parse argv, load this stage's params, run `body(config, item)`.
+    """Parse argv, check all of params.yaml, load this stage's params, run `body(config, item)`.
 
-    Bad params exit 2 and bad data exit 1, each with one line naming the problem; set
-    LMFORGE_DEBUG=1 for the traceback.
+    Bad params or arguments exit 2 and bad data, a full disk or an unreachable MLflow server
+    exit 1, each with one line naming the problem; set LMFORGE_DEBUG=1 for the traceback.
+    Every stage checks the whole file (all sections, cross-section ranges), so a bad value
+    fails the first stage `dvc repro` runs, not the one that reads it an hour later.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m pipelines.{stage}")
+    parser = _OneLineParser(prog=f"python -m pipelines.{stage}")
     if item:
         parser.add_argument(f"--{item}", required=True, choices=list(choices))
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     try:
+        validate_all(args.params)
         config = load_stage(stage, args.params)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
         body(config, getattr(args, item) if item else None)
-    except (FileNotFoundError, ValueError, FloatingPointError) as e:
-        if os.environ.get("LMFORGE_DEBUG"):
+    except (FileNotFoundError, ValueError, FloatingPointError, DiskFullError) as e:
+        _fail(stage, str(e))
+    except Exception as e:
+        from components.tracking import unreachable_server
+
+        message = unreachable_server(e)
+        if message is None:
             raise
-        print(f"error: {stage}: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _fail(stage, message)
+
+
+def _fail(stage: str, message: str) -> NoReturn:
+    if os.environ.get("LMFORGE_DEBUG"):
+        raise
+    print(f"error: {stage}: {message}", file=sys.stderr)
+    raise SystemExit(1) from None
