@@ -83,31 +83,54 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class DownstreamConfig:
-    """params.yaml section ``downstream``: the built-in classification task."""
+    """params.yaml section ``downstream``: the classification task models are fine-tuned on."""
 
     task: str = BUILTIN_TASK
-    """Which task; only ``builtin:stdlib-chapters`` (docstring -> library chapter) exists."""
+    """``builtin:stdlib-chapters`` (docstring -> library chapter), a labelled .csv / .jsonl /
+    .json / .parquet file, a directory or glob of them named by split, a save_to_disk
+    directory, or ``hf:<name>[:<config>]`` (components/downstream.py)."""
+    text_column: str = "text"
+    """Field holding the text (not the built-in task)."""
+    label_column: str = "label"
+    """Field holding the label: a string, an integer or a ClassLabel id (not the built-in task)."""
+    labels: str = ""
+    """The label set in order, comma-separated; empty = the dataset's ClassLabel names, else
+    the training split's sorted labels. Rows with other labels are an error."""
     validation_fraction: float = 0.15
-    """Share of each class's examples held out for validation, taken as whole modules."""
+    """Share of each class held out for validation (built-in: as whole modules; a user's
+    task: only where it has no validation split)."""
     test_fraction: float = 0.15
-    """Share of each class's examples held out for test, as whole modules that the built-in
-    corpus then leaves out."""
+    """Share of each class held out for test (built-in: whole modules that the built-in
+    corpus then leaves out; a user's task: only where it has no test split)."""
     min_chars: int = 40
-    """Docstrings shorter than this are not examples."""
+    """Docstrings shorter than this are not examples (built-in task)."""
     max_examples_per_split: int = 0
     """Cap on each split's size (0 = all), subsampled so every class keeps examples."""
 
     def __post_init__(self) -> None:
-        if self.task != BUILTIN_TASK:
-            raise ValueError(f"downstream.task must be {BUILTIN_TASK!r} (the only task so far), got {self.task!r}")
+        if not self.task.strip():
+            raise ValueError(f"downstream.task is empty; give {BUILTIN_TASK!r}, a labelled file or directory, "
+                             "or hf:<name>[:<config>]")
+        if self.task.startswith("builtin:") and self.task != BUILTIN_TASK:
+            raise ValueError(f"downstream.task {self.task!r}: the only built-in task is {BUILTIN_TASK!r}; "
+                             "or give a labelled file, directory or hf:<name>[:<config>]")
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0 < value < 0.5:
                 raise ValueError(f"downstream.{name} must be in (0, 0.5), got {value}")
         if self.min_chars < 1:
             raise ValueError(f"downstream.min_chars must be >= 1, got {self.min_chars}")
+        for name in ("text_column", "label_column"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"downstream.{name} is empty; name the field that holds the {name[:-7]}")
+        if self.text_column == self.label_column:
+            raise ValueError(f"downstream.text_column and downstream.label_column are both {self.text_column!r}; "
+                             "they must name different fields")
+        if self.max_examples_per_split < 0:
+            raise ValueError(f"downstream.max_examples_per_split must be 0 (all) or positive, "
+                             f"got {self.max_examples_per_split}")
         n_classes = len(stdlib_docs.LABELS)
-        if self.max_examples_per_split != 0 and self.max_examples_per_split < n_classes:
+        if self.task == BUILTIN_TASK and self.max_examples_per_split != 0 and self.max_examples_per_split < n_classes:
             raise ValueError(
                 f"downstream.max_examples_per_split must be 0 (all) or >= {n_classes} "
                 f"(one per class), got {self.max_examples_per_split}"
@@ -344,7 +367,7 @@ def write_splits(docs: Iterator[Document], out_dir: Path, fraction: float, max_d
     }
 
 
-def _stats(counts: dict[str, int], corpus: dict, task: dict, excluded: int) -> dict:
+def _stats(counts: dict[str, int], corpus: dict, task: dict, excluded: int, n_classes: int) -> dict:
     """Flat, JSON-able numbers; documents_read counts what reached cleaning (test-split
     modules are left out before that, and counted in excluded_test_documents)."""
     return {
@@ -353,7 +376,7 @@ def _stats(counts: dict[str, int], corpus: dict, task: dict, excluded: int) -> d
         "downstream_train": len(task["train"]),
         "downstream_validation": len(task["validation"]),
         "downstream_test": len(task["test"]),
-        "downstream_classes": len(stdlib_docs.LABELS),
+        "downstream_classes": n_classes,
         "excluded_test_documents": excluded,
     }
 
@@ -372,8 +395,15 @@ def build_corpus(
     """
     builtin = data.source == BUILTIN_CORPUS
     task = excluded = None
-    if builtin:
+    labels = list(stdlib_docs.LABELS)
+    if downstream.task != BUILTIN_TASK:
+        # A user's task is read (and its labels checked) before any corpus work.
+        task, labels = read_downstream(downstream, seed)
+        excluded = 0
+    if builtin and task is None:
         task, raw, excluded = _builtin_task_and_corpus(downstream, seed)
+    elif builtin:  # the built-in corpus with a user's task: nothing of the task to leave out
+        raw = stdlib_docs.builtin_documents(stdlib_docs.cleaned_modules(clean_text), set(), set(), clean_text)
     else:
         raw = read_documents(data.source, data.text_column, data.txt_mode)
     counts = new_counts()
@@ -393,9 +423,9 @@ def build_corpus(
         with atomic_dir(downstream_dir) as out:
             for split, rows in task.items():
                 _write_parquet(out / f"{split}.parquet", rows, DOWNSTREAM_SCHEMA)
-            write_json_atomic(out / "labels.json", {"labels": list(stdlib_docs.LABELS)})
+            write_json_atomic(out / "labels.json", {"labels": labels})
 
-    stats = _stats(counts, corpus, task, excluded)
+    stats = _stats(counts, corpus, task, excluded, len(labels))
     print(
         f"corpus: {stats['documents']} documents ({stats['train_documents']} train / "
         f"{stats['validation_documents']} validation), {stats['characters']:,} characters; "
@@ -404,6 +434,15 @@ def build_corpus(
         file=sys.stderr,
     )
     return stats
+
+
+def read_downstream(downstream: DownstreamConfig, seed: int) -> tuple[dict, list[str]]:
+    """A user's task as {split: [(text, label id, origin)]} and its label names, capped per split."""
+    from components.downstream import read_task
+
+    task, labels = read_task(downstream.task, downstream.text_column, downstream.label_column, downstream.labels,
+                             downstream.validation_fraction, downstream.test_fraction, seed)
+    return {s: stdlib_docs.subsample(rows, downstream.max_examples_per_split, seed) for s, rows in task.items()}, labels
 
 
 def _task(modules: list[stdlib_docs.ModuleDocs], downstream: DownstreamConfig, seed: int) -> tuple[dict, dict]:

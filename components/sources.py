@@ -494,3 +494,68 @@ _MISSING = object()
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+RECORD_SUFFIX_LIST = ".jsonl, .json, .csv (each optionally .gz), .parquet"
+
+
+def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, record) for each record of a .jsonl / .json / .csv (+ .gz) or .parquet file.
+
+    `where` names the file and line (or item, or row) for error messages. A record is
+    whatever the file holds (a dict for csv and parquet); callers check its fields.
+    """
+    fmt = file_format(path)
+    if fmt is None or fmt.removesuffix(".gz") == ".txt":
+        raise ValueError(f"{path}: unsupported file type for labelled records; use one of {RECORD_SUFFIX_LIST}")
+    try:
+        if fmt == ".parquet":
+            yield from _parquet_records(path)
+            return
+        _sniff(path)
+        base = fmt.removesuffix(".gz")
+        if base == ".jsonl":
+            for lineno, line in _lines(path):
+                if line.strip():
+                    try:
+                        yield f"{path}, line {lineno}", json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg}, column {e.colno}); "
+                                         "fix or remove the line") from None
+        elif base == ".json":
+            stream = _JsonStream(path)
+            first = stream.peek()
+            if first not in ("[", "{"):
+                raise stream.fail("expected a JSON array of objects, or an object holding such a list")
+            records = stream.items() if first == "[" else _first_list_in_object(stream)
+            for i, (line, record) in enumerate(records):
+                yield f"{path}, item {i} (line {line})", record
+        else:
+            csv.field_size_limit(2**31 - 1)
+            reader = csv.reader(line for _, line in _lines(path))
+            header = next(reader, None) or []
+            try:
+                for row in reader:
+                    if row:
+                        if len(row) != len(header):
+                            raise ValueError(f"{path}, line {reader.line_num}: {len(row)} fields, the header has "
+                                             f"{len(header)}; fix the row's quoting or commas")
+                        yield f"{path}, line {reader.line_num}", dict(zip(header, row))
+            except csv.Error as e:
+                raise ValueError(f"{path}, line {reader.line_num}: bad CSV ({e}); fix the row's quoting") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: not a valid gzip file ({e}); re-compress it or drop the .gz suffix") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e}); check the file and its permissions") from None
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: not a readable parquet file ({e}); re-export it or fix the suffix") from None
+    row = 0
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+        for record in batch.to_pylist():
+            yield f"{path}, row {row}", record
+            row += 1

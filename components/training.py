@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from components.checkpoint import Checkpointer
 from components.collators import IGNORE_INDEX, mask_tokens
 from components.distributed import is_main_process
+from components.modeling import fast_cpu_attention
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,13 @@ def fit(
     """
     device = next(model.parameters()).device
     _, dtype = resolve_device_dtype(str(device), cfg.dtype)
+    with fast_cpu_attention(model, device, dtype):
+        return _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every, on_log, log_every,
+                         checkpointer, state, device, dtype)
+
+
+def _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every, on_log, log_every,
+              checkpointer, state, device, dtype) -> dict:
     optimizer = make_optimizer(model, cfg, device)
     first_step = 0
     if checkpointer is not None:

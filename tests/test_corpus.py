@@ -126,6 +126,9 @@ def test_data_config_rejects_bad_values(kwargs, field):
     ("kwargs", "field"),
     [
         ({"task": "builtin:imdb"}, "downstream.task"),
+        ({"task": " "}, "downstream.task"),
+        ({"text_column": "x", "label_column": "x"}, "downstream.text_column"),
+        ({"label_column": ""}, "downstream.label_column"),
         ({"test_fraction": 0.5}, "downstream.test_fraction"),
         ({"validation_fraction": -0.1}, "downstream.validation_fraction"),
         ({"min_chars": 0}, "downstream.min_chars"),

@@ -188,3 +188,32 @@ def test_mlm_batch_without_masked_tokens_has_zero_not_nan_loss(objective_name, t
     assert out["count"] == 0 and out["mlm_correct"] == 0
     assert out["loss_sum"].item() == 0.0
     assert torch.isfinite(out["loss"])
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm_nsp"])
+def test_bf16_training_runs_attention_in_fp32_and_restores_sdpa(objective, tokenized):
+    """Under CPU bf16 autocast, fit swaps in fp32 attention (faster backward here) and puts
+    SDPA back afterwards; the swapped model computes what SDPA computes, to bf16 precision."""
+    from components.modeling import FP32_ATTENTION, fast_cpu_attention
+
+    tokenizer, data_dir = tokenized[objective]
+    model = _model(objective, tokenizer).eval()
+    objective_ = Objective(objective, tokenizer, mlm_probability=0.15)
+    batch = objective_.prepare(PretrainData(data_dir, "train").batch(np.arange(4), torch.device("cpu")),
+                               torch.Generator().manual_seed(0))
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    with torch.no_grad(), torch.autocast("cpu", dtype=bf16):
+        reference = objective_.forward(model, batch)["loss"].float()
+        with fast_cpu_attention(model, cpu, bf16):
+            assert model.config._attn_implementation == FP32_ATTENTION
+            swapped = objective_.forward(model, batch)["loss"].float()
+    assert model.config._attn_implementation == "sdpa"
+    assert abs(swapped.item() - reference.item()) < 2e-2 * reference.item()
+    with fast_cpu_attention(model, cpu, torch.float32):  # fp32: nothing to gain, nothing changed
+        assert model.config._attn_implementation == "sdpa"
+
+    seen = []
+    fit(model.train(), OptimConfig(lr=1e-3, warmup_steps=1, batch_size=4, device="cpu", dtype="bfloat16"), 2,
+        lambda step, micro: batch,
+        lambda m, b: seen.append(m.config._attn_implementation) or objective_.forward(m, b)["loss"])
+    assert seen == [FP32_ATTENTION] * 2 and model.config._attn_implementation == "sdpa"
