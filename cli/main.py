@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from cli.registry_cmds import add_registry_commands
+
 
 def cmd_run(args) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -107,6 +109,7 @@ def main(argv=None) -> int:
     run.set_defaults(func=cmd_run)
     sub.add_parser("summary", help="print the results table").set_defaults(func=cmd_summary)
     sub.add_parser("check-params", help="validate params.yaml without running anything").set_defaults(func=cmd_check_params)
+    add_registry_commands(sub)  # promote, rollback, predict, lineage (cli/registry_cmds.py)
     args = parser.parse_args(argv)
     return args.func(args)
 

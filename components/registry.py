@@ -1,15 +1,32 @@
-"""MLflow Model Registry: register fine-tuned models, `challenger` -> `champion` behind a gate."""
+"""MLflow Model Registry: models with their lineage, `challenger` -> `champion` behind a gate,
+and manual promote / rollback with a recorded history.
+
+A registered model's state is its aliases plus one tag, `lmforge.champion_history`: the list of
+champion changes (gate, promote, rollback) with who, when and why. Every version carries its
+gate metric, the hash of the test split it was scored on, and its lineage as tags.
+"""
 from __future__ import annotations
 
-import hashlib
+import getpass
+import json
+import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from components import tracking
+from components.lineage import redact, weights_digest
+
+__all__ = ["CHALLENGER", "CHAMPION", "RegisterConfig", "RegistryError", "decide_promotion", "model_name",
+           "base_model_name", "register_model", "register_classifier", "promote", "rollback", "weights_digest"]
 
 CHALLENGER, CHAMPION = "challenger", "champion"
-PIP_REQUIREMENTS = ["torch", "transformers", "safetensors", "tokenizers"]
+TASKS = ("text-classification", "text-generation", "fill-mask")
+HISTORY_TAG = "lmforge.champion_history"
+HISTORY_KEEP = 25  # events kept in the tag (MLflow tag values are bounded); every event is also an MLflow run
+AUDIT_EXPERIMENT = "lmforge-registry"
 
 
 @dataclass(frozen=True)
@@ -17,9 +34,11 @@ class RegisterConfig:
     """params.yaml `register`: names and the promotion gate."""
 
     model_prefix: str = "lmforge"
-    """Registered names are `<prefix>-<objective>` (the fine-tuned classifier)."""
+    """Classifiers are `<prefix>-<run>` (`lmforge-mlm`, `lmforge-scratch-bert`), pretrained bases
+    `<prefix>-<objective>-base`."""
     gate_metric: str = "test_macro_f1"
-    """Higher is better; compared with the current champion's on the same test split."""
+    """Higher is better; compared with the current champion's on the same test split. For a base,
+    the metric of the classifier fine-tuned from it."""
     min_improvement: float = 0.0
     """A challenger must beat the champion by more than this to be promoted."""
 
@@ -32,26 +51,27 @@ class RegisterConfig:
             raise ValueError(f"register.min_improvement must be >= 0, got {self.min_improvement}")
 
 
-def model_name(cfg: RegisterConfig, objective: str) -> str:
-    return f"{cfg.model_prefix}-{objective}"
+class RegistryError(ValueError):
+    """A registry request that cannot be done; the message names the model, the version and the fix."""
 
 
-def weights_digest(model_dir: Path) -> str:
-    """sha256 of the safetensors weights: the identity used to avoid duplicate versions."""
-    weights = sorted(Path(model_dir).glob("*.safetensors"))
-    if not weights:
-        raise FileNotFoundError(f"{model_dir}: no .safetensors weights; run the finetune stage first")
-    digest = hashlib.sha256()
-    for path in weights:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+def model_name(cfg: RegisterConfig, run: str) -> str:
+    return f"{cfg.model_prefix}-{run}"
 
 
-def _metric_of(version, metric: str) -> float | None:
-    value = version.tags.get(f"lmforge.{metric}")
-    return float(value) if value is not None else None
+def base_model_name(cfg: RegisterConfig, objective: str) -> str:
+    return f"{cfg.model_prefix}-{objective}-base"
+
+
+def pip_requirements() -> list[str]:
+    """The serving environment, pinned to what this process runs (local suffixes like +cpu dropped)."""
+    out = []
+    for dist in ("mlflow", "torch", "transformers", "tokenizers", "safetensors"):
+        try:
+            out.append(f"{dist}=={metadata.version(dist).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            out.append(dist)
+    return out
 
 
 def decide_promotion(challenger: float, champion: float | None, min_improvement: float) -> tuple[bool, str]:
@@ -63,61 +83,252 @@ def decide_promotion(challenger: float, champion: float | None, min_improvement:
     return False, f"{challenger:.4f} does not beat champion {champion:.4f} by more than {min_improvement}"
 
 
-def register_classifier(name: str, model_dir: Path, metrics: dict[str, float], tags: dict[str, str],
-                        cfg: RegisterConfig) -> dict[str, Any]:
-    """Log the model (transformers flavor), register it, alias it challenger, gate champion.
-
-    Re-running with the same weights returns the existing version instead of a duplicate.
-    """
-    import mlflow
+def _client():
     from mlflow import MlflowClient
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    return MlflowClient()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def alias_version(client, name: str, alias: str):
+    """The version behind `name@alias`, or None."""
+    import mlflow
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def history(client, name: str) -> list[dict[str, Any]]:
+    tags = client.get_registered_model(name).tags
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
+def _record(client, name: str, event: dict[str, Any]) -> None:
+    events = [*history(client, name), event][-HISTORY_KEEP:]
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(events, separators=(",", ":")))
+
+
+def _move_champion(client, name: str, version: str, action: str, by: str, reason: str) -> dict[str, Any]:
+    previous = alias_version(client, name, CHAMPION)
+    event = {"action": action, "version": str(version), "previous": str(previous.version) if previous else None,
+             "by": by, "at": _now(), "reason": reason}
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    _record(client, name, event)
+    return event
+
+
+def _load_for_task(model_dir: Path, task: str):
+    """The model with the head its task needs. A BertForPreTraining (mlm_nsp) base loads as
+    BertForMaskedLM: the encoder and MLM head are kept, the NSP head has no use in fill-mask."""
+    from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification,
+                              AutoTokenizer)
+    from transformers.utils import logging as hf_logging
+
+    auto = {"text-classification": AutoModelForSequenceClassification, "text-generation": AutoModelForCausalLM,
+            "fill-mask": AutoModelForMaskedLM}[task]
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "weights of the NSP head not used" is expected here
+    try:
+        model = auto.from_pretrained(str(model_dir))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model, AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def _existing_version(client, name: str, digest: str):
+    for version in client.search_model_versions(f"name='{name}'"):
+        if version.tags.get("lmforge.weights_sha256") == digest:
+            return version
+    return None
+
+
+def _log_and_register(name: str, model_dir: Path, task: str, tags: dict[str, str], files: dict[str, str | Path],
+                      card: str, description: str):
+    """Log the transformers flavor (safetensors, pinned requirements), put the model card, the
+    lineage and the files next to it in the model's artifacts, then register it with its tags."""
+    import mlflow
+    from huggingface_hub import ModelCard
+
+    model, tokenizer = _load_for_task(model_dir, task)
+    card_text = redact(card)
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        name="model",
+        task=task,
+        pip_requirements=pip_requirements(),
+        model_card=ModelCard(card_text),  # given, so MLflow does not try the hub for one
+        metadata={"lmforge_task": task},
+    )
+    client = _client()
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = Path(tmp)
+        (extra / "README.md").write_text(card_text)
+        (extra / "lineage.json").write_text(json.dumps(tags, indent=2, sort_keys=True))
+        for target, source in files.items():
+            if Path(source).exists():
+                (extra / target).write_text(redact(Path(source).read_text()))
+        client.log_model_artifacts(info.model_id, str(extra))
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    client.update_model_version(name, version.version, description=description[:4000])
+    return client.get_model_version(name, version.version)
+
+
+def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, float], lineage: dict[str, str],
+                   cfg: RegisterConfig, files: dict[str, str | Path] | None = None, card: str = "") -> dict[str, Any]:
+    """Register `model_dir` as a new version of `name` (alias `challenger`) and run the gate.
+
+    The same weights again return their existing version: no duplicate, and no new gate
+    decision (a version rolled back by hand is not promoted again by a rerun)."""
+    if task not in TASKS:
+        raise ValueError(f"register: task for {name} must be one of {', '.join(TASKS)}, got {task!r}")
     if cfg.gate_metric not in metrics:
         raise ValueError(f"register: metrics for {name} lack the gate metric '{cfg.gate_metric}'")
     tracking.setup()
-    client = MlflowClient()
+    client = _client()
     digest = weights_digest(model_dir)
-    existing = [
-        v for v in client.search_model_versions(f"name='{name}'")
-        if v.tags.get("lmforge.weights_sha256") == digest
-    ]
-    if existing:
-        version = existing[0]
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        info = mlflow.transformers.log_model(
-            transformers_model={"model": model, "tokenizer": tokenizer},
-            name="model",
-            task="text-classification",
-            pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=name,
-        )
-        version = client.get_model_version(name, str(info.registered_model_version))
-        version_tags = {
-            "lmforge.weights_sha256": digest,
-            **{f"lmforge.{k}": f"{v:.6f}" for k, v in metrics.items()},
-            **tags,
-        }
-        for key, value in version_tags.items():
-            client.set_model_version_tag(name, version.version, key, value)
-        version = client.get_model_version(name, version.version)
-
+    version = _existing_version(client, name, digest)
+    new = version is None
+    if new:
+        tags = {"lmforge.weights_sha256": digest, "lmforge.task": task, "lmforge.gate_metric": cfg.gate_metric,
+                **{f"lmforge.{k}": f"{v:.6f}" for k, v in metrics.items()},
+                **{k if k.startswith("lmforge.") else f"lmforge.{k}": redact(str(v)) for k, v in lineage.items()}}
+        metric_text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        version = _log_and_register(name, Path(model_dir), task, tags, files or {}, card,
+                                    f"{task} from {model_dir}: {metric_text}")
     client.set_registered_model_alias(name, CHALLENGER, version.version)
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        champion = None
-    if champion is not None and champion.version == version.version:
+    champion = alias_version(client, name, CHAMPION)
+    if champion is not None and str(champion.version) == str(version.version):
         promoted, reason = True, "already champion"
+    elif not new:
+        promoted = False
+        reason = f"existing version, not gated again (gate said: {version.tags.get('lmforge.promotion', '?')})"
     else:
-        score = _metric_of(version, cfg.gate_metric)
-        champ_score = _metric_of(champion, cfg.gate_metric) if champion is not None else None
-        promoted, reason = decide_promotion(score, champ_score, cfg.min_improvement)
+        promoted, reason = _gate(version, champion, cfg)
         if promoted:
-            client.set_registered_model_alias(name, CHAMPION, version.version)
-    client.set_model_version_tag(name, version.version, "lmforge.promotion", reason)
+            _move_champion(client, name, version.version, "gate", "register", reason)
+        client.set_model_version_tag(name, version.version, "lmforge.promotion", reason)
     aliases = client.get_model_version(name, version.version).aliases
-    return {"name": name, "version": int(version.version), "aliases": sorted(aliases),
-            "promoted": promoted, "reason": reason, "new_version": not existing}
+    return {"name": name, "version": int(version.version), "aliases": sorted(aliases), "promoted": promoted,
+            "reason": reason, "new_version": new}
+
+
+def _gate(version, champion, cfg: RegisterConfig) -> tuple[bool, str]:
+    def score(v) -> float | None:
+        value = v.tags.get(f"lmforge.{cfg.gate_metric}")
+        return float(value) if value is not None else None
+
+    if champion is not None:
+        mine, theirs = version.tags.get("lmforge.test_split_sha256"), champion.tags.get("lmforge.test_split_sha256")
+        if mine and theirs and "unknown" not in (mine, theirs) and mine != theirs:
+            return False, (f"not comparable: champion v{champion.version} was scored on test split {theirs}, "
+                           f"this version on {mine}; promote by hand after comparing on one split")
+        if score(champion) is None:
+            return False, f"champion v{champion.version} has no {cfg.gate_metric} tag; promote by hand"
+    return decide_promotion(score(version), score(champion) if champion is not None else None, cfg.min_improvement)
+
+
+def register_classifier(name: str, model_dir: Path, metrics: dict[str, float], tags: dict[str, str],
+                        cfg: RegisterConfig) -> dict[str, Any]:
+    """A fine-tuned classifier (task text-classification, its label names in the config)."""
+    return register_model(name, model_dir, "text-classification", metrics, tags, cfg)
+
+
+def _version_or_error(client, name: str, version: str):
+    import mlflow
+
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        raise RegistryError(f"{name}: no such registered model; run the register stage (dvc repro) "
+                            f"or check the name (`mlflow ui` lists them)") from None
+    try:
+        return client.get_model_version(name, str(version))
+    except mlflow.exceptions.MlflowException:
+        known = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        raise RegistryError(f"{name} v{version}: no such version; known versions: "
+                            f"{', '.join(map(str, known)) or 'none'}") from None
+
+
+def _audit(action: str, name: str, version: str | None, by: str, reason: str, outcome: str) -> None:
+    """One MLflow run per manual action (experiment lmforge-registry): the long-term record."""
+    import mlflow
+
+    experiment_id = tracking.setup(AUDIT_EXPERIMENT)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{action} {name}"):
+        mlflow.set_tags({"lmforge.action": action, "lmforge.model": name, "lmforge.version": str(version),
+                         "lmforge.by": by, "lmforge.reason": redact(reason), "lmforge.outcome": outcome})
+
+
+def promote(name: str, version: str | int, reason: str = "", by: str | None = None) -> dict[str, Any]:
+    """Make `name` v`version` the champion by hand, past the gate. Idempotent: promoting the
+    champion again changes nothing (the attempt is still recorded)."""
+    tracking.setup()
+    client = _client()
+    by = by or _user()
+    reason = reason or "manual promotion"
+    target = _version_or_error(client, name, str(version))
+    current = alias_version(client, name, CHAMPION)
+    if current is not None and str(current.version) == str(target.version):
+        outcome = f"{name} v{target.version} is already champion; nothing changed"
+        changed = False
+    else:
+        event = _move_champion(client, name, target.version, "promote", by, reason)
+        for key, value in (("promoted_by", by), ("promoted_at", event["at"]), ("promotion", f"manual: {reason}")):
+            client.set_model_version_tag(name, target.version, f"lmforge.{key}", redact(value))
+        outcome = f"{name} v{target.version} is champion (was {f'v{current.version}' if current else 'none'})"
+        changed = True
+    _audit("promote", name, target.version, by, reason, outcome)
+    return {"name": name, "version": int(target.version), "changed": changed, "message": outcome}
+
+
+def rollback(name: str, reason: str = "", by: str | None = None) -> dict[str, Any]:
+    """Undo the last champion change: the champion goes back to the version it replaced.
+    Idempotent: a second rollback finds the last change is a rollback and changes nothing
+    (to go further back, `promote` the version you want)."""
+    tracking.setup()
+    client = _client()
+    by = by or _user()
+    reason = reason or "manual rollback"
+    import mlflow
+
+    try:
+        events = history(client, name)
+    except mlflow.exceptions.MlflowException:
+        raise RegistryError(f"{name}: no such registered model; run the register stage (dvc repro) "
+                            f"or check the name") from None
+    current = alias_version(client, name, CHAMPION)
+    if not events or current is None:
+        raise RegistryError(f"{name}: no champion change recorded, nothing to roll back; "
+                            f"use `lmforge promote {name} <version>`")
+    last = events[-1]
+    if last["action"] == "rollback" and last["version"] == str(current.version):
+        outcome = f"{name}: already rolled back to v{current.version} (from v{last['previous']}); nothing changed"
+        _audit("rollback", name, current.version, by, reason, outcome)
+        return {"name": name, "version": int(current.version), "changed": False, "message": outcome}
+    if last["version"] != str(current.version):
+        raise RegistryError(f"{name}: champion is v{current.version} but the last recorded change made "
+                            f"v{last['version']} champion (the alias was moved outside lmforge); "
+                            f"use `lmforge promote {name} <version>`")
+    if last["previous"] is None:
+        raise RegistryError(f"{name} v{current.version}: there was no champion before it to roll back to; "
+                            f"use `lmforge promote {name} <version>`")
+    event = _move_champion(client, name, last["previous"], "rollback", by, reason)
+    client.set_model_version_tag(name, current.version, "lmforge.rolled_back",
+                                 redact(f"by {by} at {event['at']}: {reason}"))
+    client.set_model_version_tag(name, last["previous"], "lmforge.promotion",
+                                 redact(f"restored by rollback from v{current.version} ({by}, {event['at']}): {reason}"))
+    outcome = f"{name} v{last['previous']} is champion again (rolled back from v{current.version})"
+    _audit("rollback", name, last["previous"], by, reason, outcome)
+    return {"name": name, "version": int(last["previous"]), "changed": True, "message": outcome}

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Iterator
+
+from components.lineage import git_state, redact
 
 # No network here or on many clusters: MLflow's telemetry must not try to phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -22,9 +23,10 @@ for _key, _value in HTTP_RETRY_DEFAULTS.items():
 EXPERIMENT = "lmforge"
 
 
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set (a server on PostgreSQL, say), else SQLite at the repo root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+def tracking_uri(root: str | Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set (a server on PostgreSQL, say), else SQLite at the repo root
+    (`root`, default the working directory)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
 def unreachable_server(exc: BaseException) -> str | None:
@@ -45,34 +47,23 @@ def unreachable_server(exc: BaseException) -> str | None:
             "MLFLOW_TRACKING_URI (retries: MLFLOW_HTTP_REQUEST_MAX_RETRIES); nothing was logged past this point")
 
 
-def git_state() -> dict[str, str]:
-    """The commit the code ran from and whether the tree had uncommitted changes."""
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
-
-
-def setup() -> str:
+def setup(experiment_name: str = EXPERIMENT, root: str | Path | None = None) -> str:
     """Point MLflow at our store and experiment; returns the experiment id."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if tracking_uri().startswith("sqlite:"):
+    if uri.startswith("sqlite:"):
         # Keep artifacts next to the database, not wherever the process happened to start.
-        location = (Path(tracking_uri().removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     try:
-        return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        return mlflow.create_experiment(experiment_name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created concurrently by another stage
-        return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+        return mlflow.get_experiment_by_name(experiment_name).experiment_id
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
@@ -113,8 +104,46 @@ def stage_run(stage: str, config: dict[str, Any], objective: str | None = None,
         if objective:
             tags["lmforge.objective"] = objective
         mlflow.set_tags(tags)
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten("", config).items()})
+        mlflow.log_params({k: redact(str(v))[:500] for k, v in flatten("", config).items()})
         yield run
+        _tag_model_weights(stage, objective)
+
+
+# The model directory a stage writes, per stage: its weights hash tags the run, so the registry
+# can name the exact pretraining / fine-tuning run behind a model version.
+_MODEL_OUTPUTS = {"pretrain": "pretrained_dir", "finetune": "finetuned_dir"}
+
+
+def _tag_model_weights(stage: str, objective: str | None) -> None:
+    import mlflow
+
+    from components import paths
+    from components.lineage import weights_digest
+
+    if stage not in _MODEL_OUTPUTS or not objective:
+        return
+    model_dir = Path(getattr(paths, _MODEL_OUTPUTS[stage])(objective))
+    if any(model_dir.glob("*.safetensors")):
+        mlflow.set_tag("lmforge.weights_sha256", weights_digest(model_dir))
+
+
+def find_stage_run(stage: str, objective: str, weights_sha256: str) -> tuple[str, str]:
+    """(run id, how it was matched) of the finished `stage` run that wrote these weights:
+    by the weights hash tag, else the newest finished run of that stage and objective
+    ("latest", for runs made before the tag existed), else ("unknown", "none")."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return "unknown", "none"
+    base = f"tags.`lmforge.stage` = '{stage}' AND tags.`lmforge.objective` = '{objective}' AND attributes.status = 'FINISHED'"
+    for query, how in ((f"{base} AND tags.`lmforge.weights_sha256` = '{weights_sha256}'", "weights"), (base, "latest")):
+        runs = client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"],
+                                  max_results=1)
+        if runs:
+            return runs[0].info.run_id, how
+    return "unknown", "none"
 
 
 def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:

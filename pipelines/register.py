@@ -1,37 +1,87 @@
-"""Stage register: each objective's fine-tuned classifier into the MLflow registry, gated promotion."""
+"""Stage register: every fine-tuned classifier and every pretrained base into the MLflow registry,
+with lineage and a model card, `challenger` -> `champion` behind the gate."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from components import paths, tracking
 from components.io import read_json, write_json_atomic
-from components.lineage import model_lineage
-from components.registry import model_name, register_classifier
+from components.lineage import model_lineage, redact, weights_digest
+from components.model_card import render_model_card
+from components.registry import RegisterConfig, base_model_name, model_name, register_model
 from pipelines._stage import run_stage
+
+BASE_TASK = {"clm": "text-generation", "mlm": "fill-mask", "mlm_nsp": "fill-mask"}
+CLASSIFIER_METRICS = ("test_accuracy", "test_macro_f1", "delta_macro_f1_vs_scratch", "delta_ci_low", "delta_ci_high")
+
+
+def parameter_count(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for file in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= d
+                total += n
+    return total
+
+
+def lineage_files() -> dict[str, str]:
+    """Files stored next to each model: the params file itself, the DVC lock, the GX result."""
+    return {"params.yaml": "params.yaml", "dvc.lock": "dvc.lock",
+            "validation.json": str(Path(paths.VALIDATION_DIR) / "result.json")}
+
+
+def register_run(run: str, entry: dict, report: dict, cfg: RegisterConfig, classifier_version: dict | None = None):
+    """Register the classifier fine-tuned in `run`, or (with `classifier_version`) its pretrained base."""
+    lineage = model_lineage(run)
+    ft_dir = Path(paths.finetuned_dir(run))
+    if classifier_version is None:
+        lineage["finetune_run_id"], lineage["finetune_run_match"] = tracking.find_stage_run(
+            "finetune", run, weights_digest(ft_dir))
+    if run in paths.OBJECTIVES:
+        lineage["pretrain_run_id"], lineage["pretrain_run_match"] = tracking.find_stage_run(
+            "pretrain", run, weights_digest(paths.pretrained_dir(run)))
+    metrics = {k: entry[k] for k in CLASSIFIER_METRICS if k in entry}
+    gate = (f"Promotion: `champion` only if `{cfg.gate_metric}` beats the current champion's by more than "
+            f"{cfg.min_improvement} on the same test split; the version's `lmforge.promotion` tag says why.")
+    if classifier_version is None:
+        name, task, model_dir = model_name(cfg, run), "text-classification", ft_dir
+        metrics["majority_baseline_macro_f1"] = report["majority_baseline"]["test_macro_f1"]
+        labels = report["labels"]
+    else:
+        name, task, model_dir = base_model_name(cfg, run), BASE_TASK[run], Path(paths.pretrained_dir(run))
+        metrics.update(entry.get("pretraining", {}))
+        lineage["gate_source"] = (f"{classifier_version['name']} v{classifier_version['version']}: "
+                                  f"the classifier fine-tuned from this base")
+        gate += f" For a base, the metric is that of {lineage['gate_source'].split(':')[0]}."
+        labels = None
+    card = render_model_card(name, task, run, metrics, lineage, labels, parameter_count(model_dir), gate)
+    decision = register_model(name, model_dir, task, metrics, lineage, cfg, files=lineage_files(), card=card)
+    print(f"register: {decision['name']} v{decision['version']} @{','.join(decision['aliases'])}"
+          f"{' (new)' if decision['new_version'] else ''}: {decision['reason']}")
+    return {"objective": run, "run": run, "task": task, **decision}
 
 
 def main(argv=None) -> None:
     def body(cfg: dict, _item) -> None:
+        import mlflow
+
         reg_cfg = cfg["register"]
         report = read_json(paths.COMPARISON_JSON)
         by_run = {r["run"]: r for r in report["runs"]}
-        decisions = []
+        missing = [r for r in paths.FINETUNE_RUNS if r not in by_run]
+        if missing:
+            raise ValueError(f"{paths.COMPARISON_JSON}: no results for {', '.join(missing)}; run the evaluate stage")
         with tracking.stage_run("register", cfg):
-            for objective in paths.OBJECTIVES:
-                entry = by_run[objective]
-                metrics = {k: entry[k] for k in ("test_accuracy", "test_macro_f1")}
-                if "delta_macro_f1_vs_scratch" in entry:
-                    metrics["delta_macro_f1_vs_scratch"] = entry["delta_macro_f1_vs_scratch"]
-                tags = {f"lmforge.{k}": str(v) for k, v in model_lineage(objective).items()}
-                decision = register_classifier(model_name(reg_cfg, objective), Path(paths.finetuned_dir(objective)),
-                                               metrics, tags, reg_cfg)
-                decisions.append({"objective": objective, **decision})
-                print(f"register: {decision['name']} v{decision['version']} aliases {','.join(decision['aliases'])}: "
-                      f"{decision['reason']}")
-            write_json_atomic(paths.REGISTRY_JSON, {"models": decisions})
-            import mlflow
-
+            classifiers = {run: register_run(run, by_run[run], report, reg_cfg) for run in paths.FINETUNE_RUNS}
+            bases = [register_run(o, by_run[o], report, reg_cfg, classifiers[o]) for o in paths.OBJECTIVES]
+            write_json_atomic(paths.REGISTRY_JSON, {"models": list(classifiers.values()), "bases": bases})
             mlflow.log_artifact(paths.REGISTRY_JSON)
+            mlflow.log_text(redact(Path("params.yaml").read_text()), "lineage/params.yaml")
 
     run_stage("register", body, argv=argv)
 

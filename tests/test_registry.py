@@ -1,23 +1,31 @@
-"""The MLflow registry on a real SQLite store: versions, aliases and the promotion gate."""
+"""The MLflow registry on a real SQLite store: versions, aliases, the promotion gate, manual
+promote / rollback, and what a version carries (model card, lineage, params, no secrets)."""
 from __future__ import annotations
 
-import pytest
-import torch
+import json
+from pathlib import Path
 
-from components.modeling import ModelConfig, build_classifier
+import pytest
+
 from components.registry import (
     CHALLENGER,
     CHAMPION,
+    HISTORY_TAG,
     RegisterConfig,
+    RegistryError,
     decide_promotion,
     model_name,
+    pip_requirements,
+    promote,
     register_classifier,
+    register_model,
+    rollback,
     weights_digest,
 )
+from registry_models import saved_classifier, trained_classifier
 
-LABELS = ["negative", "positive"]
-TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
 NAME = "lmforge-mlm"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -31,25 +39,24 @@ def mlflow_store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)  # don't leave MLflow's process-wide URI pointing at a deleted store
 
 
-def _saved_classifier(root, seed: int, tokenizer):
-    """A tiny scratch BERT classifier saved the way the finetune stage saves one."""
-    torch.manual_seed(seed)
-    model = build_classifier("bert", TINY, tokenizer, LABELS, None)
-    out = root / f"classifier-{seed}"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def _metrics(f1: float) -> dict[str, float]:
     return {"test_macro_f1": f1, "test_accuracy": f1 + 0.05}
+
+
+def _state(name: str) -> dict:
+    """What promote / rollback may change: which version holds which alias."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    versions = [str(v.version) for v in client.search_model_versions(f"name='{name}'")]
+    return {v: sorted(client.get_model_version(name, v).aliases) for v in versions}
 
 
 def test_register_lifecycle_challenger_champion_and_no_duplicates(mlflow_store, bert_tokenizer):
     from mlflow import MlflowClient
 
     cfg = RegisterConfig()
-    first, second, third = (_saved_classifier(mlflow_store, s, bert_tokenizer) for s in (1, 2, 3))
+    first, second, third = (saved_classifier(mlflow_store, s, bert_tokenizer) for s in (1, 2, 3))
     assert len({weights_digest(d) for d in (first, second, third)}) == 3
 
     # The first version has nobody to beat: challenger and champion.
@@ -69,9 +76,10 @@ def test_register_lifecycle_challenger_champion_and_no_duplicates(mlflow_store, 
     assert int(client.get_model_version_by_alias(NAME, CHAMPION).version) == 1
     assert client.get_model_version(NAME, "1").tags["lmforge.objective"] == "mlm"
 
-    # The same weights again: the existing version comes back, no new one is created.
+    # The same weights again: the existing version comes back, no new one, no new gate decision.
     again = register_classifier(NAME, second, _metrics(0.5), {}, cfg)
     assert (again["version"], again["new_version"], again["promoted"]) == (2, False, False)
+    assert "not gated again" in again["reason"]
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2
 
     # A higher gate metric takes the champion alias; the old champion keeps no alias.
@@ -85,25 +93,118 @@ def test_register_lifecycle_challenger_champion_and_no_duplicates(mlflow_store, 
     same = register_classifier(NAME, third, _metrics(0.8), {}, cfg)
     assert (same["version"], same["reason"], same["new_version"]) == (3, "already champion", False)
     assert len(client.search_model_versions(f"name='{NAME}'")) == 3
-    assert (mlflow_store / "mlflow.db").exists()
+    # The gate's champion changes are in the history, oldest first.
+    events = json.loads(client.get_registered_model(NAME).tags[HISTORY_TAG])
+    assert [(e["action"], e["version"], e["previous"]) for e in events] == [("gate", "1", None), ("gate", "3", "1")]
 
 
-def test_champion_loads_as_a_pipeline_with_label_names(mlflow_store, bert_tokenizer):
+def test_an_under_trained_run_never_becomes_champion(mlflow_store, bert_tokenizer):
+    from mlflow import MlflowClient
+
+    trained, trained_metrics = trained_classifier(mlflow_store, bert_tokenizer, steps=40)
+    assert trained_metrics["test_macro_f1"] > 0.9  # the toy task is learnable: a real champion
+    cfg = RegisterConfig(min_improvement=0.01)
+    assert register_classifier(NAME, trained, trained_metrics, {}, cfg)["promoted"]
+    for seed, steps in ((1, 0), (2, 1), (3, 2)):  # untrained, one step, two steps: each scored on the same split
+        under, under_metrics = trained_classifier(mlflow_store, bert_tokenizer, steps=steps, seed=seed)
+        assert under_metrics["test_macro_f1"] < trained_metrics["test_macro_f1"]
+        decision = register_classifier(NAME, under, under_metrics, {}, cfg)
+        assert decision["new_version"] and not decision["promoted"]
+        assert decision["aliases"] == [CHALLENGER]
+        tag = MlflowClient().get_model_version(NAME, str(decision["version"])).tags["lmforge.promotion"]
+        assert tag == (f"{under_metrics['test_macro_f1']:.4f} does not beat champion "
+                       f"{trained_metrics['test_macro_f1']:.4f} by more than 0.01")
+    assert str(MlflowClient().get_model_version_by_alias(NAME, CHAMPION).version) == "1"
+
+
+def test_the_gate_does_not_compare_scores_from_different_test_splits(mlflow_store, bert_tokenizer):
+    cfg = RegisterConfig()
+    a, b = (saved_classifier(mlflow_store, s, bert_tokenizer) for s in (1, 2))
+    register_classifier(NAME, a, _metrics(0.5), {"test_split_sha256": "aaaa"}, cfg)
+    decision = register_classifier(NAME, b, _metrics(0.9), {"test_split_sha256": "bbbb"}, cfg)
+    assert not decision["promoted"]
+    assert decision["reason"].startswith("not comparable: champion v1 was scored on test split aaaa")
+
+
+def test_promote_and_rollback_twice_leave_the_same_state_and_are_recorded(mlflow_store, bert_tokenizer):
+    from mlflow import MlflowClient
+
+    cfg = RegisterConfig()
+    for seed, f1 in ((1, 0.6), (2, 0.5)):
+        register_classifier(NAME, saved_classifier(mlflow_store, seed, bert_tokenizer), _metrics(f1), {}, cfg)
+    before = _state(NAME)
+    assert before == {"1": [CHAMPION], "2": [CHALLENGER]}
+
+    states = []
+    for _ in range(2):
+        assert promote(NAME, 2, reason="canary looks good", by="alice")["changed"]
+        assert promote(NAME, 2, by="alice")["changed"] is False  # idempotent
+        assert _state(NAME) == {"1": [], "2": [CHALLENGER, CHAMPION]}
+        assert rollback(NAME, reason="latency regression", by="bob")["changed"]
+        assert rollback(NAME, by="bob")["changed"] is False  # idempotent: the last change is already undone
+        states.append(_state(NAME))
+    assert states == [before, before]
+
+    client = MlflowClient()
+    v2 = client.get_model_version(NAME, "2")
+    assert v2.tags["lmforge.promoted_by"] == "alice" and v2.tags["lmforge.promotion"] == "manual: canary looks good"
+    assert v2.tags["lmforge.rolled_back"].startswith("by bob at ") and "latency regression" in v2.tags["lmforge.rolled_back"]
+    assert "restored by rollback from v2" in client.get_model_version(NAME, "1").tags["lmforge.promotion"]
+    events = json.loads(client.get_registered_model(NAME).tags[HISTORY_TAG])
+    assert [(e["action"], e["version"], e["previous"], e["by"]) for e in events] == [
+        ("gate", "1", None, "register"),
+        ("promote", "2", "1", "alice"), ("rollback", "1", "2", "bob"),
+        ("promote", "2", "1", "alice"), ("rollback", "1", "2", "bob"),
+    ]
+    # Every manual call, no-ops included, is an MLflow run in the audit experiment.
+    audit = client.get_experiment_by_name("lmforge-registry")
+    runs = client.search_runs([audit.experiment_id], max_results=50)
+    assert sorted(r.data.tags["lmforge.action"] for r in runs) == ["promote"] * 4 + ["rollback"] * 4
+    assert {r.data.tags["lmforge.model"] for r in runs} == {NAME}
+
+
+def test_promote_and_rollback_errors_name_the_model_and_the_fix(mlflow_store, bert_tokenizer):
+    register_classifier(NAME, saved_classifier(mlflow_store, 1, bert_tokenizer), _metrics(0.6), {}, RegisterConfig())
+    with pytest.raises(RegistryError, match=r"lmforge-mlm v7: no such version; known versions: 1"):
+        promote(NAME, 7)
+    with pytest.raises(RegistryError, match=r"nope: no such registered model"):
+        promote("nope", 1)
+    with pytest.raises(RegistryError, match=r"lmforge-mlm v1: there was no champion before it.*lmforge promote"):
+        rollback(NAME)
+    with pytest.raises(RegistryError, match=r"nope: no such registered model"):
+        rollback("nope")
+
+
+def test_a_version_carries_card_lineage_params_and_pinned_requirements_but_no_secrets(
+        mlflow_store, bert_tokenizer, monkeypatch):
     import mlflow
-    from transformers import AutoModelForSequenceClassification
+    import yaml
+    from mlflow import MlflowClient
 
-    model_dir = _saved_classifier(mlflow_store, 4, bert_tokenizer)
-    register_classifier(NAME, model_dir, _metrics(0.7), {}, RegisterConfig())
+    secret = "sup3r-s3cret-value-42"
+    monkeypatch.setenv("LMFORGE_TEST_API_TOKEN", secret)
+    params = mlflow_store / "params.yaml"
+    params.write_text(f"data:\n  source: s3://AKIAEXAMPLE:{secret}@bucket/corpus.jsonl\n")
+    lineage = {"objective": "mlm", "git_commit": "abc123", "corpus_md5": "c0ffee.dir",
+               "data_source": f"s3://AKIAEXAMPLE:{secret}@bucket/corpus.jsonl"}
+    model_dir = saved_classifier(mlflow_store, 5, bert_tokenizer)
+    decision = register_model(NAME, model_dir, "text-classification", _metrics(0.7), lineage, RegisterConfig(),
+                              files={"params.yaml": params}, card=f"# card\nmacro-F1 0.7000, source {lineage['data_source']}\n")
 
-    pipe = mlflow.transformers.load_model(f"models:/{NAME}@{CHAMPION}")
-    texts = ["the json module encodes objects", "a path joins names", "functools wraps functions"]
-    predictions = pipe(texts)
-
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
-    with torch.no_grad():
-        logits = model(**bert_tokenizer(texts, padding=True, return_tensors="pt")).logits
-    assert [p["label"] for p in predictions] == [LABELS[i] for i in logits.argmax(-1).tolist()]
-    assert all(0.5 <= p["score"] <= 1.0 for p in predictions)
+    version = MlflowClient().get_model_version(NAME, str(decision["version"]))
+    assert version.tags["lmforge.corpus_md5"] == "c0ffee.dir" and version.tags["lmforge.task"] == "text-classification"
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@{CHAMPION}"))
+    card = (local / "README.md").read_text()
+    assert "macro-F1 0.7000" in card
+    assert json.loads((local / "lineage.json").read_text())["lmforge.git_commit"] == "abc123"
+    assert "bucket/corpus.jsonl" in (local / "params.yaml").read_text()
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    assert mlmodel["flavors"]["transformers"]["task"] == "text-classification"
+    assert any(p.suffix == ".safetensors" for p in local.rglob("*"))
+    requirements = (local / "requirements.txt").read_text().split()
+    assert requirements == pip_requirements() and all("==" in r for r in requirements)
+    every_text = "".join(p.read_text(errors="ignore") for p in local.rglob("*") if p.is_file() and p.stat().st_size < 1e6)
+    assert secret not in every_text and secret not in json.dumps(version.tags)
 
 
 @pytest.mark.parametrize("challenger, champion, min_improvement, promoted", [

@@ -1,0 +1,281 @@
+"""`lmforge promote | rollback | predict | lineage`: the model registry from the command line.
+
+A model is named `<name>@<alias>` (`lmforge-mlm@champion`), `<name>/<version>` (`lmforge-mlm/3`),
+either with a `models:/` prefix, or `<name>` alone for its champion.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from components.registry import CHAMPION, RegistryError
+
+MASK_SPELLINGS = ("[MASK]", "<mask>")
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """'models:/a@champion' -> ('a', 'champion', None); 'a/3' -> ('a', None, '3'); 'a' -> ('a', 'champion', None)."""
+    body = ref.removeprefix("models:/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        if not name or not alias:
+            raise RegistryError(f"{ref}: expected <model>@<alias>, e.g. lmforge-mlm@champion")
+        return name, alias, None
+    if "/" in body:
+        name, version = body.rsplit("/", 1)
+        if not name or not version.isdigit():
+            raise RegistryError(f"{ref}: expected <model>/<version number>, e.g. lmforge-mlm/3")
+        return name, None, version
+    if not body:
+        raise RegistryError("empty model name; expected e.g. lmforge-mlm@champion")
+    return body, CHAMPION, None
+
+
+def resolve_version(client, ref: str):
+    import mlflow
+
+    name, alias, version = parse_model_ref(ref)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        raise RegistryError(f"{name}: no such registered model in {mlflow.get_tracking_uri()}; run the register "
+                            f"stage (dvc repro) or pass --repo") from None
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        what = f"alias @{alias}" if alias else f"version {version}"
+        raise RegistryError(f"{name}: no {what}; `lmforge promote {name} <version>` sets the champion, "
+                            f"`lmforge lineage {name}/<version>` shows a version") from None
+
+
+def check_no_remote_code(model_dir: Path) -> None:
+    """Refuse a model that would need code from outside transformers (MLflow's loader turns on
+    trust_remote_code for such models): only built-in classes are loaded here."""
+    import transformers
+
+    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"].get("transformers")
+    if flavor is None:
+        raise RegistryError(f"{model_dir}: not a transformers-flavor model")
+    for key in ("instance_type", "model_type", "tokenizer_type"):
+        cls = flavor.get(key)
+        if cls and not hasattr(transformers, cls):
+            raise RegistryError(f"{model_dir}: {key} {cls} is not a transformers class; refusing custom code")
+    for config in model_dir.rglob("config.json"):
+        if "auto_map" in json.loads(config.read_text()):
+            raise RegistryError(f"{config}: declares auto_map (custom code); refusing to load it")
+
+
+def load_pipeline(client, ref: str):
+    """(version, task, transformers pipeline) for a registry reference, after the custom-code check."""
+    import mlflow
+
+    from transformers.utils import logging as hf_logging
+
+    version = resolve_version(client, ref)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}"))
+    check_no_remote_code(local)
+    hf_logging.set_verbosity_error()  # no per-load progress bars or device notes around the answer
+    hf_logging.disable_progress_bar()
+    pipe = mlflow.transformers.load_model(str(local))
+    return version, pipe.task, pipe
+
+
+def predict(pipe, task: str, texts: list[str], max_new_tokens: int, top_k: int) -> list:
+    """Generate, fill masks or classify, according to the model's task."""
+    if task == "text-classification":
+        return [{"text": t, **p} for t, p in zip(texts, pipe(texts))]
+    if task == "fill-mask":
+        mask = pipe.tokenizer.mask_token
+        out = []
+        for text in texts:
+            for spelling in MASK_SPELLINGS:
+                text = text.replace(spelling, mask)
+            if mask not in text:
+                raise RegistryError(f"fill-mask: {text!r} has no {mask}; put {mask} where a word should be filled")
+            found = pipe(text, top_k=top_k)
+            # One mask gives a list of candidates; several give a list per mask: report the first.
+            found = found[0] if found and isinstance(found[0], list) else found
+            out.append({"text": text, "fills": [{"token": f["token_str"], "score": f["score"],
+                                                 "sequence": f["sequence"]} for f in found]})
+        return out
+    if task == "text-generation":
+        return [{"text": t, "generated": pipe(t, max_new_tokens=max_new_tokens, do_sample=False)[0]["generated_text"]}
+                for t in texts]
+    raise RegistryError(f"task {task!r} is not one lmforge predicts (text-classification, fill-mask, text-generation)")
+
+
+def version_lineage(client, version) -> dict:
+    """The chain model version -> runs -> params -> tokenizer -> tokenized data -> corpus -> commit."""
+    tags = version.tags
+
+    def tag(key: str, default: str = "unknown") -> str:
+        return tags.get(f"lmforge.{key}", default)
+
+    try:
+        run = client.get_run(version.run_id) if version.run_id else None
+    except Exception:  # the run was deleted: the version's own tags still hold the lineage
+        run = None
+    metrics = {}
+    for key, value in tags.items():
+        key = key.removeprefix("lmforge.")
+        if key.startswith(("test_", "val_", "delta_", "majority_")) and not key.endswith(("_sha256", "_md5")):
+            metrics[key] = float(value)
+    commit = tag("git_commit")
+    return {
+        "model": version.name, "version": int(version.version), "aliases": sorted(version.aliases),
+        "task": tag("task"), "weights_sha256": tag("weights_sha256"), "promotion": tag("promotion", ""),
+        "run": {"id": version.run_id, "name": run.info.run_name if run else None,
+                "stage": run.data.tags.get("lmforge.stage") if run else None},
+        "finetune_run": {"id": tag("finetune_run_id", ""), "matched_by": tag("finetune_run_match", "")},
+        "pretrain_run": {"id": tag("pretrain_run_id", ""), "matched_by": tag("pretrain_run_match", "")},
+        "metrics": metrics,
+        "params": {"sha256": tag("params_sha256"), "artifact": "params.yaml"},
+        "tokenizer": {"md5": tag("tokenizer_md5")},
+        "tokenized": {"md5": tag("tokenized_md5", "n/a")},
+        "pretrained": {"md5": tag("pretrained_md5", "n/a")},
+        "corpus": {"md5": tag("corpus_md5"), "source": tag("data_source", "")},
+        "validation": {"md5": tag("validation_md5"), "success": tag("validation_success"),
+                       "expectations": f"{tag('validation_successful_expectations', '?')}/"
+                                       f"{tag('validation_evaluated_expectations', '?')}"},
+        "test_split_sha256": tag("test_split_sha256"),
+        "git": {"commit": commit, "dirty": tag("git_dirty") == "true",
+                "dvc_lock_committed": tag("dvc_lock_committed") == "true"},
+        "restore": f"git checkout {commit} && dvc checkout",
+    }
+
+
+def format_lineage(ref: str, chain: dict) -> str:
+    from components import paths
+
+    lines = [f"{ref} -> {chain['model']} v{chain['version']} ({chain['task']}; aliases: "
+             f"{', '.join(chain['aliases']) or 'none'})",
+             f"  promotion    {chain['promotion'] or '-'}",
+             f"  run          {chain['run']['id']} ({chain['run']['name']})"]
+    if chain["finetune_run"]["id"]:
+        lines.append(f"  finetune run {chain['finetune_run']['id']} (matched by {chain['finetune_run']['matched_by']})")
+    if chain["pretrain_run"]["id"]:
+        lines.append(f"  pretrain run {chain['pretrain_run']['id']} (matched by {chain['pretrain_run']['matched_by']})")
+    lines += [
+        f"  metrics      " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(chain["metrics"].items())),
+        f"  params       sha256 {chain['params']['sha256']} (params.yaml in the model's artifacts)",
+        f"  tokenizer    md5 {chain['tokenizer']['md5']}",
+        f"  tokenized    md5 {chain['tokenized']['md5']}",
+        f"  corpus       md5 {chain['corpus']['md5']} ({paths.CORPUS_DIR}, source {chain['corpus']['source']})",
+        f"  validation   success {chain['validation']['success']} "
+        f"({chain['validation']['expectations']} expectations, md5 {chain['validation']['md5']})",
+        f"  test split   sha256 {chain['test_split_sha256']}",
+        f"  git commit   {chain['git']['commit']}{' (dirty tree)' if chain['git']['dirty'] else ''}",
+        f"  restore      {chain['restore']}",
+    ]
+    if not chain["git"]["dvc_lock_committed"]:
+        lines.append("  note         that commit's dvc.lock does not record these hashes: download this model's "
+                     "dvc.lock (mlflow artifacts download) into the checkout before `dvc checkout`")
+    return "\n".join(lines)
+
+
+def _use_repo_store(repo: str) -> None:
+    """Every MLflow call below (and in components) reads the store of `--repo`."""
+    from components import tracking
+
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(Path(repo)))
+
+
+def _client():
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    return mlflow.MlflowClient()
+
+
+def _fail(e: Exception) -> int:
+    if os.environ.get("LMFORGE_DEBUG"):
+        raise e
+    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    return 1
+
+
+def cmd_promote(args) -> int:
+    from components.registry import promote
+
+    _use_repo_store(args.repo)
+    try:
+        result = promote(args.model, args.version, args.reason)
+    except RegistryError as e:
+        return _fail(e)
+    print(result["message"])
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from components.registry import rollback
+
+    _use_repo_store(args.repo)
+    try:
+        result = rollback(args.model, args.reason)
+    except RegistryError as e:
+        return _fail(e)
+    print(result["message"])
+    return 0
+
+
+def cmd_predict(args) -> int:
+    _use_repo_store(args.repo)
+    try:
+        version, task, pipe = load_pipeline(_client(), args.model)
+        results = predict(pipe, task, args.texts, args.max_new_tokens, args.top_k)
+    except RegistryError as e:
+        return _fail(e)
+    if args.json:
+        print(json.dumps({"model": version.name, "version": int(version.version), "task": task,
+                          "predictions": results}, indent=2))
+        return 0
+    print(f"{version.name} v{version.version} ({task})", file=sys.stderr)
+    for r in results:
+        if task == "text-classification":
+            print(f"{r['label']}\t{r['score']:.3f}\t{r['text']}")
+        elif task == "fill-mask":
+            print(r["text"])
+            for f in r["fills"]:
+                print(f"  {f['token']}\t{f['score']:.3f}\t{f['sequence']}")
+        else:
+            print(r["generated"])
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    _use_repo_store(args.repo)
+    try:
+        client = _client()
+        chain = version_lineage(client, resolve_version(client, args.model))
+    except RegistryError as e:
+        return _fail(e)
+    print(json.dumps(chain, indent=2) if args.json else format_lineage(args.model, chain))
+    return 0
+
+
+def add_registry_commands(sub) -> None:
+    """Register the subcommands on `lmforge`'s subparsers."""
+    p = sub.add_parser("promote", help="make a model version the champion by hand (recorded; idempotent)")
+    p.add_argument("model", help="registered model name, e.g. lmforge-mlm")
+    p.add_argument("version", help="version number")
+    p.add_argument("--reason", default="", help="why (kept in the version's tags and the history)")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("rollback", help="move champion back to the version the last change replaced (idempotent)")
+    p.add_argument("model", help="registered model name, e.g. lmforge-mlm")
+    p.add_argument("--reason", default="", help="why (kept in the version's tags and the history)")
+    p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("predict", help="classify, fill masks or generate with a registered model")
+    p.add_argument("model", help="<name>@<alias> or <name>/<version>, e.g. lmforge-mlm@champion")
+    p.add_argument("texts", nargs="+", help="input text(s); for fill-mask, with [MASK]")
+    p.add_argument("--max-new-tokens", type=int, default=30, help="text-generation: tokens to add (default 30)")
+    p.add_argument("--top-k", type=int, default=5, help="fill-mask: candidates per mask (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("lineage", help="trace a model version back to its runs, data, params and git commit")
+    p.add_argument("model", help="<name>@<alias> or <name>/<version>, e.g. lmforge-mlm@champion")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_lineage)
