@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test pipeline summary clean
+.PHONY: install demo test pipeline summary clean audit
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ summary: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Known vulnerabilities in the installed dependencies (needs network: PyPI / OSV advisories).
+audit: install
+	$(BIN)/pip install -q pip-audit
+	$(BIN)/pip-audit --skip-editable
 
 clean:
 	rm -rf data models reports mlflow.db mlartifacts

@@ -16,6 +16,11 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# A fake credential every stage and flow of the test session sees; tests/test_security.py
+# searches every output, database, artifact and log for it (it must never get there).
+FAKE_SECRET = "lmforge-FAKE-secret-6b1f0c9e2d4a"
+os.environ["AWS_SECRET_ACCESS_KEY"] = FAKE_SECRET
+LOG_DIR = Path(_HOME) / "logs"  # stage output of the session fixtures, for that search
 
 import pytest  # noqa: E402
 
@@ -76,7 +81,9 @@ def dvc_run(tmp_path_factory) -> tuple[Path, dict]:
     from pipeline_repo import comparable_metrics, dvc, make_repo
 
     repo = make_repo(tmp_path_factory.mktemp("dvc-run"))
-    dvc(repo, "repro")
+    proc = dvc(repo, "repro")
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    (LOG_DIR / "dvc-repro.log").write_text(proc.stdout + proc.stderr)
     return repo, comparable_metrics(repo)  # snapshot before any test changes params
 
 
