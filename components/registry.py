@@ -25,7 +25,7 @@ __all__ = ["CHALLENGER", "CHAMPION", "RegisterConfig", "RegistryError", "decide_
 CHALLENGER, CHAMPION = "challenger", "champion"
 TASKS = ("text-classification", "text-generation", "fill-mask")
 HISTORY_TAG = "lmforge.champion_history"
-HISTORY_KEEP = 25  # events kept in the tag (MLflow tag values are bounded); every event is also an MLflow run
+HISTORY_KEEP = 100  # events kept in the tag (registry tag values are bounded); manual ones are also MLflow runs
 AUDIT_EXPERIMENT = "lmforge-registry"
 
 
@@ -123,7 +123,7 @@ def _record(client, name: str, event: dict[str, Any]) -> None:
 def _move_champion(client, name: str, version: str, action: str, by: str, reason: str) -> dict[str, Any]:
     previous = alias_version(client, name, CHAMPION)
     event = {"action": action, "version": str(version), "previous": str(previous.version) if previous else None,
-             "by": by, "at": _now(), "reason": reason}
+             "by": by, "at": _now(), "reason": redact(reason)[:300]}
     client.set_registered_model_alias(name, CHAMPION, str(version))
     _record(client, name, event)
     return event
