@@ -415,7 +415,7 @@ def test_tokenize_stage_writes_metrics_and_a_pretrained_dir_error_is_one_line(gp
     from pipelines import train_tokenizer as tokenizer_stage
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("profile: tiny\ntokenizer:\n  pretrained_bert: no/such/dir\n")
+    (tmp_path / "params.yaml").write_text("profile: tiny\n")
     (tmp_path / "data" / "corpus").mkdir(parents=True)
     for split, docs in (("train", _prose()), ("validation", _prose()[:3])):
         pq.write_table(pa.table({"text": docs}), tmp_path / "data" / "corpus" / f"{split}.parquet")
@@ -429,10 +429,13 @@ def test_tokenize_stage_writes_metrics_and_a_pretrained_dir_error_is_one_line(gp
                                     "packing_efficiency", "fertility"}
     assert report["tokens_per_s"] > 0 and report["block_size"] == 64
 
+    # A missing pretrained directory is a params error (exit 2), refused by every stage's
+    # check of the whole params.yaml before any work.
+    (tmp_path / "params.yaml").write_text("profile: tiny\ntokenizer:\n  pretrained_bert: no/such/dir\n")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         tokenizer_stage.main(["--architecture", "bert"])
     err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 1 and len(err.splitlines()) == 1
-    assert err.startswith("error: train_tokenizer: tokenizer.pretrained_bert: no directory 'no/such/dir'")
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: params.yaml: tokenizer.pretrained_bert: no directory 'no/such/dir'")
     assert not (tmp_path / "data" / "tokenizers" / "bert").exists()
