@@ -1,4 +1,4 @@
-"""`lmforge run | summary | validate-params`."""
+"""`lmforge run | serve | summary | check-params | ...`."""
 from __future__ import annotations
 
 import argparse
@@ -17,10 +17,23 @@ def cmd_run(args) -> int:
         return 2
     from flows.pipeline import pipeline
 
-    results = pipeline(profile=args.profile, data_source=args.data_source, repo_dir=args.repo)
+    results = pipeline(profile=args.profile, objectives=args.objective, data_source=args.data_source,
+                       repo_dir=args.repo)
     ran = sum(r == "ran" for r in results.values())
     print(f"lmforge run: {ran} stage(s) ran, {len(results) - ran} up to date")
     return cmd_summary(args)
+
+
+def cmd_serve(args) -> int:
+    """The flow as a local deployment with a schedule, run by this process: no work pool, no worker."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.pipeline import pipeline
+
+    parameters = {"profile": args.profile, "objectives": args.objective, "data_source": args.data_source,
+                  "repo_dir": str(Path(args.repo).resolve())}
+    pipeline.serve(name=args.name, cron=args.cron or None, tags=["lmforge", "serve"],
+                   parameters={k: v for k, v in parameters.items() if v is not None})
+    return 0
 
 
 def summary_rows(repo: Path) -> list[dict]:
@@ -106,7 +119,16 @@ def main(argv=None) -> int:
     run = sub.add_parser("run", help="run the pipeline as a Prefect flow (stages through DVC)")
     run.add_argument("--profile", choices=["tiny", "demo", "gpu-small"], help="set `profile` in params.yaml")
     run.add_argument("--data-source", help="set `data.source` in params.yaml")
+    serve = sub.add_parser("serve", help="serve the flow as a scheduled deployment from this process (no work pool)")
+    serve.add_argument("--name", default="lmforge-serve", help="deployment name (default: lmforge-serve)")
+    serve.add_argument("--cron", default="0 3 * * *", help="schedule, UTC (default: nightly at 03:00; '' for none)")
+    for p in (run, serve):
+        p.add_argument("--objective", action="append", choices=["clm", "mlm", "mlm_nsp"],
+                       help="run only what this objective needs (repeatable; default: all)")
+    serve.add_argument("--profile", choices=["tiny", "demo", "gpu-small"], help="set `profile` in params.yaml")
+    serve.add_argument("--data-source", help="set `data.source` in params.yaml")
     run.set_defaults(func=cmd_run)
+    serve.set_defaults(func=cmd_serve)
     sub.add_parser("summary", help="print the results table").set_defaults(func=cmd_summary)
     sub.add_parser("check-params", help="validate params.yaml without running anything").set_defaults(func=cmd_check_params)
     add_registry_commands(sub)  # promote, rollback, predict, lineage (cli/registry_cmds.py)

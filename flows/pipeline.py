@@ -1,36 +1,79 @@
 """The lmforge pipeline as a Prefect flow.
 
-dvc.yaml stays the single graph: the flow asks DVC for the stages in dependency order and
-runs each through `dvc repro --single-item`, one at a time (DVC holds a repo lock). So
-dvc.lock remains the cache and the lineage record however a run was started, a stage whose
-inputs are unchanged is skipped by content hash, and Prefect adds schedules, retries, the
-UI and artifacts on top.
+dvc.yaml stays the single graph: the flow asks DVC for the stages and their dependencies
+(flows/graph.py), makes one Prefect task per stage wired to its upstream stages, and runs
+each through `dvc repro --single-item`. So dvc.lock remains the cache and the lineage
+record however a run was started, a stage whose inputs are unchanged is skipped by content
+hash, and Prefect adds schedules, retries, the UI, artifacts and work pools on top.
+
+Branches (one per objective) fan out in the graph: a failed stage stops only what depends
+on it. They still run one at a time, because DVC allows one `dvc` process per checkout.
 """
 from __future__ import annotations
 
-import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Literal
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.states import Completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
 
-from components import paths
+from flows import report
+from flows.graph import dvc_graph, dvc_stage_order, plan_stages  # noqa: F401  (dvc_stage_order: for callers)
+from flows.workspace import workspace_lock
 
 FLOW_NAME = "lmforge-pipeline"
+Objective = Literal["clm", "mlm", "mlm_nsp"]
+Profile = Literal["tiny", "demo", "gpu-small"]
+
+# The exit-code contract of a stage (pipelines/_stage.py): 2 bad params, 1 bad data, and
+# EX_TEMPFAIL (sysexits.h) for a failure that may pass on its own. Only transient failures
+# are retried; see transient_reason for the others that count.
+EXIT_TRANSIENT = 75
+_TRANSIENT_OUTPUT = {  # regex over the stage's output -> why it is transient
+    r"Unable to acquire lock": "another DVC process held the repository lock",
+    # pipelines/_stage.py's one line for it, or MLflow's own error when that line is absent
+    r"MLflow tracking server \S+ unreachable|API request to \S+ failed with exception .*"
+    r"(Max retries exceeded|Failed to establish a new connection|Read timed out)":
+        "the MLflow tracking server was unreachable",
+}
 
 
-def dvc_stage_order(repo_dir: str | Path) -> list[str]:
-    """Stage addresses (`pretrain@clm`) from dvc.yaml, dependencies first, ties by name."""
-    import networkx as nx
-    from dvc.repo import Repo
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, returncode: int | None, tail: list[str], transient: str | None):
+        self.stage, self.returncode, self.transient = stage, returncode, transient
+        kind = f"transient: {transient}" if transient else "not transient: not retried"
+        super().__init__(f"stage {stage} failed (exit {returncode}; {kind}): {' | '.join(tail)}")
 
-    with Repo(str(repo_dir)) as repo:
-        graph = repo.index.graph.reverse(copy=True)  # DVC's edges point from a stage to its deps
-        # `name` ("pretrain@clm"), not `addressing`, which is relative to the caller's cwd.
-        order = nx.lexicographical_topological_sort(graph, key=lambda s: s.name)
-        return [stage.name for stage in order]
+
+def transient_reason(output: list[str]) -> tuple[int | None, str | None]:
+    """(the stage command's exit code, why the failure is transient or None) from DVC's output."""
+    text = "\n".join(output)
+    found = re.findall(r"exited with (-?\d+)", text)
+    code = int(found[-1]) if found else None
+    if code == EXIT_TRANSIENT:
+        return code, f"the stage exited {EXIT_TRANSIENT} (EX_TEMPFAIL)"
+    if code is not None and code < 0:
+        return code, f"the stage was stopped by signal {-code} (worker restart, preemption)"
+    for pattern, why in _TRANSIENT_OUTPUT.items():
+        if re.search(pattern, text):
+            return code, why
+    return code, None
+
+
+def retry_if_transient(task, task_run, state) -> bool:
+    """Prefect's retry_condition_fn: retry lost connections and restarts, never bad data."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, StageFailed) and exc.transient is not None
 
 
 def set_params(repo_dir: str | Path, overrides: dict[str, object]) -> bool:
@@ -60,44 +103,105 @@ def set_params(repo_dir: str | Path, overrides: dict[str, object]) -> bool:
     return changed
 
 
-@task(task_run_name="{stage}")
-def run_dvc_stage(stage: str, repo_dir: str) -> str:
-    """`dvc repro --single-item <stage>`, streaming its output to the Prefect log."""
+@task(task_run_name="{stage}", cache_policy=NO_CACHE, persist_result=False,
+      retries=3, retry_delay_seconds=exponential_backoff(10), retry_jitter_factor=0.5,
+      retry_condition_fn=retry_if_transient)
+def run_stage(stage: str, repo_dir: str, up_to_date: bool, position: str, progress_id: str | None = None) -> dict:
+    """One DVC stage: skipped when DVC found it and every stage upstream up to date, else
+    `dvc repro --single-item` (which skips it too if its hashes still match once upstream ran)."""
     logger = get_run_logger()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-        cwd=repo_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+    start = time.monotonic()
+    if up_to_date:
+        logger.info(f"[{position}] {stage}: up to date (deps, params and outs match dvc.lock), skipped")
+        outcome = {"result": "skipped", "seconds": 0.0}
+    else:
+        logger.info(f"[{position}] {stage}: dvc repro --single-item {stage}")
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=repo_dir,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        skipped, output = False, []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line := line.rstrip():
+                logger.info(report.redact(line))
+                output = (output + [report.redact(line)])[-20:]
+                skipped |= "didn't change, skipping" in line
+        if proc.wait() != 0:
+            code, transient = transient_reason(output)
+            raise StageFailed(stage, code if code is not None else proc.returncode,
+                              [o for o in output if "error" in o.lower()][-3:] or output[-3:], transient)
+        outcome = {"result": "skipped" if skipped else "ran", "seconds": round(time.monotonic() - start, 1)}
+        logger.info(f"[{position}] {stage}: {outcome['result']} in {outcome['seconds']} s")
+    if progress_id:
+        done, total = map(int, position.split("/"))
+        update_progress_artifact(progress_id, 100.0 * done / total)
+    # A state named "Skipped" shows in the UI which stages DVC found up to date.
+    return Completed(name="Skipped", message="up to date against dvc.lock", data=outcome) \
+        if outcome["result"] == "skipped" else outcome
+
+
+@flow(name=FLOW_NAME, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def pipeline(profile: Profile | None = None, objectives: list[Objective] | None = None,
+             data_source: str | None = None, repo_dir: str = ".", wait_for_workspace_s: float = 3600.0,
+             stage_retries: int = 3, retry_backoff_s: float = 10.0) -> dict[str, str]:
+    """Run the dvc.yaml stages that `objectives` need (all by default); returns {stage: 'ran' | 'skipped'}.
+
+    profile / data_source are written into params.yaml first (like `dvc exp run -S`), so
+    dvc.lock records what ran. A second run on the same checkout waits up to
+    wait_for_workspace_s for the first, then fails saying which run holds it. A stage that
+    fails transiently is retried stage_retries times, after retry_backoff_s, 2x, 4x... seconds.
+    """
+    logger = get_run_logger()
+    repo = Path(repo_dir).resolve()
+    holder = f"{runtime.flow_run.name} ({runtime.flow_run.id})"
+    with workspace_lock(repo, holder, wait_for_workspace_s, on_wait=logger.warning):
+        if set_params(repo, {"profile": profile, "data.source": data_source}):
+            logger.info(f"params.yaml updated: profile={profile} data.source={report.redact(str(data_source))}")
+        plan = plan_stages(*dvc_graph(repo, with_status=True), objectives=list(objectives) if objectives else None)
+        n = len(plan.stages)
+        logger.info(f"{n} stages, {len(plan.stale)} out of date against dvc.lock: {', '.join(sorted(plan.stale)) or 'none'}")
+        for stage, why in plan.left_out.items():
+            logger.info(f"{stage}: left out ({why})")
+        progress_id = create_progress_artifact(0.0, key="lmforge-progress", description="Stages finished")
+        delays = exponential_backoff(retry_backoff_s)(stage_retries) if stage_retries else 0
+        stage_task = run_stage.with_options(retries=stage_retries, retry_delay_seconds=delays)
+        futures = {}
+        for i, (stage, ups) in enumerate(plan.upstream.items(), 1):
+            futures[stage] = stage_task.with_options(name=f"dvc:{stage.split('@')[0]}").submit(
+                stage, str(repo), stage in plan.up_to_date, f"{i}/{n}", str(progress_id),
+                wait_for=[futures[u] for u in ups])
+        wait(list(futures.values()))
+        outcomes = {}
+        for stage, future in futures.items():
+            state = future.state
+            outcomes[stage] = (future.result() if state.is_completed()
+                               else {"result": "failed" if state.is_failed() else "not run", "seconds": None})
+        publish(repo, profile, objectives, data_source, outcomes, plan.left_out)
+    failed = [s for s, o in outcomes.items() if o["result"] == "failed"]
+    if failed:
+        blocked = [s for s, o in outcomes.items() if o["result"] == "not run"]
+        raise RuntimeError(f"{len(failed)} stage(s) failed: {', '.join(failed)}"
+                           + (f"; not run because of them: {', '.join(blocked)}" if blocked else ""))
+    ran = [s for s, o in outcomes.items() if o["result"] == "ran"]
+    logger.info(f"done: {len(ran)} stage(s) ran, {n - len(ran)} up to date")
+    return {s: o["result"] for s, o in outcomes.items()}
+
+
+def publish(repo: Path, profile, objectives, data_source, outcomes: dict[str, dict], left_out: dict[str, str]) -> None:
+    """The run's markdown report (stages, MLflow links, metrics) and the registry decisions."""
+    logger = get_run_logger()
+    try:
+        links = report.mlflow_run_links(repo, list(outcomes))
+    except Exception as e:  # a report without links beats a failed run
+        logger.warning(f"no MLflow links in the report: {report.redact(str(e))[:300]}")
+        links = {}
+    settings = {"profile": profile or "(params.yaml)", "objectives": ", ".join(objectives or ["all"]),
+                "data.source": data_source or "(params.yaml)", "workspace": str(repo)}
+    create_markdown_artifact(
+        key="lmforge-report",
+        markdown=report.markdown_report(repo, f"lmforge run {runtime.flow_run.name}", settings, outcomes, left_out, links),
+        description="Stages, MLflow runs and metrics of this flow run",
     )
-    skipped = False
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line:
-            logger.info(line)
-            tail = (tail + [line])[-5:]
-            skipped |= "didn't change, skipping" in line
-    if proc.wait() != 0:
-        raise RuntimeError(f"stage {stage} failed (exit {proc.returncode}): {' | '.join(tail)}")
-    return "skipped" if skipped else "ran"
-
-
-@flow(name=FLOW_NAME, log_prints=True)
-def pipeline(profile: str | None = None, data_source: str | None = None, repo_dir: str = ".") -> dict[str, str]:
-    """Run every dvc.yaml stage in order; returns {stage: 'ran' | 'skipped'}."""
-    logger = get_run_logger()
-    repo_dir = str(Path(repo_dir).resolve())
-    if set_params(repo_dir, {"profile": profile, "data.source": data_source}):
-        logger.info(f"params.yaml updated: profile={profile} data.source={data_source}")
-    results = {}
-    for stage in dvc_stage_order(repo_dir):
-        results[stage] = run_dvc_stage.with_options(name=f"dvc:{stage.split('@')[0]}")(stage, repo_dir)
-    report = Path(repo_dir) / paths.COMPARISON_MD
-    if report.exists():
-        ran = ", ".join(s for s, r in results.items() if r == "ran") or "none (all up to date)"
-        create_markdown_artifact(
-            key="lmforge-comparison",
-            markdown=report.read_text() + f"\n\nStages run: {ran}\n",
-            description="Downstream results by pretraining objective",
-        )
-    return results
+    rows = report.registry_table(repo) if "register" in outcomes else None
+    if rows:
+        create_table_artifact(key="lmforge-registry", table=rows,
+                              description="Registry decisions: version, aliases and why (promotion gate)")

@@ -1,26 +1,108 @@
-"""The flow's view of the graph comes from DVC, and prefect.yaml points at the real flow."""
+"""The flow's graph is dvc.yaml's, the stage-selection and retry rules, the workspace lock,
+and the deployment files (prefect.yaml, deploy/*.json).
+
+The flow against a real Prefect server (deploy, worker, retries, two runs at once) is in
+tests/test_prefect_server.py.
+"""
 from __future__ import annotations
 
 import importlib
+import re
+import subprocess
+import sys
+import time
 
+import pytest
 import yaml
 
 from components import paths
-from flows.pipeline import dvc_stage_order, set_params
+from flows.graph import ancestors, dvc_graph, objective_targets, plan_stages
+from flows.pipeline import set_params, transient_reason
+from flows.workspace import WorkspaceBusy, workspace_lock
 
 
-def test_flow_runs_exactly_the_dvc_stages_in_dependency_order(repo_root):
-    order = dvc_stage_order(repo_root)
-    dvc_yaml = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
-    expected = set()
-    for name, stage in dvc_yaml.items():
+def graph_from_dvc_yaml(repo_root) -> dict[str, set[str]]:
+    """dvc.yaml read without DVC: foreach expanded, a stage upstream of another when one of
+    its outs (outs, metrics, plots) is, or contains, a dep of the other."""
+    def subst(text: str, key, item) -> str:
+        text = text.replace("${key}", str(key))
+        if isinstance(item, dict):
+            return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), text)
+        return text.replace("${item}", str(item))
+
+    def names(entries) -> list[str]:
+        return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+    stages = {}
+    for name, stage in yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"].items():
         items = stage.get("foreach")
-        expected |= {f"{name}@{k}" for k in items} if items else {name}
-    assert set(order) == expected and len(order) == len(expected)
-    pos = {s: i for i, s in enumerate(order)}
-    assert pos["ingest"] < pos["validate"] < min(pos[f"train_tokenizer@{a}"] for a in paths.ARCHITECTURES)
-    for o in paths.OBJECTIVES:
-        assert pos[f"tokenize@{o}"] < pos[f"pretrain@{o}"] < pos[f"finetune@{o}"] < pos["evaluate"] < pos["register"]
+        body = stage.get("do", stage)
+        expanded = ({k: v for k, v in items.items()} if isinstance(items, dict) else {i: i for i in items}) \
+            if items else {None: None}
+        for key, item in expanded.items():
+            outs = [subst(p, key, item) for f in ("outs", "metrics", "plots") for p in names(body.get(f))]
+            deps = [subst(p, key, item) for p in body.get("deps", [])]
+            stages[f"{name}@{key}" if key is not None else name] = (deps, outs)
+    return {s: {u for u, (_, outs) in stages.items() if u != s
+                and any(d == o or d.startswith(o.rstrip("/") + "/") for d in deps for o in outs)}
+            for s, (deps, _) in stages.items()}
+
+
+def test_the_flow_graph_is_dvc_yaml(repo_root):
+    """The one source of truth: the flow's tasks and their upstream edges are dvc.yaml's."""
+    upstream, _ = dvc_graph(repo_root)
+    expected = graph_from_dvc_yaml(repo_root)
+    assert {s: set(u) for s, u in upstream.items()} == expected
+    order = list(upstream)
+    for stage, ups in upstream.items():  # dependencies come first
+        assert all(order.index(u) < order.index(stage) for u in ups), stage
+    plan = plan_stages(upstream, set())
+    assert plan.upstream == upstream and not plan.left_out and plan.up_to_date == set(upstream)
+    # A stale stage reruns what descends from it; the rest is skipped without starting DVC.
+    plan = plan_stages(upstream, {"tokenize@clm"})
+    downstream = {s for s in upstream if "tokenize@clm" in ancestors(upstream, {s})}
+    assert downstream == {"tokenize@clm", "pretrain@clm", "finetune@clm", "evaluate", "register"}
+    assert plan.up_to_date == set(upstream) - downstream
+
+
+@pytest.mark.parametrize("objectives", [["clm"], ["mlm"], ["mlm_nsp"], ["mlm", "mlm_nsp"]])
+def test_objectives_run_what_their_finetuning_descends_from(repo_root, objectives):
+    expected = graph_from_dvc_yaml(repo_root)
+    upstream, _ = dvc_graph(repo_root)
+    need = ancestors({s: sorted(u) for s, u in expected.items()}, objective_targets(objectives))
+    assert all(f"pretrain@{o}" in need for o in objectives)
+    others = [o for o in paths.OBJECTIVES if o not in objectives]
+    assert not any(f"pretrain@{o}" in need for o in others)
+
+    # The other objectives up to date: evaluate and register join, with every edge kept.
+    plan = plan_stages(upstream, stale={f"pretrain@{o}" for o in objectives}, objectives=objectives)
+    assert set(plan.stages) == need | {"evaluate", "register"}
+    assert {s: set(u) for s, u in plan.upstream.items()} == {s: expected[s] & set(plan.stages) for s in plan.stages}
+    # Another objective out of date: the comparison would mix old and new, so it is left out.
+    plan = plan_stages(upstream, stale={f"pretrain@{others[0]}"}, objectives=objectives)
+    assert set(plan.stages) == need
+    assert f"pretrain@{others[0]}" in plan.left_out["evaluate"] and "register" in plan.left_out
+    with pytest.raises(ValueError, match="unknown objective"):
+        plan_stages(upstream, set(), ["gpt"])
+
+
+@pytest.mark.parametrize("output, code, transient", [
+    (["ERROR: failed to reproduce 'ingest': failed to run: python -m pipelines.ingest, exited with 1"], 1, False),
+    (["error: tokenize: bad params", "ERROR: failed to reproduce 'x': failed to run: y, exited with 2"], 2, False),
+    (["ERROR: failed to reproduce 'x': failed to run: y, exited with 75"], 75, True),
+    (["ERROR: failed to reproduce 'pretrain@clm': failed to run: y, exited with -15"], -15, True),
+    (["ERROR: Unable to acquire lock. Most likely another DVC process is running"], None, True),
+    (["error: register: MLflow tracking server http://10.0.0.5:5000 unreachable after 7 retries (Connection refused)",
+      "ERROR: failed to reproduce 'register': failed to run: python -m pipelines.register, exited with 1"], 1, True),
+    (["mlflow.exceptions.MlflowException: API request to http://mlflow:5000/api/2.0/mlflow/runs/create failed with "
+      "exception HTTPConnectionPool(host='mlflow', port=5000): Max retries exceeded with url: /api/2.0/mlflow/runs/create",
+      "ERROR: failed to reproduce 'pretrain@mlm': failed to run: python -m pipelines.pretrain, exited with 1"], 1, True),
+    (["error: ingest: data.source: 'x.jsonl' does not exist", "ERROR: failed to reproduce 'ingest': failed to run: "
+      "python -m pipelines.ingest, exited with 1"], 1, False),
+])
+def test_only_transient_failures_are_retried(output, code, transient):
+    got_code, why = transient_reason(output)
+    assert got_code == code and (why is not None) == transient
 
 
 def test_set_params_keeps_comments_and_only_writes_changes(tmp_path):
@@ -32,14 +114,59 @@ def test_set_params_keeps_comments_and_only_writes_changes(tmp_path):
     assert set_params(tmp_path, {"profile": "tiny"}) is False
 
 
+HOLD = """
+import sys, time
+from flows.workspace import workspace_lock
+with workspace_lock(sys.argv[1], "run-A (1234)", timeout_s=0):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_second_run_on_the_workspace_waits_then_fails_naming_the_holder(tmp_path, repo_root):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), "30"], cwd=repo_root,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waits = []
+        start = time.monotonic()
+        with pytest.raises(WorkspaceBusy) as busy:
+            with workspace_lock(tmp_path, "run-B", timeout_s=1.5, on_wait=waits.append, poll_s=0.2):
+                pass
+        assert 1.5 <= time.monotonic() - start < 10
+        assert "run-A (1234)" in str(busy.value) and f"pid {holder.pid}" in str(busy.value)
+        assert "wait_for_workspace_s" in str(busy.value) and "run-A" in waits[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    # The kernel dropped the dead holder's lock: the workspace is free at once.
+    with workspace_lock(tmp_path, "run-C", timeout_s=0):
+        pass
+
+
+def test_a_waiting_run_proceeds_when_the_workspace_is_released(tmp_path, repo_root):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), "1"], cwd=repo_root,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    waits = []
+    with workspace_lock(tmp_path, "run-B", timeout_s=60, on_wait=waits.append, poll_s=0.2) as lock:
+        assert "run-B" in lock.read_text()
+    assert len(waits) == 1
+    holder.wait()
+
+
 def test_prefect_yaml_deployments(repo_root):
     config = yaml.safe_load((repo_root / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in config["deployments"]}
-    assert {"default", "tiny"} <= set(deployments)
-    assert deployments["tiny"]["parameters"] == {"profile": "tiny"}
-    assert deployments["default"]["schedules"][0]["cron"].count(" ") == 4
+    assert {"default", "tiny", "gpu-small"} <= set(deployments)
+    assert deployments["tiny"]["parameters"]["profile"] == "tiny"
+    assert deployments["tiny"]["work_pool"]["name"] == deployments["default"]["work_pool"]["name"] == "lmforge-local"
+    cron = deployments["default"]["schedules"][0]["cron"]
+    assert cron.count(" ") == 4
     for d in deployments.values():
         path, func = d["entrypoint"].split(":")
         flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), func)
         assert flow.name == "lmforge-pipeline"
-        assert set(d.get("parameters", {})) <= set(flow.parameters.properties)
+        params = d.get("parameters", {})
+        assert set(params) <= set(flow.parameters.properties)
+        flow.validate_parameters(params)  # types and choices, as the server would check them
