@@ -42,11 +42,6 @@ def dvc_graph(repo_dir: str | Path, with_status: bool = False) -> tuple[dict[str
     return upstream, stale
 
 
-def dvc_stage_order(repo_dir: str | Path) -> list[str]:
-    """Stage addresses (`pretrain@clm`) from dvc.yaml, dependencies first."""
-    return list(dvc_graph(repo_dir)[0])
-
-
 def ancestors(upstream: dict[str, list[str]], targets: set[str]) -> set[str]:
     seen: set[str] = set()
     todo = list(targets)

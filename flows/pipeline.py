@@ -28,7 +28,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from flows import report
-from flows.graph import dvc_graph, dvc_stage_order, plan_stages  # noqa: F401  (dvc_stage_order: for callers)
+from flows.graph import dvc_graph, plan_stages
 from flows.workspace import workspace_lock
 
 FLOW_NAME = "lmforge-pipeline"
@@ -62,8 +62,10 @@ def transient_reason(output: list[str]) -> tuple[int | None, str | None]:
     code = int(found[-1]) if found else None
     if code == EXIT_TRANSIENT:
         return code, f"the stage exited {EXIT_TRANSIENT} (EX_TEMPFAIL)"
-    if code is not None and code < 0:
-        return code, f"the stage was stopped by signal {-code} (worker restart, preemption)"
+    # -N: killed by signal N; 128+N: the same, reported by a shell in between
+    signal = -code if code is not None and code < 0 else code - 128 if code in (129, 130, 137, 143) else None
+    if signal:
+        return code, f"the stage was stopped by signal {signal} (worker restart, preemption)"
     for pattern, why in _TRANSIENT_OUTPUT.items():
         if re.search(pattern, text):
             return code, why

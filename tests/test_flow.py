@@ -91,6 +91,7 @@ def test_objectives_run_what_their_finetuning_descends_from(repo_root, objective
     (["error: tokenize: bad params", "ERROR: failed to reproduce 'x': failed to run: y, exited with 2"], 2, False),
     (["ERROR: failed to reproduce 'x': failed to run: y, exited with 75"], 75, True),
     (["ERROR: failed to reproduce 'pretrain@clm': failed to run: y, exited with -15"], -15, True),
+    (["ERROR: failed to reproduce 'pretrain@clm': failed to run: y, exited with 137"], 137, True),
     (["ERROR: Unable to acquire lock. Most likely another DVC process is running"], None, True),
     (["error: register: MLflow tracking server http://10.0.0.5:5000 unreachable after 7 retries (Connection refused)",
       "ERROR: failed to reproduce 'register': failed to run: python -m pipelines.register, exited with 1"], 1, True),
