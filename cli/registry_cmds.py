@@ -10,9 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
-from components.registry import CHAMPION, RegistryError
+from components.registry import CHAMPION, RegistryError, load_version
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
 
@@ -52,35 +50,14 @@ def resolve_version(client, ref: str):
                             f"`lmforge lineage {name}/<version>` shows a version") from None
 
 
-def check_no_remote_code(model_dir: Path) -> None:
-    """Refuse a model that would need code from outside transformers (MLflow's loader turns on
-    trust_remote_code for such models): only built-in classes are loaded here."""
-    import transformers
-
-    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"].get("transformers")
-    if flavor is None:
-        raise RegistryError(f"{model_dir}: not a transformers-flavor model")
-    for key in ("instance_type", "model_type", "tokenizer_type"):
-        cls = flavor.get(key)
-        if cls and not hasattr(transformers, cls):
-            raise RegistryError(f"{model_dir}: {key} {cls} is not a transformers class; refusing custom code")
-    for config in model_dir.rglob("config.json"):
-        if "auto_map" in json.loads(config.read_text()):
-            raise RegistryError(f"{config}: declares auto_map (custom code); refusing to load it")
-
-
 def load_pipeline(client, ref: str):
     """(version, task, transformers pipeline) for a registry reference, after the custom-code check."""
-    import mlflow
-
     from transformers.utils import logging as hf_logging
 
     version = resolve_version(client, ref)
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}"))
-    check_no_remote_code(local)
     hf_logging.set_verbosity_error()  # no per-load progress bars or device notes around the answer
     hf_logging.disable_progress_bar()
-    pipe = mlflow.transformers.load_model(str(local))
+    pipe = load_version(version)
     return version, pipe.task, pipe
 
 

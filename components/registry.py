@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from components import tracking
 from components.lineage import redact, weights_digest
 
 __all__ = ["CHALLENGER", "CHAMPION", "RegisterConfig", "RegistryError", "decide_promotion", "model_name",
-           "base_model_name", "register_model", "register_classifier", "promote", "rollback", "weights_digest"]
+           "base_model_name", "register_model", "register_classifier", "promote", "rollback", "weights_digest",
+           "check_no_remote_code"]
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 TASKS = ("text-classification", "text-generation", "fill-mask")
@@ -147,6 +148,33 @@ def _load_for_task(model_dir: Path, task: str):
     return model, AutoTokenizer.from_pretrained(str(model_dir))
 
 
+def check_no_remote_code(model_dir: Path) -> None:
+    """Refuse a model that would need code from outside transformers (MLflow's loader turns on
+    trust_remote_code for such models): only built-in classes are loaded here."""
+    import transformers
+    import yaml
+
+    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"].get("transformers")
+    if flavor is None:
+        raise RegistryError(f"{model_dir}: not a transformers-flavor model")
+    for key in ("instance_type", "model_type", "tokenizer_type"):
+        cls = flavor.get(key)
+        if cls and not hasattr(transformers, cls):
+            raise RegistryError(f"{model_dir}: {key} {cls} is not a transformers class; refusing custom code")
+    for config in model_dir.rglob("config.json"):
+        if "auto_map" in json.loads(config.read_text()):
+            raise RegistryError(f"{config}: declares auto_map (custom code); refusing to load it")
+
+
+def load_version(version, return_type: str = "pipeline"):
+    """A registered version as a transformers pipeline (or its components), after the custom-code check."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}"))
+    check_no_remote_code(local)
+    return mlflow.transformers.load_model(str(local), return_type=return_type)
+
+
 def _existing_version(client, name: str, digest: str):
     for version in client.search_model_versions(f"name='{name}'"):
         if version.tags.get("lmforge.weights_sha256") == digest:
@@ -186,11 +214,14 @@ def _log_and_register(name: str, model_dir: Path, task: str, tags: dict[str, str
 
 
 def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, float], lineage: dict[str, str],
-                   cfg: RegisterConfig, files: dict[str, str | Path] | None = None, card: str = "") -> dict[str, Any]:
+                   cfg: RegisterConfig, files: dict[str, str | Path] | None = None, card: str = "",
+                   rescore: Callable[[Any], float | None] | None = None) -> dict[str, Any]:
     """Register `model_dir` as a new version of `name` (alias `challenger`) and run the gate.
 
     The same weights again return their existing version: no duplicate, and no new gate
-    decision (a version rolled back by hand is not promoted again by a rerun)."""
+    decision (a version rolled back by hand is not promoted again by a rerun). When the
+    champion was scored on another test split, `rescore(champion_version)` gives its gate
+    metric on this version's split (None: it cannot be scored, so nothing is promoted)."""
     if task not in TASKS:
         raise ValueError(f"register: task for {name} must be one of {', '.join(TASKS)}, got {task!r}")
     if cfg.gate_metric not in metrics:
@@ -215,7 +246,7 @@ def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, flo
         promoted = False
         reason = f"existing version, not gated again (gate said: {version.tags.get('lmforge.promotion', '?')})"
     else:
-        promoted, reason = _gate(version, champion, cfg)
+        promoted, reason = _gate(version, champion, cfg, rescore)
         if promoted:
             _move_champion(client, name, version.version, "gate", "register", reason)
         client.set_model_version_tag(name, version.version, "lmforge.promotion", reason)
@@ -224,19 +255,25 @@ def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, flo
             "reason": reason, "new_version": new}
 
 
-def _gate(version, champion, cfg: RegisterConfig) -> tuple[bool, str]:
+def _gate(version, champion, cfg: RegisterConfig, rescore=None) -> tuple[bool, str]:
     def score(v) -> float | None:
         value = v.tags.get(f"lmforge.{cfg.gate_metric}")
         return float(value) if value is not None else None
 
-    if champion is not None:
-        mine, theirs = version.tags.get("lmforge.test_split_sha256"), champion.tags.get("lmforge.test_split_sha256")
-        if mine and theirs and "unknown" not in (mine, theirs) and mine != theirs:
+    if champion is None:
+        return decide_promotion(score(version), None, cfg.min_improvement)
+    champion_score, note = score(champion), ""
+    mine, theirs = version.tags.get("lmforge.test_split_sha256"), champion.tags.get("lmforge.test_split_sha256")
+    if mine and theirs and "unknown" not in (mine, theirs) and mine != theirs:
+        champion_score = rescore(champion) if rescore is not None else None
+        if champion_score is None:
             return False, (f"not comparable: champion v{champion.version} was scored on test split {theirs}, "
                            f"this version on {mine}; promote by hand after comparing on one split")
-        if score(champion) is None:
-            return False, f"champion v{champion.version} has no {cfg.gate_metric} tag; promote by hand"
-    return decide_promotion(score(version), score(champion) if champion is not None else None, cfg.min_improvement)
+        note = f" (champion v{champion.version} re-scored on test split {mine})"
+    if champion_score is None:
+        return False, f"champion v{champion.version} has no {cfg.gate_metric} tag; promote by hand"
+    promoted, reason = decide_promotion(score(version), champion_score, cfg.min_improvement)
+    return promoted, reason + note
 
 
 def register_classifier(name: str, model_dir: Path, metrics: dict[str, float], tags: dict[str, str],

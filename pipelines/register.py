@@ -29,6 +29,24 @@ def parameter_count(model_dir: Path) -> int:
     return total
 
 
+def rescore_classifier(champion, texts: list[str], y, labels: list[str], metric: str) -> float | None:
+    """The champion classifier's gate metric on this test split (None if its labels differ)."""
+    from components.evaluation import classification_metrics
+    from components.finetuning import encode_texts, predict
+    from components.registry import load_version
+    from components.training import resolve_device_dtype
+
+    parts = load_version(champion, return_type="components")
+    model, tokenizer = parts["model"], parts["tokenizer"]
+    if [model.config.id2label[i] for i in range(model.config.num_labels)] != list(labels):
+        return None
+    device, dtype = resolve_device_dtype("auto", "auto")
+    encoded = encode_texts(tokenizer, texts, tokenizer.model_max_length)
+    pred = predict(model.to(device), encoded, tokenizer.pad_token_id, 64, device, dtype).argmax(-1)
+    m = classification_metrics(y, pred, list(labels))
+    return {"test_macro_f1": m["macro_f1"], "test_accuracy": m["accuracy"]}[metric]
+
+
 def lineage_files() -> dict[str, str]:
     """Files stored next to each model: the params file itself, the DVC lock, the GX result."""
     return {"params.yaml": "params.yaml", "dvc.lock": "dvc.lock",
@@ -60,7 +78,16 @@ def register_run(run: str, entry: dict, report: dict, cfg: RegisterConfig, class
         gate += f" For a base, the metric is that of {lineage['gate_source'].split(':')[0]}."
         labels = None
     card = render_model_card(name, task, run, metrics, lineage, labels, parameter_count(model_dir), gate)
-    decision = register_model(name, model_dir, task, metrics, lineage, cfg, files=lineage_files(), card=card)
+    rescore = None
+    if classifier_version is None:
+        def rescore(champion):
+            from components.finetuning import read_labelled
+
+            test = read_labelled(Path(paths.DOWNSTREAM_DIR) / "test.parquet", labels)
+            return rescore_classifier(champion, test["text"].tolist(), test["label"].to_numpy(), labels,
+                                      cfg.gate_metric)
+    decision = register_model(name, model_dir, task, metrics, lineage, cfg, files=lineage_files(), card=card,
+                              rescore=rescore)
     print(f"register: {decision['name']} v{decision['version']} @{','.join(decision['aliases'])}"
           f"{' (new)' if decision['new_version'] else ''}: {decision['reason']}")
     return {"objective": run, "run": run, "task": task, **decision}

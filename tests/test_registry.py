@@ -117,13 +117,37 @@ def test_an_under_trained_run_never_becomes_champion(mlflow_store, bert_tokenize
     assert str(MlflowClient().get_model_version_by_alias(NAME, CHAMPION).version) == "1"
 
 
-def test_the_gate_does_not_compare_scores_from_different_test_splits(mlflow_store, bert_tokenizer):
+def test_the_gate_compares_on_one_test_split_rescoring_the_champion_when_it_can(mlflow_store, bert_tokenizer):
     cfg = RegisterConfig()
-    a, b = (saved_classifier(mlflow_store, s, bert_tokenizer) for s in (1, 2))
+    a, b, c, d = (saved_classifier(mlflow_store, s, bert_tokenizer) for s in (1, 2, 3, 4))
     register_classifier(NAME, a, _metrics(0.5), {"test_split_sha256": "aaaa"}, cfg)
+    # Another split and no way to re-score the champion: not compared, not promoted.
     decision = register_classifier(NAME, b, _metrics(0.9), {"test_split_sha256": "bbbb"}, cfg)
     assert not decision["promoted"]
-    assert decision["reason"].startswith("not comparable: champion v1 was scored on test split aaaa")
+    assert decision["reason"].startswith("not comparable: champion v1 was scored on test split aaaa, this version on bbbb")
+    lineage = {"test_split_sha256": "bbbb"}
+    assert not register_model(NAME, c, "text-classification", _metrics(0.9), lineage, cfg,
+                              rescore=lambda champion: None)["promoted"]
+    # The champion re-scored on the new split: the gate compares like with like.
+    rescored = []
+    decision = register_model(NAME, d, "text-classification", _metrics(0.6), lineage, cfg,
+                              rescore=lambda champion: rescored.append(champion.version) or 0.7)
+    assert (decision["promoted"], rescored) == (False, [1])
+    assert decision["reason"] == "0.6000 does not beat champion 0.7000 by more than 0.0 (champion v1 re-scored on test split bbbb)"
+
+
+def test_rescoring_a_registered_classifier_reproduces_its_metric(mlflow_store, bert_tokenizer):
+    from mlflow import MlflowClient
+
+    from pipelines.register import rescore_classifier
+    from registry_models import LABELS, toy_task
+
+    model_dir, metrics = trained_classifier(mlflow_store, bert_tokenizer, steps=20)
+    register_classifier(NAME, model_dir, metrics, {}, RegisterConfig())
+    texts, y = toy_task(128, seed=2)  # the split trained_classifier scored it on
+    champion = MlflowClient().get_model_version_by_alias(NAME, CHAMPION)
+    assert rescore_classifier(champion, texts, y, LABELS, "test_macro_f1") == pytest.approx(metrics["test_macro_f1"])
+    assert rescore_classifier(champion, texts, y, ["a", "b"], "test_macro_f1") is None  # other labels: not comparable
 
 
 def test_promote_and_rollback_twice_leave_the_same_state_and_are_recorded(mlflow_store, bert_tokenizer):
