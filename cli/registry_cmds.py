@@ -137,7 +137,7 @@ def format_lineage(ref: str, chain: dict) -> str:
     if chain["pretrain_run"]["id"]:
         lines.append(f"  pretrain run {chain['pretrain_run']['id']} (matched by {chain['pretrain_run']['matched_by']})")
     lines += [
-        f"  metrics      " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(chain["metrics"].items())),
+        "  metrics      " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(chain["metrics"].items())),
         f"  params       sha256 {chain['params']['sha256']} (params.yaml in the model's artifacts)",
         f"  tokenizer    md5 {chain['tokenizer']['md5']}",
         f"  tokenized    md5 {chain['tokenized']['md5']}",

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from components import paths
-from pipeline_repo import dvc, env_for
+from pipeline_repo import env_for
 from registry_models import LABELS, trained_classifier
 
 pytestmark = pytest.mark.slow
