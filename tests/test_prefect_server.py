@@ -173,11 +173,14 @@ def tiny_runs(workspace):
     rerun = client.create_flow_run_from_deployment(deployment.id).id
     runs |= wait_final(client, [rerun], timeout_s=300)
     noop_s = time.monotonic() - start
-    records = [run_record(client, runs[i]) for i in [*both, rerun]]
+    clm = client.create_flow_run_from_deployment(deployment.id, parameters={"objectives": ["clm"]}).id
+    runs |= wait_final(client, [clm], timeout_s=300)
+    records = [run_record(client, runs[i]) for i in [*both, rerun, clm]]
     print(f"\nprefect-server: two runs at once {first_s:.0f} s; no-op rerun {noop_s:.1f} s "
           f"(flow run {records[2]['seconds']:.1f} s)")
     worker_log = log_path.read_text()[-4000:]
-    return {"both": records[:2], "rerun": records[2], "noop_s": noop_s, "worker_log": worker_log, "repo": repo}
+    return {"both": records[:2], "rerun": records[2], "clm": records[3], "noop_s": noop_s, "worker_log": worker_log,
+            "repo": repo}
 
 
 def test_tiny_deployment_completes_with_its_artifacts(tiny_runs):
@@ -221,15 +224,28 @@ def test_a_rerun_with_nothing_changed_skips_every_stage_quickly(tiny_runs):
     assert tiny_runs["noop_s"] < NOOP_LIMIT_S, tiny_runs["noop_s"]
 
 
-def test_the_gpu_job_templates_make_work_pools_on_a_real_server(workspace, repo_root):
+def test_objectives_run_only_what_they_need(tiny_runs):
+    clm = tiny_runs["clm"]
+    assert clm["state"] == "COMPLETED", clm["message"]
+    assert set(clm["tasks"]) == {"ingest", "validate", "train_tokenizer@gpt2", "tokenize@clm", "pretrain@clm",
+                                 "finetune@clm", "finetune@scratch-gpt2", "evaluate", "register"}
+    assert "pretrain@mlm: left out (not needed by objectives clm)" in clm["logs"]
+
+
+def test_the_gpu_job_templates_make_work_pools_and_take_the_gpu_deployment(server, workspace, repo_root):
     from prefect.client.schemas.actions import WorkPoolCreate
 
-    _, client, _, _ = workspace
-    for worker_type, path in (("kubernetes", "deploy/kubernetes-gpu.json"), ("docker", "deploy/docker-gpu.json")):
+    _, env = server
+    repo, client, _, _ = workspace
+    for name, worker_type, path in (("lmforge-gpu", "kubernetes", "deploy/kubernetes-gpu.json"),
+                                    ("lmforge-gpu-docker", "docker", "deploy/docker-gpu.json")):
         template = json.loads((repo_root / path).read_text())
-        pool = client.create_work_pool(WorkPoolCreate(name=f"lmforge-gpu-{worker_type}", type=worker_type,
-                                                      base_job_template=template))
+        pool = client.create_work_pool(WorkPoolCreate(name=name, type=worker_type, base_job_template=template))
         assert pool.base_job_template["variables"]["properties"]["gpu_count"]["default"] == 1
+    prefect_cli(env, "--no-prompt", "deploy", "-n", "gpu-small", cwd=repo)
+    gpu = client.read_deployment_by_name("lmforge-pipeline/gpu-small")
+    assert gpu.work_pool_name == "lmforge-gpu" and gpu.job_variables == {"gpu_count": 1}
+    assert gpu.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/lmforge"}}]
 
 
 def test_lmforge_serve_registers_a_scheduled_deployment(server, tiny_runs):
