@@ -155,6 +155,14 @@ def test_lineage_commit_and_dvc_checkout_restore_the_exact_corpus(dvc_repo, tmp_
     text = run(sys.executable, "-m", "cli.main", "lineage", "lmforge-mlm@champion")
     assert "note" not in text and corpus_md5 in text
 
+    # The stage again with nothing changed: no new version, no new decision.
+    first = json.loads((repo / paths.REGISTRY_JSON).read_text())
+    run(sys.executable, "-m", "pipelines.register")
+    again = json.loads((repo / paths.REGISTRY_JSON).read_text())
+    assert len(first["models"]) + len(first["bases"]) == 8 and all(m["new_version"] for m in first["models"])
+    assert [(m["name"], m["version"], m["new_version"]) for m in again["models"] + again["bases"]] == \
+        [(m["name"], m["version"], False) for m in first["models"] + first["bases"]]
+
     # The corpus moves on: a smaller corpus, committed.
     params = repo / "params.yaml"
     params.write_text(params.read_text().replace("max_documents: null", "max_documents: 60", 1))
