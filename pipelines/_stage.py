@@ -21,8 +21,9 @@ def run_stage(stage: str, body: Callable[[dict, str | None], None], item: str | 
               choices: Sequence[str] = (), argv: Sequence[str] | None = None) -> None:
     """Parse argv, check all of params.yaml, load this stage's params, run `body(config, item)`.
 
-    Bad params or arguments exit 2 and bad data, a full disk or an unreachable MLflow server
-    exit 1, each with one line naming the problem; set LMFORGE_DEBUG=1 for the traceback.
+    Bad params or arguments exit 2; bad data or a full disk exit 1; an unreachable MLflow
+    server exits 75 (EX_TEMPFAIL: worth retrying, which the Prefect flow does and does not
+    for 1 or 2); each with one line naming the problem; LMFORGE_DEBUG=1 for the traceback.
     Every stage checks the whole file (all sections, cross-section ranges), so a bad value
     fails the first stage `dvc repro` runs, not the one that reads it an hour later.
     """
@@ -47,11 +48,15 @@ def run_stage(stage: str, body: Callable[[dict, str | None], None], item: str | 
         message = unreachable_server(e)
         if message is None:
             raise
-        _fail(stage, message)
+        _fail(stage, message, EXIT_TRANSIENT)
 
 
-def _fail(stage: str, message: str) -> NoReturn:
+EXIT_TRANSIENT = 75
+"""sysexits' EX_TEMPFAIL: the failure is outside the inputs (a server away); a retry may pass."""
+
+
+def _fail(stage: str, message: str, code: int = 1) -> NoReturn:
     if os.environ.get("LMFORGE_DEBUG"):
         raise
     print(f"error: {stage}: {message}", file=sys.stderr)
-    raise SystemExit(1) from None
+    raise SystemExit(code) from None
