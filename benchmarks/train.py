@@ -27,6 +27,8 @@ from components.training import Objective, PretrainConfig, PretrainData, _Traina
 from pipelines.train_tokenizer import iter_texts
 
 DEMO = PROFILE_VALUES["demo"]
+WARMUP = 5
+"""Steps left out of the timing on every side (see steady_tokens_per_s)."""
 LOSS_TOLERANCE = 0.02
 """bf16 vs fp32: relative gap of the mean training loss over the last 10 steps."""
 
@@ -55,14 +57,33 @@ def run_ours(objective: str, tok, data: PretrainData, cfg: PretrainConfig, steps
         idx = order[(step * cfg.batch_size) % (data.n - cfg.batch_size):][: cfg.batch_size]
         return obj.prepare(data.batch(idx, torch.device("cpu")), torch.Generator().manual_seed(step))
 
-    timing = fit(_Trainable(model, obj), cfg, steps, next_batch, lambda m, b: m(b),
-                 on_log=lambda s, m: losses.append(m["train_loss"]), log_every=1)
-    return timing["tokens"] / timing["seconds"], losses
+    ends: list[float] = []
+
+    def on_log(step, metrics):
+        ends.append(time.perf_counter())
+        losses.append(metrics["train_loss"])
+
+    fit(_Trainable(model, obj), cfg, steps, next_batch, lambda m, b: m(b), on_log=on_log, log_every=1)
+    return steady_tokens_per_s(ends, cfg.batch_size * data.meta["block_size"]), losses
+
+
+def steady_tokens_per_s(step_ends: list[float], tokens_per_step: int) -> float:
+    """Tokens/s from the median step period (end to end: data, forward, backward, update),
+    after WARMUP steps: the first steps pay one-off costs (oneDNN builds its bf16 and fp32
+    kernels for each new shape, the allocator grows) that a real run amortises over thousands."""
+    periods = np.diff(step_ends[WARMUP - 1:])
+    return tokens_per_step / float(np.median(periods))
 
 
 def run_trainer(objective: str, tok, data: PretrainData, cfg: PretrainConfig, steps: int, work: Path) -> float:
     from datasets import Dataset
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+    ends: list[float] = []
+
+    class StepTimes(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            ends.append(time.perf_counter())
 
     torch.manual_seed(0)
     model = build_pretraining_model(objective, ModelConfig(**DEMO["model"]), tok)
@@ -77,10 +98,9 @@ def run_trainer(objective: str, tok, data: PretrainData, cfg: PretrainConfig, st
         save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         optim="adamw_torch", seed=0,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
-    start = time.perf_counter()
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[StepTimes()])
     trainer.train()
-    return steps * cfg.batch_size * ids.shape[1] / (time.perf_counter() - start)
+    return steady_tokens_per_s(ends, cfg.batch_size * ids.shape[1])
 
 
 def main() -> None:
@@ -96,7 +116,8 @@ def main() -> None:
         data = prepare_data(work)
         block = data["clm"][1].meta["block_size"]
         print(f"model {DEMO['model']} | batch {bf16.batch_size} x {block} tokens | {args.steps} steps | "
-              f"threads {torch.get_num_threads()} | bf16 autocast on both sides | torch.compile off on both sides")
+              f"threads {torch.get_num_threads()} | bf16 autocast on both sides | torch.compile off on both sides | "
+              f"tokens/s from the median step period after {WARMUP} warm-up steps")
         rows: dict[str, list[float]] = {}
         curves: dict[str, list[float]] = {}
         for rep in range(args.repeats):

@@ -23,10 +23,10 @@ PROFILE_VALUES: dict[str, dict[str, dict]] = {
     "demo": {
         "tokenizer": {"vocab_size": 4000},
         "tokenize": {"block_size": 128},
-        "model": {"n_layers": 2, "n_heads": 4, "d_model": 128, "d_ff": 512, "max_positions": 128},
-        "pretrain": {"max_steps": 600, "batch_size": 16, "warmup_steps": 30, "lr": 1e-3,
-                     "eval_every": 100, "eval_batches": 16, "log_every": 20, "checkpoint_every": 200},
-        "finetune": {"epochs": 3, "batch_size": 32, "max_length": 64, "warmup_steps": 20,
+        "model": {"n_layers": 2, "n_heads": 4, "d_model": 256, "d_ff": 1024, "max_positions": 128},
+        "pretrain": {"max_steps": 450, "batch_size": 16, "warmup_steps": 30, "lr": 1e-3,
+                     "eval_every": 150, "eval_batches": 16, "log_every": 15, "checkpoint_every": 150},
+        "finetune": {"epochs": 3, "batch_size": 32, "max_length": 48, "warmup_steps": 20,
                      "lr": 5e-4, "patience": 2},
     },
     "gpu-small": {

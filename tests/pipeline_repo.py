@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from components import paths
 
@@ -18,12 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_repo(dest: Path) -> Path:
-    """Copy the tracked and untracked-but-not-ignored files into a fresh git repo, profile tiny."""
+    """Copy the tracked and untracked-but-not-ignored files into a fresh git repo, profile tiny.
+
+    A developer's own run results (reports/, dvc.lock: git-tracked by design, see .gitignore)
+    stay behind, so every test repo starts from the code alone."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
         src = ROOT / rel
-        if src.is_file():
+        if src.is_file() and rel != "dvc.lock" and not rel.startswith("reports/"):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     params = dest / "params.yaml"
@@ -66,3 +73,25 @@ def comparable_metrics(repo: Path) -> dict:
     return out
 
 
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, what: str, log_tail: Callable[[], str],
+                  seconds: float = 180.0) -> None:
+    """Poll `url` until it answers 200; fail with the server's log tail if `proc` exits first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert proc.poll() is None, log_tail()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not answer {url} in {seconds:.0f} s"
+        time.sleep(0.5)

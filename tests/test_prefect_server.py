@@ -12,28 +12,20 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from components import paths
-from pipeline_repo import comparable_metrics, dvc, make_repo
+from pipeline_repo import comparable_metrics, dvc, free_port, make_repo, wait_until_up
 from test_flow import graph_from_dvc_yaml
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 NOOP_LIMIT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -69,17 +61,7 @@ def server(tmp_path_factory):
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (home / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "prefect server did not start in 180 s"
-            time.sleep(1)
+        wait_until_up(f"{url}/health", proc, "prefect server", lambda: (home / "server.log").read_text()[-3000:])
         yield url, {**env, "PREFECT_API_URL": url}
     finally:
         stop(proc)

@@ -7,10 +7,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 import yaml
 
 from components import paths
-from pipeline_repo import env_for
+from pipeline_repo import env_for, free_port, wait_until_up
 from registry_models import LABELS, trained_classifier
 
 pytestmark = pytest.mark.slow
@@ -54,12 +52,6 @@ def served_store(tmp_path_factory, bert_tokenizer, one_thread):
     return root, env, expected
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
@@ -68,7 +60,7 @@ def _post(url: str, body: dict) -> dict:
 
 def test_champion_loads_in_a_fresh_process_and_mlflow_serve_answers_with_labels(served_store):
     root, env, expected = served_store
-    port = _free_port()
+    port = free_port()
     # The server starts first; the fresh-process load runs while it boots (two cores, ~20 s each).
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
@@ -89,17 +81,8 @@ def test_champion_loads_in_a_fresh_process_and_mlflow_serve_answers_with_labels(
         assert loaded.returncode == 0, loaded.stderr[-3000:]
         assert json.loads(loaded.stdout.strip().splitlines()[-1]) == {"transformers": expected, "pyfunc": expected}
 
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, server.stdout.read().decode()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
-            time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, "mlflow models serve",
+                      lambda: server.stdout.read().decode()[-3000:])
         answer = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": TEXTS})
         assert [p["label"] for p in answer["predictions"]] == expected
         assert all(0.5 <= p["score"] <= 1.0 for p in answer["predictions"])
