@@ -22,7 +22,7 @@ def test_profile_values_then_explicit_keys_win(tmp_path):
 
 def test_demo_profile_is_the_default(tmp_path):
     cfg = load_stage("pretrain", write(tmp_path, "seed: 3\n"))
-    assert cfg["model"].d_model == 128 and cfg["seed"] == 3
+    assert cfg["model"].d_model == 256 and cfg["seed"] == 3
 
 
 def test_the_repository_params_are_valid(repo_root):
