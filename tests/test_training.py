@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from components.modeling import ModelConfig, build_pretraining_model
 from components.tokenization import TokenizeConfig, tokenize_corpus
@@ -217,3 +218,40 @@ def test_bf16_training_runs_attention_in_fp32_and_restores_sdpa(objective, token
         lambda step, micro: batch,
         lambda m, b: seen.append(m.config._attn_implementation) or objective_.forward(m, b)["loss"])
     assert seen == [FP32_ATTENTION] * 2 and model.config._attn_implementation == "sdpa"
+
+
+def test_fused_head_loss_matches_cross_entropy_and_its_gradients():
+    """components/losses.py: loss and both gradients equal F.cross_entropy over full logits
+    (fp32, ignored rows, ragged last chunk); under bf16 autocast, within bf16 rounding."""
+    from components.losses import IGNORE_INDEX, linear_cross_entropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (300,))
+    targets[::5] = IGNORE_INDEX
+    reference = F.cross_entropy(hidden @ weight.t(), targets, ignore_index=IGNORE_INDEX)
+    ref_grads = torch.autograd.grad(reference, (hidden, weight))
+    fused = linear_cross_entropy(hidden, weight, targets, chunk=64)
+    grads = torch.autograd.grad(3.0 * fused, (hidden, weight))
+    assert fused.item() == pytest.approx(reference.item(), rel=1e-6)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, 3.0 * want, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # evaluation: the loss alone
+        assert linear_cross_entropy(hidden, weight, targets).item() == pytest.approx(reference.item(), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = linear_cross_entropy(hidden, weight, targets)
+    assert low.dtype == torch.float32 and low.item() == pytest.approx(reference.item(), rel=2e-2)
+    everything_ignored = torch.full((300,), IGNORE_INDEX)
+    assert linear_cross_entropy(hidden, weight, everything_ignored).item() == 0.0
+
+
+def test_clm_objective_loss_equals_the_models_own_labels_loss(tokenized):
+    tokenizer, data_dir = tokenized["clm"]
+    model = _model("clm", tokenizer).eval()
+    objective = Objective("clm", tokenizer, mlm_probability=0.15)
+    batch = objective.prepare(PretrainData(data_dir, "train").batch(np.arange(4), torch.device("cpu")), None)
+    with torch.no_grad():
+        ours = objective.forward(model, batch)["loss"]
+        theirs = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)

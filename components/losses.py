@@ -1,0 +1,82 @@
+"""The language-model head and its cross-entropy as one step, in row chunks.
+
+`F.cross_entropy(hidden @ W.T, targets)` as transformers computes it materialises the
+logits, upcasts them to fp32, writes a log-softmax of the same size, and in backward fills a
+zero tensor of that size, scatters into it, and runs the log-softmax backward: five passes
+over a (tokens x vocabulary) array, all in fp32 whatever the autocast dtype, so they do not
+get faster in bf16 (at demo size they were a fifth of a CPU step). Here the gradient of the
+logits is known in the forward pass (softmax minus one-hot), so each chunk of rows does
+one matmul, one exp pass, and the two gradient matmuls at once, keeps only the gradients
+of the hidden states and of the weight, and never holds more than `chunk` rows of logits.
+Matmuls run in the autocast dtype (bf16 on this CPU), the softmax in fp32.
+"""
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+CHUNK_ROWS = 1024
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int = CHUNK_ROWS) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` (rows x vocabulary) against `targets`;
+    rows whose target is IGNORE_INDEX count for nothing (0 if all are ignored)."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    with torch.autocast(device, enabled=False):
+        if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+            return _loss_only(hidden.to(dtype), weight.to(dtype), targets, chunk)
+        return _LinearCrossEntropy.apply(hidden.to(dtype), weight, targets, chunk)
+
+
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor):
+    """fp32 logits of a chunk, which rows count, and targets safe to index with."""
+    keep = t != IGNORE_INDEX
+    safe = torch.where(keep, t, 0)
+    logits = (h @ w.t()).float()
+    return logits, keep, safe
+
+
+def _loss_only(hidden, w, targets, chunk) -> torch.Tensor:
+    total = hidden.new_zeros((), dtype=torch.float32)
+    count = 0
+    for s in range(0, hidden.shape[0], chunk):
+        logits, keep, safe = _chunk_logits(hidden[s:s + chunk], w, targets[s:s + chunk])
+        per_row = torch.logsumexp(logits, -1) - logits.gather(1, safe[:, None]).squeeze(1)
+        total = total + (per_row * keep).sum()
+        count += int(keep.sum())
+    return total / max(count, 1)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        w = weight.to(hidden.dtype)
+        count = max(int((targets != IGNORE_INDEX).sum()), 1)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for s in range(0, hidden.shape[0], chunk):
+            h, t = hidden[s:s + chunk], targets[s:s + chunk]
+            logits, keep, safe = _chunk_logits(h, w, t)
+            target_logit = logits.gather(1, safe[:, None]).squeeze(1)
+            peak = logits.amax(-1, keepdim=True)
+            probs = logits.sub_(peak).exp_()          # in place: the logits are not needed again
+            norm = probs.sum(-1, keepdim=True)
+            lse = (peak + norm.log()).squeeze(1)
+            total += ((lse - target_logit) * keep).sum()
+            # d(mean loss)/d(logits) = (softmax - one_hot) / count, zero on ignored rows.
+            probs.mul_(keep[:, None] / (norm * count))
+            probs.scatter_add_(1, safe[:, None], -(keep.float() / count)[:, None])
+            g = probs.to(hidden.dtype)
+            grad_hidden[s:s + chunk] = g @ w
+            grad_weight += (g.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output.to(grad_hidden.dtype), (grad_weight * grad_output).to(ctx.weight_dtype), None, None
