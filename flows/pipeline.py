@@ -60,8 +60,9 @@ def transient_reason(output: list[str]) -> tuple[int | None, str | None]:
     text = "\n".join(output)
     found = re.findall(r"exited with (-?\d+)", text)
     code = int(found[-1]) if found else None
-    if code == EXIT_TRANSIENT:
-        return code, f"the stage exited {EXIT_TRANSIENT} (EX_TEMPFAIL)"
+    if code == EXIT_TRANSIENT:  # the stage says transient; its output may say why
+        known = next((why for pattern, why in _TRANSIENT_OUTPUT.items() if re.search(pattern, text)), None)
+        return code, known or f"the stage exited {EXIT_TRANSIENT} (EX_TEMPFAIL)"
     # -N: killed by signal N; 128+N: the same, reported by a shell in between
     signal = -code if code is not None and code < 0 else code - 128 if code in (129, 130, 137, 143) else None
     if signal:
