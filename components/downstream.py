@@ -19,6 +19,7 @@ wrong-typed label, or a label outside the set is a one-line error naming the fil
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -59,8 +60,8 @@ def read_task(task: str, text_column: str, label_column: str, labels_param: str,
 def _read_splits(task: str, text_column: str, label_column: str) -> tuple[dict[str, list[Row]], list[str] | None]:
     if task.startswith(sources.HF_PREFIX) or sources.is_saved_dataset(Path(task)):
         return _read_dataset(task, text_column, label_column)
-    files, _skipped = _task_files(task)
-    if len(files) == 1 and not Path(task).is_dir() and not _has_magic(task):
+    files, _skipped = sources.local_files(task, "downstream.task", "builtin:stdlib-chapters")
+    if len(files) == 1 and not Path(task).is_dir() and not glob.has_magic(task):
         return {"train": list(_rows(files[0], text_column, label_column))}, None
     by_split: dict[str, list[Row]] = {}
     unnamed = []
@@ -74,22 +75,6 @@ def _read_splits(task: str, text_column: str, label_column: str) -> tuple[dict[s
         raise ValueError(f"downstream.task: {unnamed[0]} is not named by split; name files train*, validation* "
                          "(or valid*, dev*, val*) and test*, or give a single file to split")
     return by_split, None
-
-
-def _has_magic(task: str) -> bool:
-    import glob
-
-    return glob.has_magic(task)
-
-
-def _task_files(task: str) -> tuple[list[Path], list[Path]]:
-    try:
-        files, skipped = sources.local_files(task)
-    except ValueError as e:
-        raise ValueError(str(e).replace("data.source", "downstream.task", 1)
-                         .replace(", hf:<name>[:<config>] or builtin:stdlib-docs",
-                                  ", hf:<name>[:<config>] or builtin:stdlib-chapters")) from None
-    return files, skipped
 
 
 def _split_of(path: Path) -> str | None:

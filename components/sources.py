@@ -64,8 +64,11 @@ def is_saved_dataset(path: Path) -> bool:
     )
 
 
-def local_files(source: str) -> tuple[list[Path], list[Path]]:
-    """(files to read, sorted; files of other types that a directory held and are skipped)."""
+def local_files(source: str, param: str = "data.source",
+                builtin: str = "builtin:stdlib-docs") -> tuple[list[Path], list[Path]]:
+    """(files to read, sorted; files of other types that a directory held and are skipped).
+
+    `param` and `builtin` name the setting and its built-in value in error messages."""
     skipped: list[Path] = []
     if glob.has_magic(source):
         files = [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
@@ -81,14 +84,14 @@ def local_files(source: str) -> tuple[list[Path], list[Path]]:
         files = [Path(source)]
     else:
         raise ValueError(
-            f"data.source: {source!r} does not exist; give a file, directory or glob "
-            f"({SUFFIX_LIST}), hf:<name>[:<config>] or builtin:stdlib-docs"
+            f"{param}: {source!r} does not exist; give a file, directory or glob "
+            f"({SUFFIX_LIST}), hf:<name>[:<config>] or {builtin}"
         )
     if not files:
-        raise ValueError(f"data.source: no {SUFFIX_LIST} files in {source!r}; add some or fix the path")
+        raise ValueError(f"{param}: no {SUFFIX_LIST} files in {source!r}; add some or fix the path")
     for f in files:
         if file_format(f) is None:
-            raise ValueError(f"data.source: {f}: unsupported file type; use one of {SUFFIX_LIST}")
+            raise ValueError(f"{param}: {f}: unsupported file type; use one of {SUFFIX_LIST}")
     return sorted(files), sorted(skipped)
 
 
