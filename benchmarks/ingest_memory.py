@@ -37,7 +37,7 @@ _RUSAGE_PARENT = (
 
 _BUILD_ONLY = (
     "import os, sys; os.environ.setdefault('ARROW_DEFAULT_MEMORY_POOL', 'system'); "  # as pipelines/ingest.py
-    "from pathlib import Path; from components.corpus import DataConfig, DownstreamConfig, build_corpus; "
+    "from pathlib import Path; from components.data.corpus import DataConfig, DownstreamConfig, build_corpus; "
     "build_corpus(DataConfig(source=sys.argv[1]), DownstreamConfig(), 1337, Path('data/corpus'), "
     "Path('data/downstream'))"
 )

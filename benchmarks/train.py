@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.corpus import DataConfig, DownstreamConfig, build_corpus
-from components.modeling import ModelConfig, build_pretraining_model
+from components.data.corpus import DataConfig, DownstreamConfig, build_corpus
+from components.train.models import ModelConfig, build_pretraining_model
 from components.profiles import PROFILE_VALUES
-from components.tokenization import TokenizeConfig, TokenizerConfig, load_tokenizer, tokenize_corpus, train_tokenizer
-from components.training import Objective, PretrainConfig, PretrainData, _Trainable, fit
+from components.tokens.tokenization import TokenizeConfig, TokenizerConfig, load_tokenizer, tokenize_corpus, train_tokenizer
+from components.train.loop import fit
+from components.train.pretraining import Objective, PretrainConfig, PretrainData, _Trainable
 from pipelines.train_tokenizer import iter_texts
 
 DEMO = PROFILE_VALUES["demo"]

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from components.registry import CHAMPION, RegistryError, load_version
+from components.registry.models import CHAMPION, RegistryError, load_version
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
 
@@ -156,7 +156,7 @@ def format_lineage(ref: str, chain: dict) -> str:
 
 def _use_repo_store(repo: str) -> None:
     """Every MLflow call below (and in components) reads the store of `--repo`."""
-    from components import tracking
+    from components.registry import tracking
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(Path(repo)))
 
@@ -176,7 +176,7 @@ def _fail(e: Exception) -> int:
 
 
 def cmd_promote(args) -> int:
-    from components.registry import promote
+    from components.registry.models import promote
 
     _use_repo_store(args.repo)
     try:
@@ -188,7 +188,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from components.registry import rollback
+    from components.registry.models import rollback
 
     _use_repo_store(args.repo)
     try:

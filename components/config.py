@@ -20,16 +20,16 @@ PARAMS_FILE = "params.yaml"
 
 # section name -> "module:Class" (imported lazily so light stages don't import torch).
 SECTIONS: dict[str, str] = {
-    "data": "components.corpus:DataConfig",
-    "downstream": "components.corpus:DownstreamConfig",
-    "validate": "components.validation:ValidateConfig",
-    "tokenizer": "components.tokenization:TokenizerConfig",
-    "tokenize": "components.tokenization:TokenizeConfig",
-    "model": "components.modeling:ModelConfig",
-    "pretrain": "components.training:PretrainConfig",
-    "finetune": "components.finetuning:FinetuneConfig",
-    "evaluate": "components.evaluation:EvaluateConfig",
-    "register": "components.registry:RegisterConfig",
+    "data": "components.data.corpus:DataConfig",
+    "downstream": "components.data.corpus:DownstreamConfig",
+    "validate": "components.data.validation:ValidateConfig",
+    "tokenizer": "components.tokens.tokenization:TokenizerConfig",
+    "tokenize": "components.tokens.tokenization:TokenizeConfig",
+    "model": "components.train.models:ModelConfig",
+    "pretrain": "components.train.pretraining:PretrainConfig",
+    "finetune": "components.train.finetuning:FinetuneConfig",
+    "evaluate": "components.evaluate.metrics:EvaluateConfig",
+    "register": "components.registry.models:RegisterConfig",
 }
 
 # Top-level scalar params and the sections each stage reads. dvc.yaml must declare

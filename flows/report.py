@@ -24,7 +24,7 @@ def redact(text: str) -> str:
 
 
 def tracking_uri(repo_dir: Path) -> str:
-    # The stages' rule (components/tracking.py): MLFLOW_TRACKING_URI, else SQLite at the repo root.
+    # The stages' rule (components/registry/tracking.py): MLFLOW_TRACKING_URI, else SQLite at the repo root.
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_dir / 'mlflow.db'}"
 
 

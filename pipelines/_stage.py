@@ -43,7 +43,7 @@ def run_stage(stage: str, body: Callable[[dict, str | None], None], item: str | 
     except (FileNotFoundError, ValueError, FloatingPointError, DiskFullError) as e:
         _fail(stage, str(e))
     except Exception as e:
-        from components.tracking import unreachable_server
+        from components.registry.tracking import unreachable_server
 
         message = unreachable_server(e)
         if message is None:

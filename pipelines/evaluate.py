@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components import paths, tracking
-from components.evaluation import bootstrap_diff_ci, classification_metrics, majority_baseline, markdown_table
-from components.finetuning import encode_texts, predict, read_labelled
+from components import paths
+from components.registry import tracking
+from components.evaluate.metrics import bootstrap_diff_ci, classification_metrics, majority_baseline, markdown_table
+from components.train.finetuning import encode_texts, predict, read_labelled
 from components.io import read_json, write_json_atomic, write_text_atomic
-from components.report import (fill_mask_samples, generation_samples, plot_loss_curves, plot_macro_f1, read_curve,
+from components.evaluate.report import (fill_mask_samples, generation_samples, plot_loss_curves, plot_macro_f1, read_curve,
                                samples_markdown)
-from components.training import resolve_device_dtype
+from components.train.loop import resolve_device_dtype
 from pipelines._stage import run_stage
 
 
@@ -29,7 +30,7 @@ def main(argv=None) -> None:
     def body(cfg: dict, _item) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        from components.tokenization import load_tokenizer
+        from components.tokens.tokenization import load_tokenizer
 
         ev = cfg["evaluate"]
         downstream = Path(paths.DOWNSTREAM_DIR)

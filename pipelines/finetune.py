@@ -4,11 +4,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from components import paths, tracking
-from components.finetuning import finetune, prepare_classifier_tokenizer, read_labelled
+from components import paths
+from components.registry import tracking
+from components.train.finetuning import finetune, prepare_classifier_tokenizer, read_labelled
 from components.io import atomic_dir, read_json, write_json_atomic
-from components.modeling import build_classifier
-from components.tokenization import load_tokenizer
+from components.train.models import build_classifier
+from components.tokens.tokenization import load_tokenizer
 from pipelines._stage import run_stage
 
 

@@ -10,8 +10,9 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from pathlib import Path  # noqa: E402
 
-from components import paths, tracking  # noqa: E402
-from components.corpus import build_corpus  # noqa: E402
+from components import paths  # noqa: E402
+from components.registry import tracking  # noqa: E402
+from components.data.corpus import build_corpus  # noqa: E402
 from components.io import write_json_atomic  # noqa: E402
 from pipelines._stage import run_stage  # noqa: E402
 

@@ -15,14 +15,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from components import paths, tracking
-from components.checkpoint import Checkpointer
-from components.distributed import is_main_process
-from components.flops import device_peak_flops, flops_per_token, mfu
+from components import paths
+from components.registry import tracking
+from components.train.checkpoint import Checkpointer
+from components.train.distributed import is_main_process
+from components.train.flops import device_peak_flops, flops_per_token, mfu
 from components.io import atomic_dir, write_json_atomic, write_text_atomic
-from components.modeling import build_pretraining_model, count_parameters
-from components.tokenization import load_tokenizer
-from components.training import PretrainData, pretrain
+from components.train.models import build_pretraining_model, count_parameters
+from components.tokens.tokenization import load_tokenizer
+from components.train.pretraining import PretrainData, pretrain
 from pipelines._stage import run_stage
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components import paths, tracking
+from components import paths
+from components.registry import tracking
 from components.io import read_json, write_json_atomic
-from components.lineage import model_lineage, redact, weights_digest
-from components.model_card import render_model_card
-from components.registry import RegisterConfig, base_model_name, model_name, register_model
+from components.registry.lineage import model_lineage, redact, weights_digest
+from components.registry.model_card import render_model_card
+from components.registry.models import RegisterConfig, base_model_name, model_name, register_model
 from pipelines._stage import run_stage
 
 BASE_TASK = {"clm": "text-generation", "mlm": "fill-mask", "mlm_nsp": "fill-mask"}
@@ -31,10 +32,10 @@ def parameter_count(model_dir: Path) -> int:
 
 def rescore_classifier(champion, texts: list[str], y, labels: list[str], metric: str) -> float | None:
     """The champion classifier's gate metric on this test split (None if its labels differ)."""
-    from components.evaluation import classification_metrics
-    from components.finetuning import encode_texts, predict
-    from components.registry import load_version
-    from components.training import resolve_device_dtype
+    from components.evaluate.metrics import classification_metrics
+    from components.train.finetuning import encode_texts, predict
+    from components.registry.models import load_version
+    from components.train.loop import resolve_device_dtype
 
     parts = load_version(champion, return_type="components")
     model, tokenizer = parts["model"], parts["tokenizer"]
@@ -81,7 +82,7 @@ def register_run(run: str, entry: dict, report: dict, cfg: RegisterConfig, class
     rescore = None
     if classifier_version is None:
         def rescore(champion):
-            from components.finetuning import read_labelled
+            from components.train.finetuning import read_labelled
 
             test = read_labelled(Path(paths.DOWNSTREAM_DIR) / "test.parquet", labels)
             return rescore_classifier(champion, test["text"].tolist(), test["label"].to_numpy(), labels,

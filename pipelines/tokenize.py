@@ -8,9 +8,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from components import paths, tracking
+from components import paths
+from components.registry import tracking
 from components.io import write_json_atomic
-from components.tokenization import load_tokenizer, tokenize_corpus
+from components.tokens.tokenization import load_tokenizer, tokenize_corpus
 from pipelines._stage import run_stage
 from pipelines.train_tokenizer import iter_texts
 

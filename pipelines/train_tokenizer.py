@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from components import paths, tracking
-from components.tokenization import check_pretrained_dir, train_tokenizer
+from components import paths
+from components.registry import tracking
+from components.tokens.tokenization import check_pretrained_dir, train_tokenizer
 from pipelines._stage import run_stage
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from components import paths, tracking
-from components.validation import failure_report, validate_corpus, write_validation_report
+from components import paths
+from components.registry import tracking
+from components.data.validation import failure_report, validate_corpus, write_validation_report
 from pipelines._stage import run_stage
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from components import paths
-from components.tokenization import TokenizerConfig, train_tokenizer
+from components.tokens.tokenization import TokenizerConfig, train_tokenizer
 from conftest import _prose
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.collators import IGNORE_INDEX, mask_tokens, word_index
+from components.train.collators import IGNORE_INDEX, mask_tokens, word_index
 
 MASK, PAD, CLS, SEP, UNK = 4, 0, 2, 3, 1
 SPECIALS = [MASK, PAD, CLS, SEP, UNK]  # mask id first, as mask_tokens requires
@@ -89,7 +89,7 @@ def test_masking_is_deterministic_for_a_generator_seed():
 def _real_blocks(tokenizer, sep_id: int, cls_id, rows: int = 1200, width: int = 128):
     """Packed blocks and word starts from a real tokenizer over real prose, tiled to
     `rows` rows (>= 100k ordinary tokens): what the tokenize stage stores."""
-    from components.packing import BlockPacker, make_encoder
+    from components.tokens.packing import BlockPacker, make_encoder
     from conftest import _prose
 
     packer = BlockPacker(width, sep_id, cls_id, None, np.int64)
@@ -153,8 +153,8 @@ def test_word_index_starts_a_word_at_every_special_token_and_row():
 
 
 def test_objective_masks_whole_words_when_asked(bert_tokenizer, tmp_path):
-    from components.tokenization import TokenizeConfig, tokenize_corpus
-    from components.training import Objective, PretrainData
+    from components.tokens.tokenization import TokenizeConfig, tokenize_corpus
+    from components.train.pretraining import Objective, PretrainData
     from conftest import _prose
 
     tokenize_corpus("mlm", bert_tokenizer, {"train": _prose()}, TokenizeConfig(block_size=64), 0, tmp_path / "mlm")

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import stdlib_docs
-from components.corpus import (
+from components.data import stdlib_docs
+from components.data.corpus import (
     DataConfig,
     Document,
     DownstreamConfig,
@@ -28,7 +28,7 @@ from components.corpus import (
     split_documents,
     write_splits,
 )
-from components.sources import read_documents
+from components.data.sources import read_documents
 
 SPLITS = ("train", "validation", "test")
 
@@ -306,7 +306,7 @@ def test_build_is_byte_identical_across_runs(builtin, tmp_path):
     """Built again in another process with another string-hash seed, so no set or dict
     order that varies between runs can reach the output."""
     stats, root = builtin
-    code = ("import json, sys; from pathlib import Path; from components.corpus import *; "
+    code = ("import json, sys; from pathlib import Path; from components.data.corpus import *; "
             "print(json.dumps(build_corpus(DataConfig(), DownstreamConfig(), 1337, Path('corpus'), Path('downstream'))))")
     env = {**os.environ, "PYTHONHASHSEED": "4242"}  # pytest runs under a random one
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import sources
-from components.corpus import DataConfig, clean_text, prepare_documents, write_splits
-from components.sources import read_documents
+from components.data import sources
+from components.data.corpus import DataConfig, clean_text, prepare_documents, write_splits
+from components.data.sources import read_documents
 
 DOCS = [
     "First document: plain English prose, long enough to keep.",

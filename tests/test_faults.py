@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from components.checkpoint import Checkpointer
+from components.train.checkpoint import Checkpointer
 from components.io import DiskFullError, atomic_dir, write_json_atomic, write_text_atomic
-from components.modeling import ModelConfig, build_pretraining_model
-from components.training import Objective, OptimConfig, PretrainData, fit
-from components.tokenization import TokenizeConfig, tokenize_corpus
+from components.train.models import ModelConfig, build_pretraining_model
+from components.train.loop import OptimConfig, fit
+from components.train.pretraining import Objective, PretrainData
+from components.tokens.tokenization import TokenizeConfig, tokenize_corpus
 from conftest import _prose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,7 +249,7 @@ def test_metrics_are_not_dropped_when_the_server_goes_away_mid_run(tmp_path, mon
     """log_metrics is synchronous and raises: a stage never carries on without its metrics."""
     import mlflow
 
-    from components import tracking
+    from components.registry import tracking
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -1,4 +1,4 @@
-from components.flops import device_peak_flops, flops_per_token, mfu
+from components.train.flops import device_peak_flops, flops_per_token, mfu
 
 
 def test_flops_per_token_follows_6n_plus_attention():

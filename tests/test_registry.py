@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.registry import (
+from components.registry.models import (
     CHALLENGER,
     CHAMPION,
     HISTORY_TAG,

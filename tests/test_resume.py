@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from components import paths
-from components.tokenization import TokenizeConfig, TokenizerConfig, load_tokenizer, tokenize_corpus, train_tokenizer
+from components.tokens.tokenization import TokenizeConfig, TokenizerConfig, load_tokenizer, tokenize_corpus, train_tokenizer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

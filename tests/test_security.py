@@ -57,7 +57,7 @@ def test_no_pickle_loading_and_no_trust_remote_code():
 
 
 def test_checkpoints_keep_weights_in_safetensors():
-    source = (ROOT / "components" / "checkpoint.py").read_text()
+    source = (ROOT / "components" / "train" / "checkpoint.py").read_text()
     assert "save_model(" in source and "load_model(" in source  # safetensors' own functions
     assert "model.state_dict()" not in source  # weights never go through torch.save's pickle
 

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from components.nsp import build_nsp_pairs, plan_nsp_pairs, split_sentences
-from components.packing import ArrayWriter, BlockPacker, EncodedBatch, make_encoder, pack_documents
-from components.tokenization import TokenizeConfig, TokenizerConfig, tokenize_corpus, train_tokenizer
+from components.tokens.nsp import build_nsp_pairs, plan_nsp_pairs, split_sentences
+from components.tokens.packing import ArrayWriter, BlockPacker, EncodedBatch, make_encoder, pack_documents
+from components.tokens.tokenization import TokenizeConfig, TokenizerConfig, tokenize_corpus, train_tokenizer
 from conftest import _prose
 from pipelines.train_tokenizer import iter_texts
 

@@ -8,18 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.modeling import ModelConfig, build_pretraining_model
-from components.tokenization import TokenizeConfig, tokenize_corpus
-from components.training import (
-    Objective,
-    OptimConfig,
-    PretrainConfig,
-    PretrainData,
-    fit,
-    lr_at,
-    pretrain,
-    resolve_device_dtype,
-)
+from components.train.models import ModelConfig, build_pretraining_model
+from components.tokens.tokenization import TokenizeConfig, tokenize_corpus
+from components.train.loop import OptimConfig, fit, lr_at, resolve_device_dtype
+from components.train.pretraining import Objective, PretrainConfig, PretrainData, pretrain
 from conftest import _prose
 
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
@@ -195,7 +187,7 @@ def test_mlm_batch_without_masked_tokens_has_zero_not_nan_loss(objective_name, t
 def test_bf16_training_runs_attention_in_fp32_and_restores_sdpa(objective, tokenized):
     """Under CPU bf16 autocast, fit swaps in fp32 attention (faster backward here) and puts
     SDPA back afterwards; the swapped model computes what SDPA computes, to bf16 precision."""
-    from components.modeling import FP32_ATTENTION, fast_cpu_attention
+    from components.train.models import FP32_ATTENTION, fast_cpu_attention
 
     tokenizer, data_dir = tokenized[objective]
     model = _model(objective, tokenizer).eval()
@@ -221,9 +213,9 @@ def test_bf16_training_runs_attention_in_fp32_and_restores_sdpa(objective, token
 
 
 def test_fused_head_loss_matches_cross_entropy_and_its_gradients():
-    """components/losses.py: loss and both gradients equal F.cross_entropy over full logits
+    """components/train/losses.py: loss and both gradients equal F.cross_entropy over full logits
     (fp32, ignored rows, ragged last chunk); under bf16 autocast, within bf16 rounding."""
-    from components.losses import IGNORE_INDEX, linear_cross_entropy
+    from components.train.losses import IGNORE_INDEX, linear_cross_entropy
 
     torch.manual_seed(0)
     hidden = torch.randn(300, 16, requires_grad=True)

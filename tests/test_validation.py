@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from components.config import ConfigError, build_config
-from components.validation import (
+from components.data.validation import (
     ValidateConfig,
     document_stats,
     failure_report,

@@ -2,7 +2,7 @@
 
 A checkpoint is a directory `step-XXXXXXXX` that appears in one rename, so a kill -9 at any
 moment leaves either the previous checkpoint or the new one, never half of one. Resuming is
-O(1): batches are a pure function of the step (components.training), so nothing is replayed.
+O(1): batches are a pure function of the step (components.train.loop), so nothing is replayed.
 """
 from __future__ import annotations
 

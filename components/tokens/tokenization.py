@@ -2,7 +2,7 @@
 
 Training: byte-level BPE for gpt2 (clm), WordPiece for bert (mlm, mlm_nsp), saved so
 `AutoTokenizer.from_pretrained(dir)` works. Tokenizing streams the corpus through
-`components.packing` (fixed blocks) or `components.nsp` (sentence pairs) into numpy
+`components.tokens.packing` (fixed blocks) or `components.tokens.nsp` (sentence pairs) into numpy
 arrays (uint16 when the vocabulary fits) that training memory-maps, plus `meta.json`,
 the index of what each split holds; nothing here needs torch.
 """
@@ -15,8 +15,8 @@ from typing import Iterable
 import numpy as np
 
 from components.io import atomic_dir, write_json_atomic
-from components.nsp import PairRows, SentenceStore, sentences_of, write_nsp_pairs
-from components.packing import encode_stream, encoder_threads, make_encoder, pack_stream, pipelined, token_dtype
+from components.tokens.nsp import PairRows, SentenceStore, sentences_of, write_nsp_pairs
+from components.tokens.packing import encode_stream, encoder_threads, make_encoder, pack_stream, pipelined, token_dtype
 
 GPT2_SPECIALS = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
 BERT_SPECIALS = {

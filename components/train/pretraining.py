@@ -1,15 +1,9 @@
-"""The one training loop (`fit`) and the pretraining objectives that feed it.
-
-Objectives differ only by how a batch is made (masking, NSP pairs) and how its loss is
-computed; the loop, optimiser, schedule, precision and logging are shared with
-fine-tuning (components.finetuning).
-"""
+"""Pretraining: memory-mapped tokenized data, per-objective batches and losses, and the
+pretrain entry point that drives the shared loop (components.train.loop)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,50 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from components.checkpoint import Checkpointer
-from components.collators import IGNORE_INDEX, mask_tokens
-from components.distributed import is_main_process
-from components.losses import linear_cross_entropy
-from components.modeling import fast_cpu_attention
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimiser, schedule and precision fields shared by pretraining and fine-tuning."""
-
-    lr: float = 1e-3
-    """Peak learning rate after warmup."""
-    min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr * min_lr_ratio."""
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    """AdamW decay on matrices only (not biases, LayerNorm or embeddings' norms)."""
-    grad_clip: float = 1.0
-    """Max global gradient norm; 0 disables clipping."""
-    batch_size: int = 32
-    grad_accum: int = 1
-    """Micro-batches per optimiser step; the effective batch is batch_size * grad_accum."""
-    device: str = "auto"
-    """auto | cpu | cuda | cuda:N | mps."""
-    dtype: str = "auto"
-    """auto | float32 | bfloat16: auto is bf16 on CUDA and on CPUs with native bf16, else fp32."""
-
-    def __post_init__(self):
-        section = type(self).__name__.removesuffix("Config").lower()
-        if self.lr <= 0:
-            raise ValueError(f"{section}.lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"{section}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        for name in ("warmup_steps",):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{section}.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{section}.{name} must be >= 1, got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"{section}.weight_decay and {section}.grad_clip must be >= 0")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"{section}.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+from components.train.checkpoint import Checkpointer
+from components.train.collators import IGNORE_INDEX, mask_tokens
+from components.train.losses import linear_cross_entropy
+from components.train.loop import OptimConfig, autocast, fit, resolve_device_dtype
 
 
 @dataclass(frozen=True)
@@ -95,151 +49,9 @@ class PretrainConfig(OptimConfig):
             raise ValueError(f"pretrain.mlm_probability must be in (0, 1), got {self.mlm_probability}")
 
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """The single place where device and precision are chosen."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dtype == "auto":
-        native = dev.type == "cuda" and torch.cuda.is_bf16_supported() or dev.type == "cpu" and cpu_has_native_bf16()
-        dtype = "bfloat16" if native else "float32"
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return dev, getattr(torch, dtype)
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused, foreach=not fused)
-
-
-def fit(
-    model: torch.nn.Module,
-    cfg: OptimConfig,
-    total_steps: int,
-    next_batch: Callable[[int, int], dict],
-    loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor],
-    evaluate: Callable[[int], bool] | None = None,
-    eval_every: int = 0,
-    on_log: Callable[[int, dict], None] | None = None,
-    log_every: int = 10,
-    checkpointer: Checkpointer | None = None,
-    state: dict | None = None,
-) -> dict:
-    """Train `model` for `total_steps` optimiser steps; the loop every objective shares.
-
-    `next_batch(step, micro)` returns a dict of tensors on the model's device (a pure
-    function of the step, which is what makes resuming O(1)); `evaluate(step)` runs every
-    `eval_every` steps and at the end, and returns True to stop early. With a
-    `checkpointer`, training resumes from its newest checkpoint and saves `state` (the
-    caller's JSON-able loop state) with each one. Returns {"steps", "seconds", "tokens",
-    "resumed_from"}.
-    """
-    device = next(model.parameters()).device
-    _, dtype = resolve_device_dtype(str(device), cfg.dtype)
-    with fast_cpu_attention(model, device, dtype):
-        return _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every, on_log, log_every,
-                         checkpointer, state, device, dtype)
-
-
-def _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every, on_log, log_every,
-              checkpointer, state, device, dtype) -> dict:
-    optimizer = make_optimizer(model, cfg, device)
-    first_step = 0
-    if checkpointer is not None:
-        first_step, saved = checkpointer.restore(model, optimizer)
-        if state is not None:
-            state.update(saved)
-    model.train()
-    start, tokens, step = time.perf_counter(), 0, first_step - 1
-    window_t, window_tokens = start, 0
-    for step in range(first_step, total_steps):
-        # Schedule: set this step's learning rate.
-        lr = lr_at(step, cfg, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # Forward and backward over the micro-batches; loss scaled so gradients average.
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            batch = next_batch(step, micro)
-            with autocast(device, dtype):
-                loss = loss_fn(model, batch) / cfg.grad_accum
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate"
-                                         + _kept(checkpointer))
-            loss.backward()
-            loss_sum += loss.item()
-            n = int(batch["input_ids"].numel())
-            tokens += n
-            window_tokens += n
-        # Update: clip, step, clear.
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        )
-        # A finite loss can still overflow a gradient; stepping on it would poison the weights.
-        if not torch.isfinite(grad_norm):
-            raise FloatingPointError(f"gradient norm is {float(grad_norm)} at step {step}; lower the learning rate"
-                                     + _kept(checkpointer))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        # Log: loss, lr, grad norm and throughput over the last window.
-        if on_log and ((step + 1) % log_every == 0 or step + 1 == total_steps):
-            now = time.perf_counter()
-            on_log(step + 1, {
-                "train_loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
-                "tokens_per_s": window_tokens / max(now - window_t, 1e-9),
-            })
-            window_t, window_tokens = now, 0
-        # Evaluate: periodically and at the end; the callback may stop training early.
-        if evaluate and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == total_steps):
-            model.eval()
-            stop = evaluate(step + 1)
-            model.train()
-        else:
-            stop = False
-        # Checkpoint: after evaluation, so the saved state includes it.
-        if checkpointer is not None and checkpointer.due(step + 1, total_steps) and is_main_process():
-            checkpointer.save(step + 1, model, optimizer, state or {})
-        if stop:
-            break
-    return {"steps": step + 1, "seconds": time.perf_counter() - start, "tokens": tokens, "resumed_from": first_step}
-
-
-def _kept(checkpointer: Checkpointer | None) -> str:
-    """What a failed run leaves to resume from (nothing is saved after a bad step)."""
-    latest = checkpointer.latest() if checkpointer is not None else None
-    return f"; the last good checkpoint {latest} is kept" if latest is not None else ""
-
 
 class PretrainData:
-    """Memory-mapped tokenized split (from components.tokenization) served as batches."""
+    """Memory-mapped tokenized split (from components.tokens.tokenization) served as batches."""
 
     def __init__(self, data_dir: Path, split: str):
         data_dir = Path(data_dir)
@@ -292,7 +104,7 @@ class Objective:
         """Loss plus the counts evaluation needs. For MLM the vocabulary head runs only on
         masked positions (as MosaicBERT and Cramming do): ~7x fewer head FLOPs at 15%."""
         if self.name == "clm":
-            # Next-token loss with the head fused into it (components/losses.py): the same
+            # Next-token loss with the head fused into it (components/train/losses.py): the same
             # number transformers' labels= path gives, without its full fp32 logits.
             hidden = model.transformer(input_ids=batch["input_ids"])[0][:, :-1]
             targets = batch["input_ids"][:, 1:].reshape(-1)
@@ -379,7 +191,7 @@ def pretrain(objective_name: str, model, tokenizer, data_dir: Path, cfg: Pretrai
     runs out of data before another), DDP averages gradients, and only rank 0 evaluates,
     logs and checkpoints.
     """
-    from components import distributed
+    from components.train import distributed
 
     torch.manual_seed(seed)
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)

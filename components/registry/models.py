@@ -16,8 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from components import tracking
-from components.lineage import redact, weights_digest
+from components.registry import tracking
+from components.registry.lineage import redact, weights_digest
 
 __all__ = ["CHALLENGER", "CHAMPION", "RegisterConfig", "RegistryError", "decide_promotion", "model_name",
            "base_model_name", "register_model", "register_classifier", "promote", "rollback", "weights_digest",

@@ -24,7 +24,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterator
 
-from components import sources
+from components.data import sources
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.finetuning import macro_f1
+from components.train.finetuning import macro_f1
 
 
 @dataclass(frozen=True)

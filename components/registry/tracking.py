@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from components.lineage import git_state, redact
+from components.registry.lineage import git_state, redact
 
 # No network here or on many clusters: MLflow's telemetry must not try to phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -80,7 +80,7 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 def data_hashes(objective: str | None) -> dict[str, str]:
     """DVC hashes (from dvc.lock) of the corpus and, per objective, the tokenized data."""
     from components import paths
-    from components.lineage import dvc_out_hashes
+    from components.registry.lineage import dvc_out_hashes
 
     hashes = dvc_out_hashes()
     wanted = {"corpus_md5": paths.CORPUS_DIR}
@@ -118,7 +118,7 @@ def _tag_model_weights(stage: str, objective: str | None) -> None:
     import mlflow
 
     from components import paths
-    from components.lineage import weights_digest
+    from components.registry.lineage import weights_digest
 
     if stage not in _MODEL_OUTPUTS or not objective:
         return

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from components.training import OptimConfig, autocast, fit, resolve_device_dtype
+from components.train.loop import OptimConfig, autocast, fit, resolve_device_dtype
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ directory is written atomically.
 The corpus is streamed: documents are cleaned one at a time, sorted by doc_id with an
 external merge sort (runs of RUN_CHARS characters spilled to parquet), deduplicated as
 equal ids meet in the merge, and written a row group at a time. Memory holds one run, not
-the corpus; the sources themselves are read in ``components/sources.py``.
+the corpus; the sources themselves are read in ``components/data/sources.py``.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components import stdlib_docs
+from components.data import stdlib_docs
 from components.io import atomic_dir, write_json_atomic
-from components.sources import HF_PREFIX, TXT_MODES, read_documents
+from components.data.sources import HF_PREFIX, TXT_MODES, read_documents
 
 BUILTIN_CORPUS = "builtin:stdlib-docs"
 BUILTIN_TASK = "builtin:stdlib-chapters"
@@ -88,7 +88,7 @@ class DownstreamConfig:
     task: str = BUILTIN_TASK
     """``builtin:stdlib-chapters`` (docstring -> library chapter), a labelled .csv / .jsonl /
     .json / .parquet file, a directory or glob of them named by split, a save_to_disk
-    directory, or ``hf:<name>[:<config>]`` (components/downstream.py)."""
+    directory, or ``hf:<name>[:<config>]`` (components/data/downstream.py)."""
     text_column: str = "text"
     """Field holding the text (not the built-in task)."""
     label_column: str = "label"
@@ -438,7 +438,7 @@ def build_corpus(
 
 def read_downstream(downstream: DownstreamConfig, seed: int) -> tuple[dict, list[str]]:
     """A user's task as {split: [(text, label id, origin)]} and its label names, capped per split."""
-    from components.downstream import read_task
+    from components.data.downstream import read_task
 
     task, labels = read_task(downstream.task, downstream.text_column, downstream.label_column, downstream.labels,
                              downstream.validation_fraction, downstream.test_fraction, seed)

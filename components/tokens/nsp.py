@@ -16,8 +16,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from components import packing
-from components.packing import ArrayWriter, EncodedBatch
+from components.tokens import packing
+from components.tokens.packing import ArrayWriter, EncodedBatch
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 

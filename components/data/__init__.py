@@ -1,0 +1,1 @@
+"""Corpora and the downstream task: sources, ingest, validation."""

@@ -1,0 +1,1 @@
+"""MLflow: tracking, lineage, model cards and the model registry."""

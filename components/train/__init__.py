@@ -1,0 +1,1 @@
+"""The training loop, models, objectives' batches and losses, checkpoints."""
