@@ -130,6 +130,17 @@ def test_bad_json_names_file_and_line(tmp_path, content, fragment):
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("bad, fragment", [(b'{"text": "nul \x00"},', "NUL byte"),
+                                            (b'{"text": "caf\xe9"},', "not UTF-8; convert it to UTF-8")])
+def test_json_bad_bytes_past_the_sniffed_head_are_named_by_line(tmp_path, bad, fragment):
+    good = [json.dumps({"text": f"document {i} " + "x" * 100}).encode() + b"," for i in range(200)]
+    path = tmp_path / "late.json"
+    path.write_bytes(b"\n".join([b"[", *good, bad, b'{"text": "end"}]']))
+    assert path.stat().st_size > 2 * 8192  # past what sniff() reads
+    with pytest.raises(ValueError, match=rf"late\.json, line 202: {fragment}"):
+        texts(path)
+
+
 def test_csv_quoted_newlines_long_fields_and_line_numbers(tmp_path):
     long = "word " * 40_000  # 200 KB: over csv's default field limit
     path = write_csv(tmp_path / "d.csv", [{"text": DOCS[1], "n": 1}, {"text": long, "n": 2}])

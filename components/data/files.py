@@ -99,7 +99,7 @@ def whole(path: Path) -> str:
 
 class LineFeed:
     """A binary file handed out a line at a time (at most `size` bytes of a longer one),
-    each piece checked for NUL bytes and UTF-8 first, a BOM dropped.
+    a BOM dropped, each chunk checked for NUL bytes and UTF-8 as it is read.
 
     Whatever a parser fed from `read` reports next comes from line `line`: this is how
     the JSON reader names the line of an item or an error without a parser of its own.
@@ -109,27 +109,41 @@ class LineFeed:
         self.f, self.path = f, path
         self.line, self._next = 1, 1
         self.blank = True  # nothing but whitespace so far
+        self._buf, self._pos = b"", 0
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         if f.read(len(BOM)) != BOM:
             f.seek(0)
 
     def read(self, size: int = -1) -> bytes:
-        raw = self.f.readline(size) if size else b""
-        if not raw:
-            if size:
-                self._check(b"", final=True)
-            return raw
+        if self._pos >= len(self._buf):
+            if not size:
+                return b""
+            self._buf, self._pos = self.f.read(size), 0
+            self._check(self._buf)
+            if not self._buf:
+                return b""
+        end = self._buf.find(b"\n", self._pos) + 1 or len(self._buf)
+        if 0 < size < end - self._pos:
+            end = self._pos + size
+        piece = self._buf[self._pos:end]
+        self._pos = end
         self.line = self._next
-        self._next += raw.endswith(b"\n")
-        if self.blank and raw.strip():
+        self._next += piece.endswith(b"\n")
+        if self.blank and piece.strip():
             self.blank = False
-        self._check(raw)
-        return raw
+        return piece
 
-    def _check(self, raw: bytes, final: bool = False) -> None:
-        if b"\0" in raw:
-            raise ValueError(f"{self.path}, line {self.line}: NUL byte: {BINARY_FIX}")
+    def _check(self, chunk: bytes) -> None:
+        """NUL bytes and bad UTF-8 in a chunk just read, named by their own line."""
+        nul = chunk.find(b"\0")
+        if nul != -1:
+            raise ValueError(f"{self.path}, line {self._line_at(chunk, nul)}: NUL byte: {BINARY_FIX}")
+        pending = len(self._utf8.getstate()[0])
         try:
-            self._utf8.decode(raw, final=final)
-        except UnicodeDecodeError:
-            raise ValueError(f"{self.path}, line {self.line}: not UTF-8; {UTF8_FIX}") from None
+            self._utf8.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as e:
+            line = self._line_at(chunk, max(0, e.start - pending))
+            raise ValueError(f"{self.path}, line {line}: not UTF-8; {UTF8_FIX}") from None
+
+    def _line_at(self, chunk: bytes, offset: int) -> int:
+        return self._next + chunk.count(b"\n", 0, offset)
