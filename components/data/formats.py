@@ -86,7 +86,7 @@ def json_records(path: Path) -> Iterator[Record]:
 
 
 def _top_level_items(events: Iterator, feed: LineFeed, path: Path) -> Iterator[tuple[int, Any]]:
-    event, _ = next(events)
+    event, _ = next(events, (None, None))
     if event == "start_array":
         yield from _array_items(events, feed)
         return
