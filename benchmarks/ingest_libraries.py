@@ -136,11 +136,10 @@ def sort_duckdb(path: Path, work: Path, counts: dict) -> Iterator:
     import duckdb
     import pyarrow as pa
 
-    from components.data.clean import Document
-
     work.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(work / "sort.duckdb"), config={"memory_limit": DUCKDB_MEMORY_LIMIT, "temp_directory": str(work),
-                                 "threads": 1, "preserve_insertion_order": False})
+    con = duckdb.connect(str(work / "sort.duckdb"), config={
+        "memory_limit": DUCKDB_MEMORY_LIMIT, "temp_directory": str(work), "threads": 1,
+        "preserve_insertion_order": False})
     con.execute("CREATE TABLE docs (seq BIGINT, doc_id VARCHAR, source VARCHAR, text VARCHAR)")
     rows: list = []
     seq = 0
@@ -160,15 +159,7 @@ def sort_duckdb(path: Path, work: Path, counts: dict) -> Iterator:
     if rows:
         flush()
     reader = con.sql("SELECT doc_id, source, text FROM docs ORDER BY doc_id, seq").to_arrow_reader(ARROW_BATCH_ROWS)
-    previous = None
-    for batch in reader:
-        cols = batch.to_pydict()
-        for doc in map(Document._make, zip(cols["doc_id"], cols["source"], cols["text"])):
-            if doc.doc_id == previous:
-                counts["duplicates_removed"] += 1
-                continue
-            previous = doc.doc_id
-            yield doc
+    yield from _first_of_each_id(reader, counts)
     con.close()
 
 
@@ -176,13 +167,18 @@ def sort_pyarrow_in_memory(path: Path, work: Path, counts: dict) -> Iterator:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from components.data.clean import Document
-
     table = pq.read_table(path)
     table = table.append_column("seq", pa.array(range(table.num_rows), pa.int64()))
     table = table.sort_by([("doc_id", "ascending"), ("seq", "ascending")])
+    yield from _first_of_each_id(table.to_batches(ARROW_BATCH_ROWS), counts)
+
+
+def _first_of_each_id(batches, counts: dict) -> Iterator:
+    """Documents from Arrow batches sorted by (doc_id, reading order), each id once."""
+    from components.data.clean import Document
+
     previous = None
-    for batch in table.to_batches(ARROW_BATCH_ROWS):
+    for batch in batches:
         cols = batch.to_pydict()
         for doc in map(Document._make, zip(cols["doc_id"], cols["source"], cols["text"])):
             if doc.doc_id == previous:
