@@ -13,21 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.data import stdlib_docs
-from components.data.corpus import (
-    DataConfig,
-    Document,
-    DownstreamConfig,
-    build_corpus,
-    clean_documents,
-    clean_text,
-    doc_id_of,
-    is_validation,
-    new_counts,
-    prepare_documents,
-    sort_unique,
-    split_documents,
-    write_splits,
-)
+from components.data.clean import Document, clean_documents, clean_text, doc_id_of, new_counts
+from components.data.corpus import DataConfig, DownstreamConfig, build_corpus, prepare_documents
+from components.data.dedup import sort_unique
+from components.data.split import is_validation, split_documents, write_splits
 from components.data.sources import read_documents
 
 SPLITS = ("train", "validation", "test")

@@ -12,9 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.data import sources
-from components.data.corpus import DataConfig, clean_text, prepare_documents, write_splits
+from components.data import formats
+from components.data.clean import clean_text
+from components.data.corpus import DataConfig, prepare_documents
 from components.data.sources import read_documents
+from components.data.split import write_splits
 
 DOCS = [
     "First document: plain English prose, long enough to keep.",
@@ -92,11 +94,11 @@ def test_json_object_with_a_list_and_a_large_array_across_chunks(tmp_path):
     wrapped = tmp_path / "wrapped.json"
     wrapped.write_text(json.dumps({"version": 2, "rows": [{"text": t} for t in DOCS], "n": [1, 2]}), encoding="utf-8")
     assert texts(wrapped) == DOCS
-    # One line, 1.5 MB: items and multi-byte characters straddle the reader's 1 MiB chunks.
+    # One line, 1.5 MB: items and multi-byte characters straddle the reader's 64 KiB chunks.
     big = [{"text": f"{i} " + "数据" * 120 + "x" * (i % 7), "n": 1.5e3} for i in range(2500)]
     path = tmp_path / "big.json"
     path.write_text(json.dumps(big, ensure_ascii=False), encoding="utf-8")
-    assert path.stat().st_size > sources.CHUNK_BYTES
+    assert path.stat().st_size > formats.CHUNK_BYTES
     got = list(read_documents(str(path), "text"))
     assert [t for _, t in got] == [r["text"] for r in big]
     assert got[2499][0] == f"{path}[2499]"
@@ -109,9 +111,12 @@ def test_json_object_with_a_list_and_a_large_array_across_chunks(tmp_path):
 
 
 @pytest.mark.parametrize("content, fragment", [
-    ('[{"text": "a"}, {"text": "b"', "big.json, line 1: not valid JSON (Expecting ',' delimiter) (the file ends"),
-    ('[{"text": "a"}, {"text": "b"}', "big.json, line 1: unexpected end of file, expected ',' or ']'"),
-    ('[{"text": "a"},\n {"text": oops}]', "big.json, line 2: not valid JSON"),
+    ('[{"text": "a"}, {"text": "b"', "big.json, line 1: not valid JSON (the file ends inside it: truncated?)"),
+    ('[{"text": "a"},\n {"text": "b"}\n', "big.json, line 2: not valid JSON (the file ends inside it: truncated?)"),
+    ('[{"text": "a"},\n {"text": oops}]', "big.json, line 2: not valid JSON (lexical error: invalid char in json text"),
+    ('[{"text": "a"},\n {"n": NaN}]', "big.json, line 2: not valid JSON"),
+    ('[\n{"text": "caf\u00e9"},\n\u00e9]', "big.json, line 3: not valid JSON"),
+    ('\n \n', "big.json, line 2: expected a JSON array of objects, or an object holding such a list (the file is empty)"),
     ('[{"text": "a"}]\n[{"text": "b"}]', "big.json, line 2: extra data after the JSON value; one JSON value per line?"),
     ('{"meta": {"n": 1}}', "holds no list of records"),
     ('"just a string"', "expected a JSON array of objects"),
@@ -123,6 +128,17 @@ def test_bad_json_names_file_and_line(tmp_path, content, fragment):
     with pytest.raises(ValueError) as info:
         list(read_documents(str(tmp_path / "big.json"), "text"))
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("bad, fragment", [(b'{"text": "nul \x00"},', "NUL byte"),
+                                            (b'{"text": "caf\xe9"},', "not UTF-8; convert it to UTF-8")])
+def test_json_bad_bytes_past_the_sniffed_head_are_named_by_line(tmp_path, bad, fragment):
+    good = [json.dumps({"text": f"document {i} " + "x" * 100}).encode() + b"," for i in range(200)]
+    path = tmp_path / "late.json"
+    path.write_bytes(b"\n".join([b"[", *good, bad, b'{"text": "end"}]']))
+    assert path.stat().st_size > 2 * 8192  # past what sniff() reads
+    with pytest.raises(ValueError, match=rf"late\.json, line 202: {fragment}"):
+        texts(path)
 
 
 def test_csv_quoted_newlines_long_fields_and_line_numbers(tmp_path):

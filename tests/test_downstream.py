@@ -1,6 +1,7 @@
 """A user's downstream task: local CSV / JSONL / Parquet, split directories, datasets dirs, labels."""
 from __future__ import annotations
 
+import gzip
 import json
 
 import pandas as pd
@@ -103,6 +104,22 @@ def test_bad_rows_name_the_file_and_line(tmp_path, line3, message):
     with pytest.raises(ValueError, match=message) as err:
         read(path, labels="pos,neg")
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_json_task_wrapped_in_an_object_names_item_and_line(tmp_path):
+    path = tmp_path / "task.json.gz"
+    records = rows(30)
+    records[17] = {"text": "x y z", "label": "meh"}
+    body = json.dumps({"version": 1, "rows": records, "n": [1]}, indent=1)
+    path.write_bytes(gzip.compress(b"\xef\xbb\xbf" + body.encode("utf-8"), mtime=0))  # BOM and gzip
+    line = next(i for i, text in enumerate(body.splitlines(), 1) if text.strip() == '"text": "x y z",') - 1
+    with pytest.raises(ValueError, match=rf"task\.json\.gz, item 17 \(line {line}\): label 'meh' is not in"):
+        read(path, labels="pos,neg")
+    records[17] = rows(18)[17]
+    path.write_bytes(gzip.compress(json.dumps({"rows": records}).encode("utf-8"), mtime=0))
+    task, _ = read(path)
+    assert sum(map(len, task.values())) == 30
+    assert all(origin.startswith(f"{path}, item ") for split in task.values() for _, _, origin in split)
 
 
 def test_label_only_in_test_split_is_an_error_naming_the_row(tmp_path):

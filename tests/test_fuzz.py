@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from components.data import sources
+from components.data import formats, sources
 from components.config import SECTIONS, ConfigError, config_class, validate_all
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -80,13 +80,14 @@ def test_jsonl_with_missing_or_wrong_typed_fields_is_refused_by_line(work, lines
 
 
 @FUZZ
-@given(texts=st.lists(TEXT, max_size=8), chunk=st.integers(1, 64), wrap=st.booleans())
-def test_json_array_round_trips_across_any_chunk_size(work, texts, chunk, wrap):
+@given(texts=st.lists(TEXT, max_size=8), chunk=st.integers(1, 64), wrap=st.booleans(),
+       indent=st.sampled_from([None, 1]))
+def test_json_array_round_trips_across_any_chunk_size(work, texts, chunk, wrap, indent):
     path = work / "array.json"
     records = [{"id": i, "text": t} for i, t in enumerate(texts)]
-    path.write_text(json.dumps({"meta": {"n": len(texts)}, "rows": records} if wrap else records, indent=1),
+    path.write_text(json.dumps({"meta": {"n": len(texts)}, "rows": records} if wrap else records, indent=indent),
                     encoding="utf-8")
-    with mock.patch.object(sources, "CHUNK_BYTES", chunk):
+    with mock.patch.object(formats, "CHUNK_BYTES", chunk):
         assert [text for _, text in _read(path)] == texts
 
 

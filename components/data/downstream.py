@@ -24,7 +24,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterator
 
-from components.data import sources
+from components.data import hub, sources
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
@@ -58,7 +58,7 @@ def read_task(task: str, text_column: str, label_column: str, labels_param: str,
 
 
 def _read_splits(task: str, text_column: str, label_column: str) -> tuple[dict[str, list[Row]], list[str] | None]:
-    if task.startswith(sources.HF_PREFIX) or sources.is_saved_dataset(Path(task)):
+    if task.startswith(hub.HF_PREFIX) or hub.is_saved_dataset(Path(task)):
         return _read_dataset(task, text_column, label_column)
     files, _skipped = sources.local_files(task, "downstream.task", "builtin:stdlib-chapters")
     if len(files) == 1 and not Path(task).is_dir() and not glob.has_magic(task):
@@ -171,19 +171,19 @@ def _rank(seed: int, text: str, i: int) -> bytes:
 
 def _read_dataset(task: str, text_column: str, label_column: str) -> tuple[dict[str, list[Row]], list[str] | None]:
     """Splits of a Hugging Face dataset (Hub, local cache, local directory) or a save_to_disk dir."""
-    datasets = sources._datasets()
+    datasets = hub.datasets_module()
     try:
-        if task.startswith(sources.HF_PREFIX):
-            name, _, config = task.removeprefix(sources.HF_PREFIX).partition(":")
+        if task.startswith(hub.HF_PREFIX):
+            name, _, config = task.removeprefix(hub.HF_PREFIX).partition(":")
             dataset = datasets.load_dataset(name, config or None)
         else:
             dataset = datasets.load_from_disk(task)
     except ConnectionError as e:
         raise ValueError(f"downstream.task {task!r}: not in the local datasets cache and the Hub is unreachable "
-                         f"({sources._first_line(e)}); load it once with network access, or save_to_disk() it and "
+                         f"({hub.first_line(e)}); load it once with network access, or save_to_disk() it and "
                          "set downstream.task to that directory") from None
     except (FileNotFoundError, ValueError, OSError) as e:
-        raise ValueError(f"downstream.task {task!r}: {sources._first_line(e)}; check the dataset name and config") from None
+        raise ValueError(f"downstream.task {task!r}: {hub.first_line(e)}; check the dataset name and config") from None
     if not isinstance(dataset, datasets.DatasetDict):
         dataset = datasets.DatasetDict({"train": dataset})
     feature = dataset[next(iter(dataset))].features.get(label_column)
