@@ -12,11 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from components.config import DataConfig, DownstreamConfig
 from components.data import stdlib_docs
 from components.data.corpus import (
-    DataConfig,
     Document,
-    DownstreamConfig,
     build_corpus,
     clean_documents,
     clean_text,

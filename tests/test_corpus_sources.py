@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.data import sources
-from components.data.corpus import DataConfig, clean_text, prepare_documents, write_splits
+from components.config import DataConfig
+from components.data.corpus import clean_text, prepare_documents, write_splits
 from components.data.sources import read_documents
 
 DOCS = [

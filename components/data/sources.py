@@ -26,8 +26,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-HF_PREFIX = "hf:"
-TXT_MODES = ("file", "paragraph")
+from components.config import HF_PREFIX
+
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
 # Longest first, so "a.jsonl.gz" is not taken for something shorter.
 SUFFIXES = (*(s + ".gz" for s in TEXT_SUFFIXES), *TEXT_SUFFIXES, ".parquet")
