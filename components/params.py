@@ -144,7 +144,7 @@ def resolve(params: dict[str, Any]) -> Params:
     configs: dict[str, Any] = {}
     knob_section = SEQUENCE_LENGTH.partition(".")[0]
     # The knob's section first: the keys that follow it need its value.
-    for section in sorted(SECTIONS, key=lambda s: s != knob_section):
+    for section in [knob_section, *(s for s in SECTIONS if s != knob_section)]:
         configs[section] = _resolve_section(params, section, profile, configs.get(knob_section), sources)
     configs = {section: configs[section] for section in SECTIONS}
     check_across_sections(configs)
