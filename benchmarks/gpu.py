@@ -12,7 +12,8 @@ import time
 import torch
 
 from components.train.flops import device_peak_flops, flops_per_token, mfu
-from components.train.loop import OptimConfig, fit
+from components.config import OptimConfig
+from components.train.loop import fit
 
 
 def measure(model: torch.nn.Module, seq: int, batch: int, steps: int, vocab: int, compile_model: bool) -> dict:

@@ -37,7 +37,8 @@ _RUSAGE_PARENT = (
 
 _BUILD_ONLY = (
     "import os, sys; os.environ.setdefault('ARROW_DEFAULT_MEMORY_POOL', 'system'); "  # as pipelines/ingest.py
-    "from pathlib import Path; from components.data.corpus import DataConfig, DownstreamConfig, build_corpus; "
+    "from pathlib import Path; from components.config import DataConfig, DownstreamConfig; "
+    "from components.data.corpus import build_corpus; "
     "build_corpus(DataConfig(source=sys.argv[1]), DownstreamConfig(), 1337, Path('data/corpus'), "
     "Path('data/downstream'))"
 )

@@ -65,8 +65,9 @@ def peak_rss_mb() -> float:
 
 def prepare(work: Path, vocab_size: int) -> list[str]:
     """The built-in corpus (train split) and 8k byte-level BPE / WordPiece tokenizers trained on it."""
-    from components.data.corpus import DataConfig, DownstreamConfig, build_corpus
-    from components.tokens.tokenization import TokenizerConfig, train_tokenizer
+    from components.config import DataConfig, DownstreamConfig, TokenizerConfig
+    from components.data.corpus import build_corpus
+    from components.tokens.tokenization import train_tokenizer
     from pipelines.train_tokenizer import iter_texts
 
     build_corpus(DataConfig(), DownstreamConfig(), 1337, work / "corpus", work / "downstream")
@@ -95,7 +96,7 @@ def child_encode_only(work: Path, corpus: Path, procs: int, block_size: int) -> 
     from tokenizers import Tokenizer
 
     from components.tokens.packing import batched
-    from components.tokens.tokenization import TokenizeConfig
+    from components.config import TokenizeConfig
 
     texts = pq.read_table(corpus, columns=["text"]).column(0).to_pylist()
     tok = Tokenizer.from_file(str(work / "gpt2" / "tokenizer.json"))
@@ -141,7 +142,8 @@ def child_hf_recipe(work: Path, corpus: Path, procs: int, block_size: int) -> di
 
 
 def child_ours(work: Path, corpus: Path, procs: int, block_size: int, objective: str = "clm") -> dict:
-    from components.tokens.tokenization import TokenizeConfig, load_tokenizer, tokenize_corpus
+    from components.config import TokenizeConfig
+    from components.tokens.tokenization import load_tokenizer, tokenize_corpus
     from pipelines.train_tokenizer import iter_texts
 
     tokenizer = load_tokenizer(work / ("gpt2" if objective == "clm" else "bert"))

@@ -19,15 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.data.corpus import DataConfig, DownstreamConfig, build_corpus
-from components.train.models import ModelConfig, build_pretraining_model
-from components.profiles import PROFILE_VALUES
-from components.tokens.tokenization import TokenizeConfig, TokenizerConfig, load_tokenizer, tokenize_corpus, train_tokenizer
+from components.config import DataConfig, DownstreamConfig, ModelConfig, PretrainConfig, TokenizeConfig, TokenizerConfig
+from components.data.corpus import build_corpus
+from components.train.models import build_pretraining_model
+from components.tokens.tokenization import load_tokenizer, tokenize_corpus, train_tokenizer
 from components.train.loop import fit
-from components.train.pretraining import Objective, PretrainConfig, PretrainData, _Trainable
+from components.train.pretraining import Objective, PretrainData, _Trainable
 from pipelines.train_tokenizer import iter_texts
 
-DEMO = PROFILE_VALUES["demo"]
 WARMUP = 5
 """Steps left out of the timing on every side (see steady_tokens_per_s)."""
 LOSS_TOLERANCE = 0.02
@@ -40,16 +39,16 @@ def prepare_data(work: Path) -> dict[str, tuple]:
     texts = {s: list(iter_texts(work / "corpus" / f"{s}.parquet")) for s in ("train", "validation")}
     out = {}
     for objective, arch in (("clm", "gpt2"), ("mlm", "bert")):
-        train_tokenizer(arch, iter(texts["train"]), TokenizerConfig(**DEMO["tokenizer"]), work / arch)
+        train_tokenizer(arch, iter(texts["train"]), TokenizerConfig(), work / arch)
         tok = load_tokenizer(work / arch)
-        tokenize_corpus(objective, tok, texts, TokenizeConfig(**DEMO["tokenize"]), 1337, work / objective)
+        tokenize_corpus(objective, tok, texts, TokenizeConfig(), 1337, work / objective)
         out[objective] = (tok, PretrainData(work / objective, "train"))
     return out
 
 
 def run_ours(objective: str, tok, data: PretrainData, cfg: PretrainConfig, steps: int) -> tuple[float, list[float]]:
     torch.manual_seed(0)
-    model = build_pretraining_model(objective, ModelConfig(**DEMO["model"]), tok)
+    model = build_pretraining_model(objective, ModelConfig(), tok)
     obj = Objective(objective, tok, cfg.mlm_probability)
     order = np.random.default_rng(0).permutation(data.n)
     losses: list[float] = []
@@ -87,7 +86,7 @@ def run_trainer(objective: str, tok, data: PretrainData, cfg: PretrainConfig, st
             ends.append(time.perf_counter())
 
     torch.manual_seed(0)
-    model = build_pretraining_model(objective, ModelConfig(**DEMO["model"]), tok)
+    model = build_pretraining_model(objective, ModelConfig(), tok)
     n = steps * cfg.batch_size + cfg.batch_size
     ids = np.asarray(data.arrays["input_ids"][: min(n, data.n)], dtype=np.int64)
     dataset = Dataset.from_dict({"input_ids": ids.tolist()})
@@ -109,14 +108,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    base = {k: v for k, v in DEMO["pretrain"].items() if k in ("batch_size", "lr", "warmup_steps")}
-    bf16 = PretrainConfig(**base, dtype="bfloat16", device="cpu")
-    fp32 = PretrainConfig(**base, dtype="float32", device="cpu")
+    # The config defaults are the demo profile's sizes.
+    bf16 = PretrainConfig(dtype="bfloat16", device="cpu")
+    fp32 = PretrainConfig(dtype="float32", device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = prepare_data(work)
         block = data["clm"][1].meta["block_size"]
-        print(f"model {DEMO['model']} | batch {bf16.batch_size} x {block} tokens | {args.steps} steps | "
+        print(f"model {ModelConfig()} | batch {bf16.batch_size} x {block} tokens | {args.steps} steps | "
               f"threads {torch.get_num_threads()} | bf16 autocast on both sides | torch.compile off on both sides | "
               f"tokens/s from the median step period after {WARMUP} warm-up steps")
         rows: dict[str, list[float]] = {}

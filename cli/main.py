@@ -79,12 +79,12 @@ def cmd_summary(args) -> int:
 
 def cmd_check_params(args, overrides: dict | None = None, quiet: bool = False) -> int:
     """Every section, every cross-section range; with `overrides` (dotted keys), as the
-    file would be after they are written."""
+    file would be after they are written. `--show`: every resolved value and its source."""
     import tempfile
 
     import yaml
 
-    from components.config import ConfigError, read_params, validate_all
+    from components.params import ConfigError, load_params, read_params
 
     path = Path(args.repo) / "params.yaml"
     try:
@@ -101,15 +101,31 @@ def cmd_check_params(args, overrides: dict | None = None, quiet: bool = False) -
                 node[leaf] = value
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "params.yaml").write_text(yaml.safe_dump(params))
-                validate_all(Path(tmp) / "params.yaml")
+                resolved = load_params(Path(tmp) / "params.yaml")
         else:
-            validate_all(path)
+            resolved = load_params(path)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not quiet:
+    if getattr(args, "show", False):
+        print("\n".join(show_lines(resolved)))
+    elif not quiet:
         print("params.yaml: ok")
     return 0
+
+
+def show_lines(resolved) -> list[str]:
+    """`key = value   (source)` per resolved param, the sources aligned."""
+    def scalar(value) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, str) and (not value or value.strip() != value):
+            return repr(value)
+        return str(value)
+
+    pairs = [(f"{key} = {scalar(value)}", resolved.sources[key]) for key, value in resolved.values().items()]
+    width = max(len(text) for text, _ in pairs)
+    return [f"{text.ljust(width)}   ({source})" for text, source in pairs]
 
 
 def main(argv=None) -> int:
@@ -130,7 +146,10 @@ def main(argv=None) -> int:
     run.set_defaults(func=cmd_run)
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("summary", help="print the results table").set_defaults(func=cmd_summary)
-    sub.add_parser("check-params", help="validate params.yaml without running anything").set_defaults(func=cmd_check_params)
+    check = sub.add_parser("check-params", help="validate params.yaml without running anything")
+    check.add_argument("--show", action="store_true",
+                       help="print every resolved value and where it came from (default, profile, params.yaml)")
+    check.set_defaults(func=cmd_check_params)
     add_registry_commands(sub)  # promote, rollback, predict, lineage (cli/registry_cmds.py)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,201 +1,381 @@
-"""Typed stage configs loaded from one section each of params.yaml, with profiles.
+"""Every params.yaml section as a typed, documented, checked dataclass: the one home of each default.
 
-Each component owns a frozen dataclass config (its fields documented, checked in
-``__post_init__``). This module only knows how to turn a ``params.yaml`` section into one:
-profile defaults first, then the keys written in ``params.yaml``; an unknown key, a
-wrong type or a bad value is a one-line ``ConfigError`` naming the key.
+The defaults are the ``demo`` profile; ``components/params.py`` holds what the other profiles
+change and turns ``params.yaml`` into these configs. A check that needs one section lives in
+that section's ``__post_init__`` (a ``ValueError`` naming the key); limits across sections
+live in ``components/params.py``. Nothing heavy is imported here (no torch, transformers,
+pandas), so every stage can check every section in milliseconds.
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import types
-import typing
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-import yaml
+BUILTIN_CORPUS = "builtin:stdlib-docs"
+BUILTIN_TASK = "builtin:stdlib-chapters"
+HF_PREFIX = "hf:"
+TXT_MODES = ("file", "paragraph")
+DTYPES = ("auto", "float32", "bfloat16")
 
-PARAMS_FILE = "params.yaml"
 
-# section name -> "module:Class" (imported lazily so light stages don't import torch).
-SECTIONS: dict[str, str] = {
-    "data": "components.data.corpus:DataConfig",
-    "downstream": "components.data.corpus:DownstreamConfig",
-    "validate": "components.data.validation:ValidateConfig",
-    "tokenizer": "components.tokens.tokenization:TokenizerConfig",
-    "tokenize": "components.tokens.tokenization:TokenizeConfig",
-    "model": "components.train.models:ModelConfig",
-    "pretrain": "components.train.pretraining:PretrainConfig",
-    "finetune": "components.train.finetuning:FinetuneConfig",
-    "evaluate": "components.evaluate.metrics:EvaluateConfig",
-    "register": "components.registry.models:RegisterConfig",
+@dataclass(frozen=True)
+class DataConfig:
+    """params.yaml section ``data``: where the pretraining corpus comes from."""
+
+    source: str = BUILTIN_CORPUS
+    """``builtin:stdlib-docs``; a local file, directory or glob of .txt, .jsonl, .json, .csv
+    (each optionally .gz) and .parquet; a ``save_to_disk`` directory; or ``hf:<name>[:<config>]``."""
+    text_column: str = "text"
+    """Field (jsonl, json, Hugging Face) or column (csv, parquet) holding each document's text."""
+    txt_mode: str = "file"
+    """``file``: a .txt file is one document; ``paragraph``: each blank-line-separated block is."""
+    validation_fraction: float = 0.05
+    """Share of documents, chosen by hash of their text, held out for validation."""
+    min_chars: int = 20
+    """Documents shorter than this after cleaning are dropped."""
+    max_documents: int = 0
+    """Keep only the first N documents by doc_id (0 = all): a hash sample, the same whatever
+    order the files are read in; keeps tiny runs fast."""
+
+    def __post_init__(self) -> None:
+        if self.source.startswith("builtin:") and self.source != BUILTIN_CORPUS:
+            raise ValueError(f"data.source: unknown built-in {self.source!r}; use {BUILTIN_CORPUS!r} or a path")
+        if not self.source.strip():
+            raise ValueError(f"data.source must be {BUILTIN_CORPUS!r} or a path, got an empty string")
+        if self.source.startswith(HF_PREFIX) and not self.source.removeprefix(HF_PREFIX).partition(":")[0]:
+            raise ValueError(f"data.source: {self.source!r} names no dataset; use hf:<name>[:<config>]")
+        if self.txt_mode not in TXT_MODES:
+            raise ValueError(f"data.txt_mode must be one of {', '.join(TXT_MODES)}, got {self.txt_mode!r}")
+        if not self.text_column:
+            raise ValueError("data.text_column must name a field, got an empty string")
+        if not 0 < self.validation_fraction < 0.5:
+            raise ValueError(f"data.validation_fraction must be in (0, 0.5), got {self.validation_fraction}")
+        if self.min_chars < 1:
+            raise ValueError(f"data.min_chars must be >= 1, got {self.min_chars}")
+        if self.max_documents < 0:
+            raise ValueError(f"data.max_documents must be >= 0 (0 = all), got {self.max_documents}")
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    """params.yaml section ``downstream``: the classification task models are fine-tuned on."""
+
+    task: str = BUILTIN_TASK
+    """``builtin:stdlib-chapters`` (docstring -> library chapter), a labelled .csv / .jsonl /
+    .json / .parquet file, a directory or glob of them named by split, a save_to_disk
+    directory, or ``hf:<name>[:<config>]`` (components/data/downstream.py)."""
+    text_column: str = "text"
+    """Field holding the text (not the built-in task)."""
+    label_column: str = "label"
+    """Field holding the label: a string, an integer or a ClassLabel id (not the built-in task)."""
+    labels: str = ""
+    """The label set in order, comma-separated; empty = the dataset's ClassLabel names, else
+    the training split's sorted labels. Rows with other labels are an error."""
+    validation_fraction: float = 0.15
+    """Share of each class held out for validation (built-in: as whole modules; a user's
+    task: only where it has no validation split)."""
+    test_fraction: float = 0.15
+    """Share of each class held out for test (built-in: whole modules that the built-in
+    corpus then leaves out; a user's task: only where it has no test split)."""
+    min_chars: int = 40
+    """Docstrings shorter than this are not examples (built-in task)."""
+    max_examples_per_split: int = 0
+    """Cap on each split's size (0 = all), subsampled so every class keeps examples."""
+
+    def __post_init__(self) -> None:
+        if not self.task.strip():
+            raise ValueError(f"downstream.task is empty; give {BUILTIN_TASK!r}, a labelled file or directory, "
+                             "or hf:<name>[:<config>]")
+        if self.task.startswith("builtin:") and self.task != BUILTIN_TASK:
+            raise ValueError(f"downstream.task {self.task!r}: the only built-in task is {BUILTIN_TASK!r}; "
+                             "or give a labelled file, directory or hf:<name>[:<config>]")
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 0.5:
+                raise ValueError(f"downstream.{name} must be in (0, 0.5), got {value}")
+        if self.min_chars < 1:
+            raise ValueError(f"downstream.min_chars must be >= 1, got {self.min_chars}")
+        for name in ("text_column", "label_column"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"downstream.{name} is empty; name the field that holds the {name[:-7]}")
+        if self.text_column == self.label_column:
+            raise ValueError(f"downstream.text_column and downstream.label_column are both {self.text_column!r}; "
+                             "they must name different fields")
+        if self.max_examples_per_split < 0:
+            raise ValueError(f"downstream.max_examples_per_split must be 0 (all) or positive, "
+                             f"got {self.max_examples_per_split}")
+        if self.task == BUILTIN_TASK and self.max_examples_per_split:
+            # The built-in task's chapters live with its data (stdlib imports only).
+            from components.data.stdlib_docs import LABELS
+
+            if self.max_examples_per_split < len(LABELS):
+                raise ValueError(
+                    f"downstream.max_examples_per_split must be 0 (all) or >= {len(LABELS)} "
+                    f"(one per class), got {self.max_examples_per_split}"
+                )
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """params.yaml section ``validate``: thresholds of the Great Expectations gate."""
+
+    min_documents: int = 50
+    """Fewest documents, train and validation together."""
+    min_characters: int = 100_000
+    """Fewest characters in the whole corpus."""
+    min_doc_chars: int = 20
+    """Shortest allowed document, in characters."""
+    max_doc_chars: int = 1_000_000
+    """Longest allowed document, in characters."""
+    min_printable_share: float = 0.95
+    """Per document: least share of characters that are printable or whitespace."""
+    max_replacement_share: float = 0.001
+    """Per document: largest share of U+FFFD replacement characters (decoding damage)."""
+    max_duplicate_share: float = 0.0
+    """Largest share of documents whose text already appeared (in either split)."""
+    min_validation_documents: int = 1
+    """Fewest documents in the validation split."""
+    mostly: float = 1.0
+    """GX `mostly` for the per-document checks: the share of documents that must pass each."""
+
+    def __post_init__(self) -> None:
+        for name in ("min_documents", "min_characters", "min_doc_chars", "max_doc_chars",
+                     "min_validation_documents"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"validate.{name} must be an integer >= 0, got {value!r}")
+        if self.max_doc_chars < max(self.min_doc_chars, 1):
+            raise ValueError(
+                f"validate.max_doc_chars must be >= 1 and >= validate.min_doc_chars "
+                f"({self.min_doc_chars}), got {self.max_doc_chars}"
+            )
+        for name in ("min_printable_share", "max_replacement_share", "max_duplicate_share", "mostly"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"validate.{name} must be in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """params.yaml section ``tokenizer``: one tokenizer per architecture, trained on the train split."""
+
+    vocab_size: int = 4000
+    """Target vocabulary size including special tokens (byte-level BPE and WordPiece alike)."""
+    min_frequency: int = 2
+    """Merges/words seen fewer times are not added to the vocabulary."""
+    lowercase: bool = True
+    """WordPiece (BERT) only: lower-case and strip accents, like bert-base-uncased."""
+    model_max_length: int = 128
+    """Saved as the tokenizer's `model_max_length`; unset in params.yaml, it follows model.max_positions."""
+    pretrained_gpt2: str = ""
+    """A local Hugging Face tokenizer directory to use for gpt2 (clm) instead of training one."""
+    pretrained_bert: str = ""
+    """A local Hugging Face tokenizer directory to use for bert (mlm, mlm_nsp) instead of training one."""
+
+    def __post_init__(self):
+        if self.vocab_size < 300:
+            raise ValueError(
+                f"tokenizer.vocab_size must be >= 300 (256 bytes + special tokens), got {self.vocab_size}"
+            )
+        if self.min_frequency < 1:
+            raise ValueError(f"tokenizer.min_frequency must be >= 1, got {self.min_frequency}")
+        if self.model_max_length < 8:
+            raise ValueError(f"tokenizer.model_max_length must be >= 8, got {self.model_max_length}")
+
+    def pretrained(self, architecture: str) -> str:
+        return {"gpt2": self.pretrained_gpt2, "bert": self.pretrained_bert}.get(architecture, "")
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """params.yaml section ``tokenize``: packing and NSP pair building."""
+
+    block_size: int = 128
+    """Tokens per training example; unset in params.yaml, it follows model.max_positions."""
+    short_seq_prob: float = 0.1
+    """NSP: probability of a shorter target length (BERT's recipe, so the model sees short inputs)."""
+    batch_size: int = 1000
+    """Documents per tokenizer call; a few calls run at once on background threads."""
+
+    def __post_init__(self):
+        if self.block_size < 16:
+            raise ValueError(f"tokenize.block_size must be >= 16, got {self.block_size}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ValueError(f"tokenize.short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+        if self.batch_size < 1:
+            raise ValueError(f"tokenize.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """params.yaml section ``model``: one shape shared by GPT-2 and BERT so objectives compare fairly."""
+
+    n_layers: int = 2
+    """Transformer blocks."""
+    n_heads: int = 4
+    """Attention heads; must divide d_model."""
+    d_model: int = 256
+    """Hidden width."""
+    d_ff: int = 1024
+    """Feed-forward width (4 x d_model in GPT-2 and BERT)."""
+    max_positions: int = 128
+    """Position embeddings: the pipeline's sequence length. tokenize.block_size,
+    tokenizer.model_max_length and finetune.max_length follow it unless set, and may not exceed it."""
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        for name in ("n_layers", "n_heads", "d_model", "d_ff", "max_positions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser, schedule and precision fields shared by pretraining and fine-tuning."""
+
+    lr: float = 1e-3
+    """Peak learning rate after warmup."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio."""
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    """AdamW decay on matrices only (not biases, LayerNorm or embeddings' norms)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping."""
+    batch_size: int = 32
+    grad_accum: int = 1
+    """Micro-batches per optimiser step; the effective batch is batch_size * grad_accum."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps."""
+    dtype: str = "auto"
+    """auto | float32 | bfloat16: auto is bf16 on CUDA and on CPUs with native bf16, else fp32."""
+
+    def __post_init__(self):
+        section = type(self).__name__.removesuffix("Config").lower()
+        if self.lr <= 0:
+            raise ValueError(f"{section}.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"{section}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"{section}.warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{section}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"{section}.weight_decay and {section}.grad_clip must be >= 0")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"{section}.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig(OptimConfig):
+    """params.yaml section ``pretrain``: budget and evaluation of the pretraining run."""
+
+    batch_size: int = 16
+    warmup_steps: int = 30
+    max_steps: int = 450
+    """Optimiser steps (the budget is the same for every objective)."""
+    eval_every: int = 150
+    eval_batches: int = 16
+    """Validation batches per evaluation (fixed masks, so numbers compare across steps)."""
+    log_every: int = 15
+    mlm_probability: float = 0.15
+    whole_word_masking: bool = False
+    """MLM: choose whole words (the tokenizer's own word ids, stored at tokenize time), not single tokens."""
+    checkpoint_every: int = 150
+    """Steps between checkpoints (and one at the end); a rerun resumes from the newest."""
+    keep_checkpoints: int = 2
+    nproc_per_node: int = 1
+    """Processes for DDP: > 1 relaunches the stage under torchrun (gloo on CPU, NCCL on GPUs)."""
+    compile: bool = False
+    """torch.compile the model (worth it on GPUs for long runs; compile time dominates short ones)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "nproc_per_node"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"pretrain.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"pretrain.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(OptimConfig):
+    """params.yaml section ``finetune``: the same budget and seed for every pretrained model and scratch."""
+
+    lr: float = 5e-4
+    epochs: int = 3
+    max_length: int = 128
+    """Tokens per example after truncation; unset in params.yaml, it follows model.max_positions
+    (the demo profile sets 48: most docstrings fit, and fine-tuning runs faster)."""
+    patience: int = 2
+    """Early stopping: epochs without a better validation macro-F1 before stopping."""
+    class_weighting: bool = True
+    """Weight the loss by inverse class frequency (the built-in task is imbalanced)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("epochs", "max_length", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"finetune.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """params.yaml section ``evaluate``: test-split evaluation and the comparison report."""
+
+    bootstrap_samples: int = 1000
+    """Paired bootstrap resamples of the test set for the CI on the difference to scratch."""
+    confidence: float = 0.95
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.bootstrap_samples < 100:
+            raise ValueError(f"evaluate.bootstrap_samples must be >= 100, got {self.bootstrap_samples}")
+        if not 0.5 < self.confidence < 1.0:
+            raise ValueError(f"evaluate.confidence must be in (0.5, 1), got {self.confidence}")
+        if self.batch_size < 1:
+            raise ValueError(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """params.yaml section ``register``: names and the promotion gate."""
+
+    model_prefix: str = "lmforge"
+    """Classifiers are `<prefix>-<run>` (`lmforge-mlm`, `lmforge-scratch-bert`), pretrained bases
+    `<prefix>-<objective>-base`."""
+    gate_metric: str = "test_macro_f1"
+    """Higher is better; compared with the current champion's on the same test split. For a base,
+    the metric of the classifier fine-tuned from it."""
+    min_improvement: float = 0.0
+    """A challenger must beat the champion by more than this to be promoted."""
+
+    def __post_init__(self):
+        if not self.model_prefix or not all(c.isalnum() or c in "-_." for c in self.model_prefix):
+            raise ValueError(f"register.model_prefix must be letters, digits, '-', '_' or '.', got {self.model_prefix!r}")
+        if self.gate_metric not in ("test_macro_f1", "test_accuracy"):
+            raise ValueError(f"register.gate_metric must be test_macro_f1 or test_accuracy, got {self.gate_metric!r}")
+        if self.min_improvement < 0:
+            raise ValueError(f"register.min_improvement must be >= 0, got {self.min_improvement}")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "downstream": DownstreamConfig,
+    "validate": ValidateConfig,
+    "tokenizer": TokenizerConfig,
+    "tokenize": TokenizeConfig,
+    "model": ModelConfig,
+    "pretrain": PretrainConfig,
+    "finetune": FinetuneConfig,
+    "evaluate": EvaluateConfig,
+    "register": RegisterConfig,
 }
-
-# Top-level scalar params and the sections each stage reads. dvc.yaml must declare
-# exactly these (tests/test_dvc_yaml.py checks it), so a change re-runs the right stages.
-TOP_LEVEL = ("profile", "seed")
-STAGE_PARAMS: dict[str, tuple[str, ...]] = {
-    "ingest": ("profile", "seed", "data", "downstream"),
-    "validate": ("profile", "validate"),
-    "train_tokenizer": ("profile", "tokenizer"),
-    "tokenize": ("profile", "seed", "tokenize"),
-    "pretrain": ("profile", "seed", "model", "pretrain"),
-    "finetune": ("profile", "seed", "model", "finetune"),
-    "evaluate": ("profile", "seed", "evaluate"),
-    "register": ("profile", "register"),
-}
-PROFILES = ("tiny", "demo", "gpu-small")
-
-
-class ConfigError(ValueError):
-    """A bad params.yaml: the message names the file, the key and the fix."""
-
-
-def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: file not found; run from the repository root or pass --params")
-    try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(params, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
-    unknown = sorted(map(_shown, set(params) - set(SECTIONS) - set(TOP_LEVEL)))
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown section '{unknown[0]}'; known: {', '.join([*TOP_LEVEL, *SECTIONS])}"
-        )
-    return params
-
-
-def _shown(key: Any) -> str:
-    """A key as one line of text (YAML keys may hold newlines, or be numbers)."""
-    return repr(key)[1:-1] if isinstance(key, str) else repr(key)
-
-
-def config_class(section: str) -> type:
-    module, name = SECTIONS[section].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _check_type(value: Any, annotation: Any, where: str) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(annotation)
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _check_type(value, non_none[0], where)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"params.yaml: '{where}' must be a list, got {value!r}")
-        (item_t, *_rest) = typing.get_args(annotation) or (Any,)
-        return tuple(_check_type(v, item_t, f"{where}[{i}]") for i, v in enumerate(value))
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"params.yaml: '{where}' must be true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"params.yaml: '{where}' must be an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"params.yaml: '{where}' must be a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"params.yaml: '{where}' must be a string, got {value!r}")
-        return value
-    return value
-
-
-def build_config(cls: type, values: dict[str, Any], section: str) -> Any:
-    """Make `cls` from a dict, refusing unknown keys and wrong types by name."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"params.yaml: section '{section}' must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(map(_shown, set(values) - fields))
-    if unknown:
-        raise ConfigError(
-            f"params.yaml: unknown key '{section}.{unknown[0]}'; known keys: {', '.join(sorted(fields))}"
-        )
-    kwargs = {k: _check_type(v, hints[k], f"{section}.{k}") for k, v in values.items()}
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"params.yaml: section '{section}': {e}") from None
-
-
-def profile_defaults(profile: str, section: str) -> dict[str, Any]:
-    from components.profiles import PROFILE_VALUES
-
-    return dict(PROFILE_VALUES[profile].get(section, {}))
-
-
-def resolve_section(params: dict[str, Any], section: str) -> Any:
-    """The typed config for one section: profile values, then explicit params.yaml keys."""
-    profile = params.get("profile", "demo")
-    if profile not in PROFILES:
-        raise ConfigError(f"params.yaml: 'profile' must be one of {', '.join(PROFILES)}, got {profile!r}")
-    explicit = params.get(section) or {}
-    if not isinstance(explicit, dict):
-        raise ConfigError(f"params.yaml: section '{section}' must be a mapping, got {explicit!r}")
-    # null in params.yaml means "not set here": the profile's value (or the default) applies.
-    merged = {**profile_defaults(profile, section), **{k: v for k, v in explicit.items() if v is not None}}
-    return build_config(config_class(section), merged, section)
-
-
-def seed_of(params: dict[str, Any]) -> int:
-    seed = params.get("seed", 1337)
-    return _check_type(seed, int, "seed")
-
-
-def load_stage(stage: str, params_path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Everything one stage may read: its declared sections as typed configs."""
-    params = read_params(params_path)
-    out: dict[str, Any] = {}
-    for name in STAGE_PARAMS[stage]:
-        if name == "profile":
-            out[name] = params.get("profile", "demo")
-        elif name == "seed":
-            out[name] = seed_of(params)
-        else:
-            out[name] = resolve_section(params, name)
-    return out
-
-
-def validate_all(params_path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Check every section, then the ranges that span sections, before any compute is
-    spent; returns the typed configs by section (raises ConfigError)."""
-    params = read_params(params_path)
-    seed_of(params)
-    configs = {section: resolve_section(params, section) for section in SECTIONS}
-    check_across_sections(configs)
-    return configs
-
-
-def check_across_sections(configs: dict[str, Any]) -> None:
-    """Limits one section puts on another (each section checks its own in __post_init__)."""
-    model, tokenize, tokenizer = configs["model"], configs["tokenize"], configs["tokenizer"]
-    pretrain, finetune = configs["pretrain"], configs["finetune"]
-    limits = [
-        ("tokenize.block_size", tokenize.block_size, "model.max_positions", model.max_positions),
-        ("finetune.max_length", finetune.max_length, "model.max_positions", model.max_positions),
-        ("tokenize.block_size", tokenize.block_size, "tokenizer.model_max_length", tokenizer.model_max_length),
-    ]
-    for name, value, limit_name, limit in limits:
-        if value > limit:
-            raise ConfigError(f"params.yaml: {name} ({value}) exceeds {limit_name} ({limit}); "
-                              "lower one or raise the other")
-    if pretrain.batch_size % pretrain.nproc_per_node:
-        raise ConfigError(f"params.yaml: pretrain.batch_size ({pretrain.batch_size}) must be divisible by "
-                          f"pretrain.nproc_per_node ({pretrain.nproc_per_node})")
-    for architecture in ("gpt2", "bert"):
-        source = tokenizer.pretrained(architecture)
-        if source and not Path(source).is_dir():
-            raise ConfigError(f"params.yaml: tokenizer.pretrained_{architecture}: no directory {source!r}; "
-                              "give a local tokenizer directory or '' to train one")
+"""params.yaml section -> its config class, in pipeline order."""

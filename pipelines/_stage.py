@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from components.config import PARAMS_FILE, ConfigError, load_stage, validate_all
+from components.params import PARAMS_FILE, ConfigError, load_params
 from components.io import DiskFullError
 
 
@@ -19,7 +19,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def run_stage(stage: str, body: Callable[[dict, str | None], None], item: str | None = None,
               choices: Sequence[str] = (), argv: Sequence[str] | None = None) -> None:
-    """Parse argv, check all of params.yaml, load this stage's params, run `body(config, item)`.
+    """Parse argv, read and check all of params.yaml once, run `body(config, item)` with this
+    stage's sections of that one resolution.
 
     Bad params or arguments exit 2; bad data or a full disk exit 1; an unreachable MLflow
     server exits 75 (EX_TEMPFAIL: worth retrying, which the Prefect flow does and does not
@@ -33,8 +34,7 @@ def run_stage(stage: str, body: Callable[[dict, str | None], None], item: str | 
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     try:
-        validate_all(args.params)
-        config = load_stage(stage, args.params)
+        config = load_params(args.params).for_stage(stage)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -9,7 +9,8 @@ from components.registry import tracking
 from components.io import read_json, write_json_atomic
 from components.registry.lineage import model_lineage, redact, weights_digest
 from components.registry.model_card import render_model_card
-from components.registry.models import RegisterConfig, base_model_name, model_name, register_model
+from components.config import RegisterConfig
+from components.registry.models import base_model_name, model_name, register_model
 from pipelines._stage import run_stage
 
 BASE_TASK = {"clm": "text-generation", "mlm": "fill-mask", "mlm_nsp": "fill-mask"}

@@ -48,7 +48,8 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def bert_tokenizer(tmp_path_factory):
     """A real WordPiece tokenizer trained on a little real prose (the module docstrings here)."""
-    from components.tokens.tokenization import TokenizerConfig, train_tokenizer, load_tokenizer
+    from components.config import TokenizerConfig
+    from components.tokens.tokenization import train_tokenizer, load_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "bert"
     train_tokenizer("bert", _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
@@ -57,7 +58,8 @@ def bert_tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(tmp_path_factory):
-    from components.tokens.tokenization import TokenizerConfig, train_tokenizer, load_tokenizer
+    from components.config import TokenizerConfig
+    from components.tokens.tokenization import train_tokenizer, load_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "gpt2"
     train_tokenizer("gpt2", _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)

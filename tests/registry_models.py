@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from components.evaluate.metrics import classification_metrics
-from components.train.models import ModelConfig, build_classifier, build_pretraining_model
+from components.config import ModelConfig
+from components.train.models import build_classifier, build_pretraining_model
 
 LABELS = ["json", "paths"]
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32, dropout=0.0)

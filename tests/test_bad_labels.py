@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from components import paths
-from components.tokens.tokenization import TokenizerConfig, train_tokenizer
+from components.config import TokenizerConfig
+from components.tokens.tokenization import train_tokenizer
 from conftest import _prose
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -153,7 +153,8 @@ def test_word_index_starts_a_word_at_every_special_token_and_row():
 
 
 def test_objective_masks_whole_words_when_asked(bert_tokenizer, tmp_path):
-    from components.tokens.tokenization import TokenizeConfig, tokenize_corpus
+    from components.config import TokenizeConfig
+    from components.tokens.tokenization import tokenize_corpus
     from components.train.pretraining import Objective, PretrainData
     from conftest import _prose
 

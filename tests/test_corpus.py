@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from components.config import DataConfig, DownstreamConfig
 from components.data import stdlib_docs
 from components.data.clean import Document, clean_documents, clean_text, doc_id_of, new_counts
-from components.data.corpus import DataConfig, DownstreamConfig, build_corpus, prepare_documents
+from components.data.corpus import build_corpus, prepare_documents
 from components.data.dedup import sort_unique
 from components.data.split import is_validation, split_documents, write_splits
 from components.data.sources import read_documents

@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from components.config import DataConfig
 from components.data import formats
 from components.data.clean import clean_text
-from components.data.corpus import DataConfig, prepare_documents
+from components.data.corpus import prepare_documents
 from components.data.sources import read_documents
 from components.data.split import write_splits
 

@@ -8,7 +8,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from components.data.corpus import DataConfig, DownstreamConfig, build_corpus
+from components.config import DataConfig, DownstreamConfig
+from components.data.corpus import build_corpus
 from components.data.downstream import read_task
 
 TEXTS = {"pos": "a fine and pleasant thing number {}", "neg": "an awful and gloomy thing number {}"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import yaml
 
 from components import paths
-from components.config import STAGE_PARAMS
+from components.params import STAGE_PARAMS
 
 
 def load_dvc(repo_root):

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from components.evaluate.metrics import EvaluateConfig, bootstrap_diff_ci, classification_metrics, majority_baseline
-from components.train.finetuning import (FinetuneConfig, encode_texts, finetune, macro_f1, predict,
+from components.config import EvaluateConfig, FinetuneConfig, ModelConfig
+from components.evaluate.metrics import bootstrap_diff_ci, classification_metrics, majority_baseline
+from components.train.finetuning import (encode_texts, finetune, macro_f1, predict,
                                    prepare_classifier_tokenizer, read_labelled)
-from components.train.models import ModelConfig, build_classifier
+from components.train.models import build_classifier
 
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
 

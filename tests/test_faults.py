@@ -18,10 +18,11 @@ import torch
 
 from components.train.checkpoint import Checkpointer
 from components.io import DiskFullError, atomic_dir, write_json_atomic, write_text_atomic
-from components.train.models import ModelConfig, build_pretraining_model
-from components.train.loop import OptimConfig, fit
+from components.config import ModelConfig, OptimConfig, TokenizeConfig
+from components.train.models import build_pretraining_model
+from components.train.loop import fit
 from components.train.pretraining import Objective, PretrainData
-from components.tokens.tokenization import TokenizeConfig, tokenize_corpus
+from components.tokens.tokenization import tokenize_corpus
 from conftest import _prose
 
 ROOT = Path(__file__).resolve().parents[1]

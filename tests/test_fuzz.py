@@ -19,8 +19,9 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from components.config import SECTIONS
 from components.data import formats, sources
-from components.config import SECTIONS, ConfigError, config_class, validate_all
+from components.params import ConfigError, load_params
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Text a document may hold: any code point but surrogates (not encodable as UTF-8).
@@ -121,7 +122,7 @@ def test_txt_paragraph_mode_splits_on_blank_lines(work, paragraphs):
 def _fields() -> dict[str, list[str]]:
     import dataclasses
 
-    return {s: [f.name for f in dataclasses.fields(config_class(s))] for s in SECTIONS}
+    return {s: [f.name for f in dataclasses.fields(SECTIONS[s])] for s in SECTIONS}
 
 
 FIELDS = _fields()
@@ -147,7 +148,7 @@ def params_trees(draw):
 
 def _load_or_refuse(path: Path) -> None:
     try:
-        validate_all(path)
+        load_params(path)
     except ConfigError as e:
         assert "\n" not in str(e) and str(e).startswith(("params.yaml", str(path))), str(e)
 

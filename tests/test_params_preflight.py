@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.config import ConfigError, validate_all
+from components.params import ConfigError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,14 +40,14 @@ def test_cross_section_and_range_errors_name_the_keys(tmp_path, text, message):
     path = tmp_path / "params.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
-        validate_all(path)
+        load_params(path)
     assert str(err.value) == message
 
 
 def test_every_profile_passes_the_cross_section_checks(tmp_path):
     for profile in ("tiny", "demo", "gpu-small"):
         (tmp_path / "params.yaml").write_text(f"profile: {profile}\n")
-        validate_all(tmp_path / "params.yaml")
+        load_params(tmp_path / "params.yaml")
 
 
 def _env(cwd: Path) -> dict:

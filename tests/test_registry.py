@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from components.config import RegisterConfig
 from components.registry.models import (
     CHALLENGER,
     CHAMPION,
     HISTORY_TAG,
-    RegisterConfig,
     RegistryError,
     decide_promotion,
     model_name,

@@ -8,7 +8,8 @@ import torch
 
 from cli.main import main
 from cli.registry_cmds import parse_model_ref
-from components.registry.models import RegisterConfig, RegistryError, check_no_remote_code, register_model
+from components.config import RegisterConfig
+from components.registry.models import RegistryError, check_no_remote_code, register_model
 from registry_models import LABELS, saved_classifier, saved_pretrained
 
 LINEAGE = {"objective": "mlm", "git_commit": "0123abcd", "git_dirty": "false", "dvc_lock_committed": "true",

@@ -31,7 +31,8 @@ def served_store(tmp_path_factory, bert_tokenizer, one_thread):
     """A store whose champion is a trained toy classifier; (root, env for subprocesses, expected labels)."""
     import mlflow
 
-    from components.registry.models import RegisterConfig, register_classifier
+    from components.config import RegisterConfig
+    from components.registry.models import register_classifier
 
     root = tmp_path_factory.mktemp("served")
     uri = f"sqlite:///{root}/mlflow.db"

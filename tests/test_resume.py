@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from components import paths
-from components.tokens.tokenization import TokenizeConfig, TokenizerConfig, load_tokenizer, tokenize_corpus, train_tokenizer
+from components.config import TokenizeConfig, TokenizerConfig
+from components.tokens.tokenization import load_tokenizer, tokenize_corpus, train_tokenizer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from components.tokens.nsp import build_nsp_pairs, plan_nsp_pairs, split_sentences
 from components.tokens.packing import ArrayWriter, BlockPacker, EncodedBatch, make_encoder, pack_documents
-from components.tokens.tokenization import TokenizeConfig, TokenizerConfig, tokenize_corpus, train_tokenizer
+from components.config import TokenizeConfig, TokenizerConfig
+from components.tokens.tokenization import tokenize_corpus, train_tokenizer
 from conftest import _prose
 from pipelines.train_tokenizer import iter_texts
 
@@ -28,7 +29,7 @@ def test_gpt2_tokenizer_saves_a_loadable_byte_level_bpe(tmp_path):
     assert len(tok) == 350
     assert (tok.eos_token, tok.bos_token, tok.pad_token) == ("<|endoftext|>", "<|endoftext|>", "<|pad|>")
     assert tok.pad_token_id != tok.eos_token_id  # EOS keeps its label (HF #23530)
-    assert tok.model_max_length == 512
+    assert tok.model_max_length == 128  # the default: model.max_positions' (demo)
 
 
 def test_bert_tokenizer_saves_a_loadable_wordpiece(tmp_path):

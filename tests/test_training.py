@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.train.models import ModelConfig, build_pretraining_model
-from components.tokens.tokenization import TokenizeConfig, tokenize_corpus
-from components.train.loop import OptimConfig, fit, lr_at, resolve_device_dtype
-from components.train.pretraining import Objective, PretrainConfig, PretrainData, pretrain
+from components.config import ModelConfig, OptimConfig, PretrainConfig, TokenizeConfig
+from components.train.models import build_pretraining_model
+from components.tokens.tokenization import tokenize_corpus
+from components.train.loop import fit, lr_at, resolve_device_dtype
+from components.train.pretraining import Objective, PretrainData, pretrain
 from conftest import _prose
 
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)

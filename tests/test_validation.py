@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.config import ConfigError, build_config
+from components.config import ValidateConfig
+from components.params import ConfigError, build_config
 from components.data.validation import (
-    ValidateConfig,
     document_stats,
     failure_report,
     validate_corpus,

@@ -9,7 +9,8 @@ import itertools
 from pathlib import Path
 from typing import Any, Iterator
 
-HF_PREFIX = "hf:"
+from components.config import HF_PREFIX  # noqa: F401  (re-exported: readers import it from here)
+
 HF_SPLIT = "train"
 BATCH_ROWS = 1024
 

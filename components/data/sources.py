@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
+from components.config import TXT_MODES
 from components.data import formats
 from components.data.files import SUFFIX_LIST, file_format, reading, sniff, whole
 from components.data.hub import HF_PREFIX, Raw, is_saved_dataset, read_hub, read_saved_dataset
@@ -26,7 +27,6 @@ from components.data.hub import HF_PREFIX, Raw, is_saved_dataset, read_hub, read
 __all__ = ["HF_PREFIX", "TXT_MODES", "file_format", "is_saved_dataset", "iter_records", "local_files",
            "read_documents"]
 
-TXT_MODES = ("file", "paragraph")
 RECORD_SUFFIX_LIST = ".jsonl, .json, .csv (each optionally .gz), .parquet"
 
 

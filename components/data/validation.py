@@ -13,12 +13,12 @@ import html
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from components.config import ValidateConfig
 from components.io import atomic_dir, write_json_atomic, write_text_atomic
 
 SPLITS = ("train", "validation")
@@ -31,46 +31,6 @@ REPLACEMENT_CHAR = "\ufffd"
 EXAMPLES = 5  # doc_ids kept per failed expectation
 SNIPPET_CHARS = 80  # of each offending document's text, in the failure report
 READ_BATCH_ROWS = 10_000
-
-
-@dataclass(frozen=True)
-class ValidateConfig:
-    """Thresholds for the `validate` stage (params.yaml section `validate`)."""
-
-    min_documents: int = 50
-    """Fewest documents, train and validation together."""
-    min_characters: int = 100_000
-    """Fewest characters in the whole corpus."""
-    min_doc_chars: int = 20
-    """Shortest allowed document, in characters."""
-    max_doc_chars: int = 1_000_000
-    """Longest allowed document, in characters."""
-    min_printable_share: float = 0.95
-    """Per document: least share of characters that are printable or whitespace."""
-    max_replacement_share: float = 0.001
-    """Per document: largest share of U+FFFD replacement characters (decoding damage)."""
-    max_duplicate_share: float = 0.0
-    """Largest share of documents whose text already appeared (in either split)."""
-    min_validation_documents: int = 1
-    """Fewest documents in the validation split."""
-    mostly: float = 1.0
-    """GX `mostly` for the per-document checks: the share of documents that must pass each."""
-
-    def __post_init__(self) -> None:
-        for name in ("min_documents", "min_characters", "min_doc_chars", "max_doc_chars",
-                     "min_validation_documents"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"validate.{name} must be an integer >= 0, got {value!r}")
-        if self.max_doc_chars < max(self.min_doc_chars, 1):
-            raise ValueError(
-                f"validate.max_doc_chars must be >= 1 and >= validate.min_doc_chars "
-                f"({self.min_doc_chars}), got {self.max_doc_chars}"
-            )
-        for name in ("min_printable_share", "max_replacement_share", "max_duplicate_share", "mostly"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValueError(f"validate.{name} must be in [0, 1], got {value!r}")
 
 
 def _printable_share(text: str) -> float:

@@ -1,29 +1,9 @@
 """Downstream metrics, bootstrap confidence intervals and the objective comparison report."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from components.train.finetuning import macro_f1
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """params.yaml `evaluate`: test-split evaluation and the comparison report."""
-
-    bootstrap_samples: int = 1000
-    """Paired bootstrap resamples of the test set for the CI on the difference to scratch."""
-    confidence: float = 0.95
-    batch_size: int = 64
-
-    def __post_init__(self):
-        if self.bootstrap_samples < 100:
-            raise ValueError(f"evaluate.bootstrap_samples must be >= 100, got {self.bootstrap_samples}")
-        if not 0.5 < self.confidence < 1.0:
-            raise ValueError(f"evaluate.confidence must be in (0.5, 1), got {self.confidence}")
-        if self.batch_size < 1:
-            raise ValueError(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:

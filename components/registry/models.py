@@ -10,16 +10,16 @@ from __future__ import annotations
 import getpass
 import json
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from components.config import RegisterConfig
 from components.registry import tracking
 from components.registry.lineage import redact, weights_digest
 
-__all__ = ["CHALLENGER", "CHAMPION", "RegisterConfig", "RegistryError", "decide_promotion", "model_name",
+__all__ = ["CHALLENGER", "CHAMPION", "RegistryError", "decide_promotion", "model_name",
            "base_model_name", "register_model", "register_classifier", "promote", "rollback", "weights_digest",
            "check_no_remote_code"]
 
@@ -28,28 +28,6 @@ TASKS = ("text-classification", "text-generation", "fill-mask")
 HISTORY_TAG = "lmforge.champion_history"
 HISTORY_KEEP = 100  # events kept in the tag (registry tag values are bounded); manual ones are also MLflow runs
 AUDIT_EXPERIMENT = "lmforge-registry"
-
-
-@dataclass(frozen=True)
-class RegisterConfig:
-    """params.yaml `register`: names and the promotion gate."""
-
-    model_prefix: str = "lmforge"
-    """Classifiers are `<prefix>-<run>` (`lmforge-mlm`, `lmforge-scratch-bert`), pretrained bases
-    `<prefix>-<objective>-base`."""
-    gate_metric: str = "test_macro_f1"
-    """Higher is better; compared with the current champion's on the same test split. For a base,
-    the metric of the classifier fine-tuned from it."""
-    min_improvement: float = 0.0
-    """A challenger must beat the champion by more than this to be promoted."""
-
-    def __post_init__(self):
-        if not self.model_prefix or not all(c.isalnum() or c in "-_." for c in self.model_prefix):
-            raise ValueError(f"register.model_prefix must be letters, digits, '-', '_' or '.', got {self.model_prefix!r}")
-        if self.gate_metric not in ("test_macro_f1", "test_accuracy"):
-            raise ValueError(f"register.gate_metric must be test_macro_f1 or test_accuracy, got {self.gate_metric!r}")
-        if self.min_improvement < 0:
-            raise ValueError(f"register.min_improvement must be >= 0, got {self.min_improvement}")
 
 
 class RegistryError(ValueError):

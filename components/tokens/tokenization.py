@@ -8,12 +8,12 @@ the index of what each split holds; nothing here needs torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from components.config import TokenizeConfig, TokenizerConfig
 from components.io import atomic_dir, write_json_atomic
 from components.tokens.nsp import PairRows, SentenceStore, sentences_of, write_nsp_pairs
 from components.tokens.packing import encode_stream, encoder_threads, make_encoder, pack_stream, pipelined, token_dtype
@@ -28,57 +28,6 @@ BERT_SPECIALS = {
 }
 # What each architecture's pipeline needs from a tokenizer, trained or brought.
 REQUIRED_SPECIALS = {"gpt2": ("eos_token", "pad_token"), "bert": ("cls_token", "sep_token", "mask_token", "pad_token")}
-
-
-@dataclass(frozen=True)
-class TokenizerConfig:
-    """params.yaml `tokenizer`: one tokenizer per architecture, trained on the train split."""
-
-    vocab_size: int = 8000
-    """Target vocabulary size including special tokens (byte-level BPE and WordPiece alike)."""
-    min_frequency: int = 2
-    """Merges/words seen fewer times are not added to the vocabulary."""
-    lowercase: bool = True
-    """WordPiece (BERT) only: lower-case and strip accents, like bert-base-uncased."""
-    model_max_length: int = 512
-    """Saved as the tokenizer's `model_max_length`."""
-    pretrained_gpt2: str = ""
-    """A local Hugging Face tokenizer directory to use for gpt2 (clm) instead of training one."""
-    pretrained_bert: str = ""
-    """A local Hugging Face tokenizer directory to use for bert (mlm, mlm_nsp) instead of training one."""
-
-    def __post_init__(self):
-        if self.vocab_size < 300:
-            raise ValueError(
-                f"tokenizer.vocab_size must be >= 300 (256 bytes + special tokens), got {self.vocab_size}"
-            )
-        if self.min_frequency < 1:
-            raise ValueError(f"tokenizer.min_frequency must be >= 1, got {self.min_frequency}")
-        if self.model_max_length < 8:
-            raise ValueError(f"tokenizer.model_max_length must be >= 8, got {self.model_max_length}")
-
-    def pretrained(self, architecture: str) -> str:
-        return {"gpt2": self.pretrained_gpt2, "bert": self.pretrained_bert}.get(architecture, "")
-
-
-@dataclass(frozen=True)
-class TokenizeConfig:
-    """params.yaml `tokenize`: packing and NSP pair building."""
-
-    block_size: int = 128
-    """Tokens per training example; must not exceed model.max_positions."""
-    short_seq_prob: float = 0.1
-    """NSP: probability of a shorter target length (BERT's recipe, so the model sees short inputs)."""
-    batch_size: int = 1000
-    """Documents per tokenizer call; a few calls run at once on background threads."""
-
-    def __post_init__(self):
-        if self.block_size < 16:
-            raise ValueError(f"tokenize.block_size must be >= 16, got {self.block_size}")
-        if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise ValueError(f"tokenize.short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
-        if self.batch_size < 1:
-            raise ValueError(f"tokenize.batch_size must be >= 1, got {self.batch_size}")
 
 
 def train_tokenizer(architecture: str, texts: Iterable[str], cfg: TokenizerConfig, out_dir: Path) -> dict:

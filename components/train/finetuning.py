@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,26 +10,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from components.train.loop import OptimConfig, autocast, fit, resolve_device_dtype
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(OptimConfig):
-    """params.yaml `finetune`: the same budget and seed for every pretrained model and scratch."""
-
-    epochs: int = 5
-    max_length: int = 128
-    """Tokens per example after truncation (at most model.max_positions)."""
-    patience: int = 2
-    """Early stopping: epochs without a better validation macro-F1 before stopping."""
-    class_weighting: bool = True
-    """Weight the loss by inverse class frequency (the built-in task is imbalanced)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("epochs", "max_length", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"finetune.{name} must be >= 1, got {getattr(self, name)}")
+from components.config import FinetuneConfig
+from components.train.loop import autocast, fit, resolve_device_dtype
 
 
 def read_labelled(path: Path, labels: list[str]) -> pd.DataFrame:

@@ -9,54 +9,15 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from components.config import OptimConfig
 from components.train.checkpoint import Checkpointer
 from components.train.distributed import is_main_process
 from components.train.models import fast_cpu_attention
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimiser, schedule and precision fields shared by pretraining and fine-tuning."""
-
-    lr: float = 1e-3
-    """Peak learning rate after warmup."""
-    min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr * min_lr_ratio."""
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    """AdamW decay on matrices only (not biases, LayerNorm or embeddings' norms)."""
-    grad_clip: float = 1.0
-    """Max global gradient norm; 0 disables clipping."""
-    batch_size: int = 32
-    grad_accum: int = 1
-    """Micro-batches per optimiser step; the effective batch is batch_size * grad_accum."""
-    device: str = "auto"
-    """auto | cpu | cuda | cuda:N | mps."""
-    dtype: str = "auto"
-    """auto | float32 | bfloat16: auto is bf16 on CUDA and on CPUs with native bf16, else fp32."""
-
-    def __post_init__(self):
-        section = type(self).__name__.removesuffix("Config").lower()
-        if self.lr <= 0:
-            raise ValueError(f"{section}.lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"{section}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        for name in ("warmup_steps",):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{section}.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{section}.{name} must be >= 1, got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"{section}.weight_decay and {section}.grad_clip must be >= 0")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"{section}.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
 
 
 def cpu_has_native_bf16() -> bool:

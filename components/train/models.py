@@ -2,33 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """params.yaml `model`: one shape shared by GPT-2 and BERT so objectives compare fairly."""
-
-    n_layers: int = 4
-    n_heads: int = 4
-    d_model: int = 256
-    d_ff: int = 1024
-    """Feed-forward width (4 x d_model in GPT-2 and BERT)."""
-    max_positions: int = 128
-    """Position embeddings; tokenize.block_size must not exceed it."""
-    dropout: float = 0.1
-
-    def __post_init__(self):
-        for name in ("n_layers", "n_heads", "d_model", "d_ff", "max_positions"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+from components.config import ModelConfig
 
 
 def _gpt2_config(cfg: ModelConfig, tokenizer, **extra):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -12,42 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from components.config import PretrainConfig
 from components.train.checkpoint import Checkpointer
 from components.train.collators import IGNORE_INDEX, mask_tokens
 from components.train.losses import linear_cross_entropy
-from components.train.loop import OptimConfig, autocast, fit, resolve_device_dtype
-
-
-@dataclass(frozen=True)
-class PretrainConfig(OptimConfig):
-    """params.yaml `pretrain`: budget and evaluation of the pretraining run."""
-
-    max_steps: int = 300
-    """Optimiser steps (the budget is the same for every objective)."""
-    eval_every: int = 100
-    eval_batches: int = 10
-    """Validation batches per evaluation (fixed masks, so numbers compare across steps)."""
-    log_every: int = 10
-    mlm_probability: float = 0.15
-    whole_word_masking: bool = False
-    """MLM: choose whole words (the tokenizer's own word ids, stored at tokenize time), not single tokens."""
-    checkpoint_every: int = 100
-    """Steps between checkpoints (and one at the end); a rerun resumes from the newest."""
-    keep_checkpoints: int = 2
-    nproc_per_node: int = 1
-    """Processes for DDP: > 1 relaunches the stage under torchrun (gloo on CPU, NCCL on GPUs)."""
-    compile: bool = False
-    """torch.compile the model (worth it on GPUs for long runs; compile time dominates short ones)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "nproc_per_node"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"pretrain.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"pretrain.mlm_probability must be in (0, 1), got {self.mlm_probability}")
-
+from components.train.loop import autocast, fit, resolve_device_dtype
 
 
 class PretrainData:
