@@ -48,19 +48,21 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def bert_tokenizer(tmp_path_factory):
     """A real WordPiece tokenizer trained on a little real prose (the module docstrings here)."""
-    from components.tokens.tokenization import TokenizerConfig, train_tokenizer, load_tokenizer
+    from components.objectives import ARCHITECTURES
+    from components.tokens.tokenization import TokenizerConfig, load_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "bert"
-    train_tokenizer("bert", _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
+    ARCHITECTURES["bert"].train_tokenizer(_prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
     return load_tokenizer(out)
 
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(tmp_path_factory):
-    from components.tokens.tokenization import TokenizerConfig, train_tokenizer, load_tokenizer
+    from components.objectives import ARCHITECTURES
+    from components.tokens.tokenization import TokenizerConfig, load_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "gpt2"
-    train_tokenizer("gpt2", _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
+    ARCHITECTURES["gpt2"].train_tokenizer(_prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
     return load_tokenizer(out)
 
 
