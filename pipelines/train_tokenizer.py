@@ -16,7 +16,7 @@ def main(argv=None) -> None:
         check_pretrained_dir(name, cfg["tokenizer"])
         with tracking.stage_run("train_tokenizer", cfg, objective=name):
             stats = ARCHITECTURES[name].train_tokenizer(CorpusTexts(Path(paths.CORPUS_DIR) / "train.parquet"),
-                                                       cfg["tokenizer"], Path(paths.tokenizer_dir(name)))
+                                                        cfg["tokenizer"], Path(paths.tokenizer_dir(name)))
             tracking.log_metrics(stats)
         print(f"train_tokenizer: {name} vocabulary of {stats['vocab_size']} -> {paths.tokenizer_dir(name)}")
 

@@ -13,7 +13,9 @@ from components.evaluate.metrics import (EvaluateConfig, bootstrap_diff_ci, clas
                                          majority_baseline, markdown_table)
 from components.evaluate.report import plot_loss_curves, plot_macro_f1, read_curve, samples_markdown
 from components.io import read_json, write_json_atomic, write_text_atomic
+from components.tokens.tokenization import load_tokenizer
 from components.train.finetuning import encode_for_classifier, predict, read_labelled
+from components.train.loop import resolve_device_dtype
 
 REPORT_FILES = (paths.COMPARISON_JSON, paths.COMPARISON_MD, paths.COMPARISON_PNG, paths.LOSS_PNG)
 
@@ -26,8 +28,6 @@ def compare_runs(runs: Sequence, cfg: EvaluateConfig, seed: int, track: Callable
     The downstream splits are read before `track()` opens the run that `log_metrics` and
     `log_artifacts` report to (the stage's MLflow run).
     """
-    from components.train.loop import resolve_device_dtype
-
     downstream = Path(paths.DOWNSTREAM_DIR)
     labels = read_json(downstream / "labels.json")["labels"]
     test = read_labelled(downstream / "test.parquet", labels)
@@ -59,8 +59,6 @@ def compare_runs(runs: Sequence, cfg: EvaluateConfig, seed: int, track: Callable
 def score_run(run, test, labels: list[str], batch_size: int, device, dtype) -> tuple[dict, np.ndarray]:
     """(the run's report entry, its test predictions) from its saved classifier."""
     from transformers import AutoModelForSequenceClassification
-
-    from components.tokens.tokenization import load_tokenizer
 
     model_dir = Path(paths.finetuned_dir(run.name))
     if not (model_dir / "config.json").exists():

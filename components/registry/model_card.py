@@ -20,17 +20,22 @@ def _table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_model_card(name: str, task: str, objective: str, metrics: dict[str, float], lineage: dict[str, str],
-                      labels: list[str] | None = None, parameters: int | None = None, gate: str = "") -> str:
-    """Markdown with YAML front matter (library, pipeline tag, metrics) a hub or a person can read;
-    `objective` describes the pretraining (its spec's description)."""
+def _front_matter(name: str, task: str, metrics: dict[str, float], lineage: dict[str, str]) -> str:
+    """The card's YAML header: library, pipeline tag and a model-index entry with the metrics."""
     index = [{"name": name, "results": [{
         "task": {"type": task},
         "dataset": {"name": "lmforge downstream test split", "type": "lmforge-downstream",
                     "revision": lineage.get("test_split_sha256", "unknown")},
         "metrics": [{"type": k, "value": round(float(v), 6)} for k, v in metrics.items()]}]}]
-    front = yaml.safe_dump({"library_name": "transformers", "pipeline_tag": task, "tags": ["lmforge"],
-                            "model-index": index}, sort_keys=False)
+    return yaml.safe_dump({"library_name": "transformers", "pipeline_tag": task, "tags": ["lmforge"],
+                           "model-index": index}, sort_keys=False)
+
+
+def render_model_card(name: str, task: str, objective: str, metrics: dict[str, float], lineage: dict[str, str],
+                      labels: list[str] | None = None, parameters: int | None = None, gate: str = "") -> str:
+    """Markdown with YAML front matter (library, pipeline tag, metrics) a hub or a person can read;
+    `objective` describes the pretraining (its spec's description)."""
+    front = _front_matter(name, task, metrics, lineage)
     label_line = f"Labels ({len(labels)}): {', '.join(f'`{x}`' for x in labels)}.\n" if labels else ""
     size = f" ({parameters:,} parameters)" if parameters else ""
     metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())

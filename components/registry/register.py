@@ -43,25 +43,18 @@ def register_run(run, entry: dict, report: dict, cfg: RegisterConfig, classifier
     metrics = {k: entry[k] for k in CLASSIFIER_METRICS if k in entry}
     gate = (f"Promotion: `champion` only if `{cfg.gate_metric}` beats the current champion's by more than "
             f"{cfg.min_improvement} on the same test split; the version's `lmforge.promotion` tag says why.")
-    rescore = None
     if classifier_version is None:
         name, task, model_dir = model_name(cfg, run.name), "text-classification", Path(paths.finetuned_dir(run.name))
         metrics["majority_baseline_macro_f1"] = report["majority_baseline"]["test_macro_f1"]
         labels = report["labels"]
-
-        def rescore(champion):
-            from components.train.finetuning import read_labelled
-
-            test = read_labelled(Path(paths.DOWNSTREAM_DIR) / "test.parquet", labels)
-            return rescore_classifier(champion, test["text"].tolist(), test["label"].to_numpy(), labels,
-                                      cfg.gate_metric)
+        rescore = rescore_on_test_split(labels, cfg.gate_metric)
     else:
         name, task, model_dir = base_model_name(cfg, run.name), run.objective.registry_task, run.pretrained_dir()
         metrics.update(entry.get("pretraining", {}))
         lineage["gate_source"] = (f"{classifier_version['name']} v{classifier_version['version']}: "
                                   f"the classifier fine-tuned from this base")
         gate += f" For a base, the metric is that of {lineage['gate_source'].split(':')[0]}."
-        labels = None
+        labels = rescore = None
     card = render_model_card(name, task, run.description, metrics, lineage, labels, parameter_count(model_dir), gate)
     decision = register_model(name, model_dir, task, metrics, lineage, cfg, files=lineage_files(), card=card,
                               rescore=rescore)
@@ -81,6 +74,18 @@ def run_lineage(run, classifier: bool) -> dict[str, str]:
         lineage["pretrain_run_id"], lineage["pretrain_run_match"] = tracking.find_stage_run(
             "pretrain", run.name, weights_digest(run.pretrained_dir()))
     return lineage
+
+
+def rescore_on_test_split(labels: list[str], metric: str) -> Callable:
+    """The gate's `rescore(champion)`: a champion classifier's `metric` on this test split."""
+
+    def rescore(champion):
+        from components.train.finetuning import read_labelled
+
+        test = read_labelled(Path(paths.DOWNSTREAM_DIR) / "test.parquet", labels)
+        return rescore_classifier(champion, test["text"].tolist(), test["label"].to_numpy(), labels, metric)
+
+    return rescore
 
 
 def rescore_classifier(champion, texts: list[str], y, labels: list[str], metric: str) -> float | None:

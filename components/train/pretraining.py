@@ -201,6 +201,28 @@ def _rows(batch: dict, rank: int, world_size: int) -> dict:
     return batch if world_size == 1 else {k: v[rank::world_size] for k, v in batch.items()}
 
 
+def _batches(training, train: PretrainData, cfg: PretrainConfig, seed: int, device: torch.device, rank: int,
+             world_size: int) -> Callable[[int, int], dict]:
+    """The loop's `next_batch(step, micro)`: a pure function of the step, so resuming is O(1)."""
+    # Sample order: a fresh permutation per epoch, so step s maps to examples in O(1).
+    epochs: dict[int, np.ndarray] = {}
+
+    def next_batch(step: int, micro: int) -> dict:
+        first = (step * cfg.grad_accum + micro) * cfg.batch_size
+        idx = []
+        for pos in range(first, first + cfg.batch_size):
+            epoch, offset = divmod(pos, train.n)
+            if epoch not in epochs:
+                epochs[epoch] = np.random.default_rng([seed, epoch]).permutation(train.n)
+            idx.append(epochs[epoch][offset])
+        # Masks are drawn for the whole global batch, then sliced: every world size sees
+        # exactly the inputs a single process would.
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
+        return _rows(training.prepare(train.batch(np.asarray(idx), device), generator), rank, world_size)
+
+    return next_batch
+
+
 def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
              on_log: Callable[[int, dict], None] | None = None, checkpointer: Checkpointer | None = None) -> dict:
     """Pretrain `model` on the tokenized data, its batches and loss made by `training` (an
@@ -222,22 +244,7 @@ def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
     if cfg.compile:
         trainable = torch.compile(trainable)
     train, val = PretrainData(data_dir, "train"), PretrainData(data_dir, "validation")
-    # Sample order: a fresh permutation per epoch, so step s maps to examples in O(1).
-    epochs: dict[int, np.ndarray] = {}
-
-    def next_batch(step: int, micro: int) -> dict:
-        first = (step * cfg.grad_accum + micro) * cfg.batch_size
-        idx = []
-        for pos in range(first, first + cfg.batch_size):
-            epoch, offset = divmod(pos, train.n)
-            if epoch not in epochs:
-                epochs[epoch] = np.random.default_rng([seed, epoch]).permutation(train.n)
-            idx.append(epochs[epoch][offset])
-        # Masks are drawn for the whole global batch, then sliced: every world size sees
-        # exactly the inputs a single process would.
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
-        return _rows(training.prepare(train.batch(np.asarray(idx), device), generator), rank, world_size)
-
+    next_batch = _batches(training, train, cfg, seed, device, rank, world_size)
     state: dict = {"history": [], "curve": []}
 
     def log(step: int, metrics: dict) -> None:
