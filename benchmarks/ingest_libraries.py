@@ -74,7 +74,8 @@ def prepare(root: Path, copies: int) -> dict:
     import pyarrow.parquet as pq
 
     from components.data.clean import clean_documents, new_counts
-    from components.data.corpus import DataConfig, DownstreamConfig, build_corpus
+    from components.config import DataConfig, DownstreamConfig
+    from components.data.corpus import build_corpus
     from components.data.rows import CORPUS_SCHEMA
 
     build_corpus(DataConfig(), DownstreamConfig(), 1337, root / "corpus", root / "downstream")

@@ -6,7 +6,7 @@ same number of processes N (each run pinned to N cores):
 
 - hf_recipe: `Dataset.from_parquet`, `map(tokenize, batched=True, num_proc=N)`, then
   `map(group_texts, batched=True, num_proc=N)`: transformers' run_clm.py data path.
-- ours: `tokenize_corpus("clm", ...)` from the parquet file to packed `.npy` blocks.
+- ours: `tokenize_corpus(OBJECTIVES["clm"], ...)` from the parquet file to packed `.npy` blocks.
 - encode_only: the same tokenizer's `encode_batch_fast` over the same texts, already in
   memory, results discarded: the most any pipeline on this tokenizer can reach. Measured
   in batches of our batch size and in one call; the faster one counts.
@@ -65,15 +65,16 @@ def peak_rss_mb() -> float:
 
 def prepare(work: Path, vocab_size: int) -> list[str]:
     """The built-in corpus (train split) and 8k byte-level BPE / WordPiece tokenizers trained on it."""
-    from components.config import DataConfig, DownstreamConfig, TokenizerConfig
+    from components.config import DataConfig, DownstreamConfig
     from components.data.corpus import build_corpus
-    from components.tokens.tokenization import train_tokenizer
-    from pipelines.train_tokenizer import iter_texts
+    from components.objectives import ARCHITECTURES
+    from components.config import TokenizerConfig
+    from components.tokens.tokenization import iter_texts
 
     build_corpus(DataConfig(), DownstreamConfig(), 1337, work / "corpus", work / "downstream")
     texts = list(iter_texts(work / "corpus" / "train.parquet"))
-    for arch in ("gpt2", "bert"):
-        train_tokenizer(arch, iter(texts), TokenizerConfig(vocab_size=vocab_size), work / arch)
+    for arch in ARCHITECTURES:
+        ARCHITECTURES[arch].train_tokenizer(iter(texts), TokenizerConfig(vocab_size=vocab_size), work / arch)
     return texts
 
 
@@ -142,15 +143,15 @@ def child_hf_recipe(work: Path, corpus: Path, procs: int, block_size: int) -> di
 
 
 def child_ours(work: Path, corpus: Path, procs: int, block_size: int, objective: str = "clm") -> dict:
+    from components.objectives import OBJECTIVES
     from components.config import TokenizeConfig
-    from components.tokens.tokenization import load_tokenizer, tokenize_corpus
-    from pipelines.train_tokenizer import iter_texts
+    from components.tokens.tokenization import iter_texts, load_tokenizer, tokenize_corpus
 
-    tokenizer = load_tokenizer(work / ("gpt2" if objective == "clm" else "bert"))
+    tokenizer = load_tokenizer(work / OBJECTIVES[objective].architecture.name)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"ours-{objective}-"))
     start, cpu = time.perf_counter(), cpu_seconds()
-    meta = tokenize_corpus(objective, tokenizer, {"train": iter_texts(corpus)}, TokenizeConfig(block_size=block_size),
-                           0, out / "data")
+    meta = tokenize_corpus(OBJECTIVES[objective], tokenizer, {"train": iter_texts(corpus)},
+                           TokenizeConfig(block_size=block_size), 0, out / "data")
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     return {"seconds": seconds, "cpu_s": cpu, **meta["splits"]["train"]}
 
@@ -220,10 +221,12 @@ def speed(args, work: Path) -> None:
 
 
 def memory(args, work: Path) -> None:
+    from components.objectives import OBJECTIVE_NAMES
+
     texts = prepare(work, args.vocab_size)
     result = {"benchmark": "tokenize_memory"}
     corpora = {mb: write_repeated(work, texts, mb)[0] for mb in (20, 200)}
-    for objective in ("clm", "mlm", "mlm_nsp"):
+    for objective in OBJECTIVE_NAMES:
         for mb, path in corpora.items():
             r = run_child("ours", work, path, args.procs, 128, objective=objective)
             result[f"{objective}_{mb}mb_peak_rss_mb"] = round(r["peak_rss_mb"], 1)

@@ -19,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.config import DataConfig, DownstreamConfig, ModelConfig, PretrainConfig, TokenizeConfig, TokenizerConfig
+from components.config import DataConfig, DownstreamConfig
 from components.data.corpus import build_corpus
-from components.train.models import build_pretraining_model
-from components.tokens.tokenization import load_tokenizer, tokenize_corpus, train_tokenizer
+from components.objectives import ARCHITECTURES, OBJECTIVES
+from components.config import ModelConfig
+from components.config import TokenizeConfig, TokenizerConfig
+from components.tokens.tokenization import iter_texts, load_tokenizer, tokenize_corpus
 from components.train.loop import fit
-from components.train.pretraining import Objective, PretrainData, _Trainable
-from pipelines.train_tokenizer import iter_texts
+from components.config import PretrainConfig
+from components.train.pretraining import PretrainData, _Trainable
 
 WARMUP = 5
 """Steps left out of the timing on every side (see steady_tokens_per_s)."""
@@ -38,18 +40,19 @@ def prepare_data(work: Path) -> dict[str, tuple]:
     build_corpus(DataConfig(), DownstreamConfig(), 1337, work / "corpus", work / "downstream")
     texts = {s: list(iter_texts(work / "corpus" / f"{s}.parquet")) for s in ("train", "validation")}
     out = {}
-    for objective, arch in (("clm", "gpt2"), ("mlm", "bert")):
-        train_tokenizer(arch, iter(texts["train"]), TokenizerConfig(), work / arch)
+    for objective in ("clm", "mlm"):
+        arch = OBJECTIVES[objective].architecture.name
+        ARCHITECTURES[arch].train_tokenizer(iter(texts["train"]), TokenizerConfig(), work / arch)
         tok = load_tokenizer(work / arch)
-        tokenize_corpus(objective, tok, texts, TokenizeConfig(), 1337, work / objective)
+        tokenize_corpus(OBJECTIVES[objective], tok, texts, TokenizeConfig(), 1337, work / objective)
         out[objective] = (tok, PretrainData(work / objective, "train"))
     return out
 
 
 def run_ours(objective: str, tok, data: PretrainData, cfg: PretrainConfig, steps: int) -> tuple[float, list[float]]:
     torch.manual_seed(0)
-    model = build_pretraining_model(objective, ModelConfig(), tok)
-    obj = Objective(objective, tok, cfg.mlm_probability)
+    model = OBJECTIVES[objective].build_model(ModelConfig(), tok)
+    obj = OBJECTIVES[objective].training(tok, cfg)
     order = np.random.default_rng(0).permutation(data.n)
     losses: list[float] = []
 
@@ -86,7 +89,7 @@ def run_trainer(objective: str, tok, data: PretrainData, cfg: PretrainConfig, st
             ends.append(time.perf_counter())
 
     torch.manual_seed(0)
-    model = build_pretraining_model(objective, ModelConfig(), tok)
+    model = OBJECTIVES[objective].build_model(ModelConfig(), tok)
     n = steps * cfg.batch_size + cfg.batch_size
     ids = np.asarray(data.arrays["input_ids"][: min(n, data.n)], dtype=np.int64)
     dataset = Dataset.from_dict({"input_ids": ids.tolist()})

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cli.registry_cmds import add_registry_commands
+from components.objectives import OBJECTIVE_NAMES
 
 
 def cmd_run(args) -> int:
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     serve.add_argument("--name", default="lmforge-serve", help="deployment name (default: lmforge-serve)")
     serve.add_argument("--cron", default="0 3 * * *", help="schedule, UTC (default: nightly at 03:00; '' for none)")
     for p in (run, serve):
-        p.add_argument("--objective", action="append", choices=["clm", "mlm", "mlm_nsp"],
+        p.add_argument("--objective", action="append", choices=OBJECTIVE_NAMES,
                        help="run only what this objective needs (repeatable; default: all)")
     serve.add_argument("--profile", choices=["tiny", "demo", "gpu-small"], help="set `profile` in params.yaml")
     serve.add_argument("--data-source", help="set `data.source` in params.yaml")

@@ -10,7 +10,7 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components import paths
+from components.objectives import OBJECTIVE_NAMES, OBJECTIVES
 
 
 @dataclass
@@ -55,7 +55,7 @@ def ancestors(upstream: dict[str, list[str]], targets: set[str]) -> set[str]:
 
 def objective_targets(objectives: list[str]) -> set[str]:
     """The fine-tuning runs an objective needs: its own and its architecture's scratch twin."""
-    return {t for o in objectives for t in (f"finetune@{o}", f"finetune@scratch-{paths.ARCHITECTURE[o]}")}
+    return {t for o in objectives for t in (f"finetune@{o}", f"finetune@{OBJECTIVES[o].architecture.scratch_run}")}
 
 
 def plan_stages(upstream: dict[str, list[str]], stale: set[str], objectives: list[str] | None = None) -> StagePlan:
@@ -67,13 +67,13 @@ def plan_stages(upstream: dict[str, list[str]], stale: set[str], objectives: lis
     out, and the plan says why.
     """
     up_to_date = {s for s in upstream if not ancestors(upstream, {s}) & stale}
-    if not objectives or set(objectives) >= set(paths.OBJECTIVES):
+    if not objectives or set(objectives) >= set(OBJECTIVE_NAMES):
         return StagePlan(upstream, stale, up_to_date)
-    unknown = set(objectives) - set(paths.OBJECTIVES)
+    unknown = set(objectives) - set(OBJECTIVE_NAMES)
     if unknown:
-        raise ValueError(f"unknown objective(s) {sorted(unknown)}; choose from {list(paths.OBJECTIVES)}")
+        raise ValueError(f"unknown objective(s) {sorted(unknown)}; choose from {list(OBJECTIVE_NAMES)}")
     selected = ancestors(upstream, objective_targets(objectives))
-    fan_in = set(upstream) - selected - ancestors(upstream, objective_targets(list(paths.OBJECTIVES)))
+    fan_in = set(upstream) - selected - ancestors(upstream, objective_targets(list(OBJECTIVE_NAMES)))
     left_out: dict[str, str] = {}
     dropped: set[str] = set()
     for stage in upstream:

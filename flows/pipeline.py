@@ -27,12 +27,13 @@ from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from components.objectives import OBJECTIVE_NAMES
 from flows import report
 from flows.graph import dvc_graph, plan_stages
 from flows.workspace import workspace_lock
 
 FLOW_NAME = "lmforge-pipeline"
-Objective = Literal["clm", "mlm", "mlm_nsp"]
+Objective = Literal[OBJECTIVE_NAMES]  # type: ignore[valid-type]  # the names from the specs
 Profile = Literal["tiny", "demo", "gpu-small"]
 
 # The exit-code contract of a stage (pipelines/_stage.py): 2 bad params, 1 bad data, and

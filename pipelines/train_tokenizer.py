@@ -1,50 +1,26 @@
-"""Stage train_tokenizer: byte-level BPE (gpt2) or WordPiece (bert) on the training split."""
+"""Stage train_tokenizer: an architecture's tokenizer (byte-level BPE for gpt2, WordPiece for
+bert, or a local pretrained one) on the corpus's training split."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from components import paths
+from components.objectives import ARCHITECTURE_NAMES, ARCHITECTURES
 from components.registry import tracking
-from components.tokens.tokenization import check_pretrained_dir, train_tokenizer
+from components.tokens.tokenization import CorpusTexts, check_pretrained_dir
 from pipelines._stage import run_stage
 
 
-def iter_texts(parquet_path: Path, batch_rows: int = 2048):
-    """Texts streamed by record batch, so no stage ever holds the corpus in memory.
-
-    `buffer_size` with `pre_buffer=False` makes pyarrow read a column chunk page by page;
-    by default it loads a whole row group, and ingest writes the corpus as one (measured:
-    peak RSS 218 MB instead of 130 MB reading a 200 MB corpus).
-    """
-    if not parquet_path.exists():
-        raise FileNotFoundError(f"{parquet_path}: missing; run the ingest stage first")
-    reader = pq.ParquetFile(parquet_path, buffer_size=1 << 20, pre_buffer=False)
-    for batch in reader.iter_batches(batch_size=batch_rows, columns=["text"], use_threads=False):
-        yield from batch.column(0).to_pylist()
-
-
-class CorpusTexts:
-    """A parquet split's texts; every iteration streams the file again (WordPiece training reads twice)."""
-
-    def __init__(self, parquet_path: Path):
-        self.parquet_path = parquet_path
-
-    def __iter__(self):
-        return iter_texts(self.parquet_path)
-
-
 def main(argv=None) -> None:
-    def body(cfg: dict, architecture: str) -> None:
-        check_pretrained_dir(architecture, cfg["tokenizer"])
-        with tracking.stage_run("train_tokenizer", cfg, objective=architecture):
-            stats = train_tokenizer(architecture, CorpusTexts(Path(paths.CORPUS_DIR) / "train.parquet"),
-                                    cfg["tokenizer"], Path(paths.tokenizer_dir(architecture)))
+    def body(cfg: dict, name: str) -> None:
+        check_pretrained_dir(name, cfg["tokenizer"])
+        with tracking.stage_run("train_tokenizer", cfg, objective=name):
+            stats = ARCHITECTURES[name].train_tokenizer(CorpusTexts(Path(paths.CORPUS_DIR) / "train.parquet"),
+                                                        cfg["tokenizer"], Path(paths.tokenizer_dir(name)))
             tracking.log_metrics(stats)
-        print(f"train_tokenizer: {architecture} vocabulary of {stats['vocab_size']} -> {paths.tokenizer_dir(architecture)}")
+        print(f"train_tokenizer: {name} vocabulary of {stats['vocab_size']} -> {paths.tokenizer_dir(name)}")
 
-    run_stage("train_tokenizer", body, item="architecture", choices=paths.ARCHITECTURES, argv=argv)
+    run_stage("train_tokenizer", body, item="architecture", choices=ARCHITECTURE_NAMES, argv=argv)
 
 
 if __name__ == "__main__":

@@ -48,21 +48,23 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def bert_tokenizer(tmp_path_factory):
     """A real WordPiece tokenizer trained on a little real prose (the module docstrings here)."""
+    from components.objectives import ARCHITECTURES
     from components.config import TokenizerConfig
-    from components.tokens.tokenization import train_tokenizer, load_tokenizer
+    from components.tokens.tokenization import load_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "bert"
-    train_tokenizer("bert", _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
+    ARCHITECTURES["bert"].train_tokenizer(_prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
     return load_tokenizer(out)
 
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(tmp_path_factory):
+    from components.objectives import ARCHITECTURES
     from components.config import TokenizerConfig
-    from components.tokens.tokenization import train_tokenizer, load_tokenizer
+    from components.tokens.tokenization import load_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "gpt2"
-    train_tokenizer("gpt2", _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
+    ARCHITECTURES["gpt2"].train_tokenizer(_prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
     return load_tokenizer(out)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from components import paths
+from components.objectives import OBJECTIVE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return proc
 
 
-COMPARED = [paths.COMPARISON_METRICS, *(f"{paths.PRETRAIN_REPORTS}/{o}/metrics.json" for o in paths.OBJECTIVES)]
+COMPARED = [paths.COMPARISON_METRICS, *(f"{paths.PRETRAIN_REPORTS}/{o}/metrics.json" for o in OBJECTIVE_NAMES)]
 
 
 def comparable_metrics(repo: Path) -> dict:

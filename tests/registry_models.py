@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from components.evaluate.metrics import classification_metrics
+from components.objectives import ARCHITECTURES, OBJECTIVES
 from components.config import ModelConfig
-from components.train.models import build_classifier, build_pretraining_model
 
 LABELS = ["json", "paths"]
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32, dropout=0.0)
@@ -45,7 +45,7 @@ def evaluate(model, tokenizer, texts, y) -> dict[str, float]:
 def trained_classifier(root: Path, tokenizer, steps: int, seed: int = 0) -> tuple[Path, dict[str, float]]:
     """A tiny BERT classifier trained for `steps` steps on the toy task, saved, and its test metrics."""
     torch.manual_seed(seed)
-    model = build_classifier("bert", TINY, tokenizer, LABELS, None)
+    model = ARCHITECTURES["bert"].build_classifier(TINY, tokenizer, LABELS, None)
     texts, y = toy_task(256, seed=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
@@ -65,7 +65,7 @@ def trained_classifier(root: Path, tokenizer, steps: int, seed: int = 0) -> tupl
 def saved_classifier(root: Path, seed: int, tokenizer) -> Path:
     """An untrained tiny classifier (distinct weights per seed)."""
     torch.manual_seed(seed)
-    model = build_classifier("bert", TINY, tokenizer, LABELS, None)
+    model = ARCHITECTURES["bert"].build_classifier(TINY, tokenizer, LABELS, None)
     out = root / f"classifier-{seed}"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -75,7 +75,7 @@ def saved_classifier(root: Path, seed: int, tokenizer) -> Path:
 def saved_pretrained(root: Path, objective: str, tokenizer, seed: int = 0) -> Path:
     """An untrained tiny pretraining model (GPT2LMHeadModel, BertForMaskedLM or BertForPreTraining)."""
     torch.manual_seed(seed)
-    model = build_pretraining_model(objective, TINY, tokenizer)
+    model = OBJECTIVES[objective].build_model(TINY, tokenizer)
     out = root / f"pretrained-{objective}-{seed}"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

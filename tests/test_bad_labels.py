@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from components import paths
+from components.objectives import ARCHITECTURES
 from components.config import TokenizerConfig
-from components.tokens.tokenization import train_tokenizer
 from conftest import _prose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ CASES = {
 def runs(tmp_path_factory):
     started = {}
     tokenizer = tmp_path_factory.mktemp("tok") / "bert"
-    train_tokenizer("bert", _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), tokenizer)
+    ARCHITECTURES["bert"].train_tokenizer(_prose(), TokenizerConfig(vocab_size=400, min_frequency=1), tokenizer)
     for case, (labels, _message) in CASES.items():
         work = tmp_path_factory.mktemp(case)
         (work / "params.yaml").write_text("profile: tiny\n")

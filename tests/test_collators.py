@@ -155,13 +155,15 @@ def test_word_index_starts_a_word_at_every_special_token_and_row():
 def test_objective_masks_whole_words_when_asked(bert_tokenizer, tmp_path):
     from components.config import TokenizeConfig
     from components.tokens.tokenization import tokenize_corpus
-    from components.train.pretraining import Objective, PretrainData
+    from components.objectives import OBJECTIVES
+    from components.config import PretrainConfig
+    from components.train.pretraining import PretrainData
     from conftest import _prose
 
-    tokenize_corpus("mlm", bert_tokenizer, {"train": _prose()}, TokenizeConfig(block_size=64), 0, tmp_path / "mlm")
+    tokenize_corpus(OBJECTIVES["mlm"], bert_tokenizer, {"train": _prose()}, TokenizeConfig(block_size=64), 0, tmp_path / "mlm")
     data = PretrainData(tmp_path / "mlm", "train")
     raw = data.batch(np.arange(data.n), torch.device("cpu"))
-    objective = Objective("mlm", bert_tokenizer, 0.15, whole_word_masking=True)
+    objective = OBJECTIVES["mlm"].training(bert_tokenizer, PretrainConfig(whole_word_masking=True))
     batch = objective.prepare(raw, torch.Generator().manual_seed(0))
     specials = torch.tensor(bert_tokenizer.all_special_ids)
     words = word_index(raw["word_starts"], torch.isin(raw["input_ids"], specials)).reshape(-1)
@@ -169,4 +171,4 @@ def test_objective_masks_whole_words_when_asked(bert_tokenizer, tmp_path):
     assert picked.sum() > 0 and ((picked == 0) | (picked == torch.bincount(words))).all()
     del raw["word_starts"]
     with pytest.raises(ValueError, match="^pretrain.whole_word_masking: .*re-run the tokenize stage$"):
-        Objective("mlm", bert_tokenizer, 0.15, whole_word_masking=True).prepare(raw, torch.Generator())
+        OBJECTIVES["mlm"].training(bert_tokenizer, PretrainConfig(whole_word_masking=True)).prepare(raw, torch.Generator())

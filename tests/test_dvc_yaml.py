@@ -4,6 +4,7 @@ from __future__ import annotations
 import yaml
 
 from components import paths
+from components.objectives import ARCHITECTURE_NAMES, FINETUNE_RUN_NAMES, FINETUNE_RUNS, OBJECTIVE_NAMES, OBJECTIVES
 from components.params import STAGE_PARAMS
 
 
@@ -29,12 +30,12 @@ def test_every_stage_runs_its_pipeline_module(repo_root):
 
 def test_foreach_lists_match_the_code(repo_root):
     stages = load_dvc(repo_root)
-    assert stages["train_tokenizer"]["foreach"] == list(paths.ARCHITECTURES)
+    assert stages["train_tokenizer"]["foreach"] == list(ARCHITECTURE_NAMES)
     for name in ("tokenize", "pretrain"):
-        assert list(stages[name]["foreach"]) == list(paths.OBJECTIVES)
+        assert list(stages[name]["foreach"]) == list(OBJECTIVE_NAMES)
         for objective, item in stages[name]["foreach"].items():
-            assert item["arch"] == paths.ARCHITECTURE[objective]
-    assert list(stages["finetune"]["foreach"]) == list(paths.FINETUNE_RUNS)
+            assert item["arch"] == OBJECTIVES[objective].architecture.name
+    assert list(stages["finetune"]["foreach"]) == list(FINETUNE_RUN_NAMES)
 
 
 def test_outs_use_the_paths_module(repo_root):
@@ -58,5 +59,5 @@ def test_outs_use_the_paths_module(repo_root):
     metrics = [next(iter(m)) for m in stages["evaluate"]["metrics"]]
     assert metrics == [paths.COMPARISON_METRICS]
     for run, item in stages["finetune"]["foreach"].items():
-        expected = paths.tokenizer_dir(item["arch"]) if run.startswith("scratch-") else paths.pretrained_dir(run)
-        assert item["base"] == expected
+        assert item["arch"] == FINETUNE_RUNS[run].architecture.name
+        assert item["base"] == FINETUNE_RUNS[run].tokenizer_dir().as_posix()  # the pretrained model's, or the tokenizer

@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from components.config import EvaluateConfig, FinetuneConfig, ModelConfig
+from components.config import EvaluateConfig
 from components.evaluate.metrics import bootstrap_diff_ci, classification_metrics, majority_baseline
-from components.train.finetuning import (encode_texts, finetune, macro_f1, predict,
-                                   prepare_classifier_tokenizer, read_labelled)
-from components.train.models import build_classifier
+from components.objectives import ARCHITECTURES
+from components.config import FinetuneConfig
+from components.train.finetuning import encode_for_classifier, finetune, predict, read_labelled
+from components.config import ModelConfig
+from components.train.scores import macro_f1
 
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
 
@@ -140,10 +142,10 @@ def _cfg(**kw) -> FinetuneConfig:
 @pytest.mark.parametrize("architecture", ["bert", "gpt2"])
 def test_finetune_learns_a_separable_task_and_restores_the_best_epoch(architecture, request):
     # A copy: preparing adds GPT-2's EOS post-processor, which the shared fixture must not get.
-    tokenizer = prepare_classifier_tokenizer(copy.deepcopy(request.getfixturevalue(f"{architecture}_tokenizer")),
-                                             architecture, 16)
+    tokenizer = ARCHITECTURES[architecture].prepare_classifier_tokenizer(
+        copy.deepcopy(request.getfixturevalue(f"{architecture}_tokenizer")), 16)
     torch.manual_seed(0)
-    model = build_classifier(architecture, TINY, tokenizer, ["serialise", "filesystem"], None)
+    model = ARCHITECTURES[architecture].build_classifier(TINY, tokenizer, ["serialise", "filesystem"], None)
     head = model.classifier if architecture == "bert" else model.score
     train, val = _toy_task(64, seed=0), _toy_task(32, seed=1)
     cfg = _cfg(epochs=4, patience=10)
@@ -160,22 +162,22 @@ def test_finetune_learns_a_separable_task_and_restores_the_best_epoch(architectu
                 else:  # GPT-2's score head has no bias: push class 0 through the weights instead
                     head.weight[0].fill_(50.0)
 
-    result = finetune(model, tokenizer, architecture, train, val, 2, cfg, seed=0, on_log=sabotage_last_step)
+    result = finetune(model, tokenizer, train, val, 2, cfg, seed=0, on_log=sabotage_last_step)
 
     scores = [h["val_macro_f1"] for h in result["history"]]
     assert len(scores) == 4 and result["epochs_run"] == 4
     assert scores[-1] <= 1 / 3 + 1e-9  # the sabotage took effect (constant prediction)
     assert result["val_macro_f1"] == max(scores) >= 0.9  # chance is about 0.5
     assert result["best_epoch"] == scores.index(max(scores)) + 1 < 4
-    val_x = encode_texts(tokenizer, val["text"].tolist(), cfg.max_length)
+    val_x = encode_for_classifier(tokenizer, val["text"].tolist(), cfg.max_length)
     preds = predict(model, val_x, tokenizer.pad_token_id, 16, torch.device("cpu"), torch.float32).argmax(-1)
     assert macro_f1(val["label"].to_numpy(), preds, 2) == pytest.approx(result["val_macro_f1"])
 
 
 def test_finetune_stops_early_after_patience(bert_tokenizer):
     torch.manual_seed(0)
-    model = build_classifier("bert", TINY, bert_tokenizer, ["serialise", "filesystem"], None)
-    result = finetune(model, bert_tokenizer, "bert", _toy_task(64, 0), _toy_task(32, 1), 2,
+    model = ARCHITECTURES["bert"].build_classifier(TINY, bert_tokenizer, ["serialise", "filesystem"], None)
+    result = finetune(model, bert_tokenizer, _toy_task(64, 0), _toy_task(32, 1), 2,
                       _cfg(epochs=10, patience=1), seed=0)
     epochs = [h["epoch"] for h in result["history"]]
     assert epochs == list(range(1, result["epochs_run"] + 1))

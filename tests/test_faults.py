@@ -18,10 +18,13 @@ import torch
 
 from components.train.checkpoint import Checkpointer
 from components.io import DiskFullError, atomic_dir, write_json_atomic, write_text_atomic
-from components.config import ModelConfig, OptimConfig, TokenizeConfig
-from components.train.models import build_pretraining_model
+from components.objectives import OBJECTIVES
+from components.config import ModelConfig
+from components.config import OptimConfig
 from components.train.loop import fit
-from components.train.pretraining import Objective, PretrainData
+from components.config import PretrainConfig
+from components.train.pretraining import PretrainData
+from components.config import TokenizeConfig
 from components.tokens.tokenization import tokenize_corpus
 from conftest import _prose
 
@@ -35,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def clm(tmp_path_factory, gpt2_tokenizer):
     out = tmp_path_factory.mktemp("clm")
-    tokenize_corpus("clm", gpt2_tokenizer, {"train": _prose(), "validation": _prose()[:4]},
+    tokenize_corpus(OBJECTIVES["clm"], gpt2_tokenizer, {"train": _prose(), "validation": _prose()[:4]},
                     TokenizeConfig(block_size=32), 0, out)
     return gpt2_tokenizer, PretrainData(out, "train")
 
@@ -44,8 +47,8 @@ def _trainer(clm, poison_at: int | None = None, value: float = float("nan")):
     """(model, next_batch, loss_fn) on real data; the loss is multiplied by `value` at `poison_at`."""
     tokenizer, data = clm
     torch.manual_seed(0)
-    model = build_pretraining_model("clm", TINY, tokenizer)
-    objective = Objective("clm", tokenizer, mlm_probability=0.15)
+    model = OBJECTIVES["clm"].build_model(TINY, tokenizer)
+    objective = OBJECTIVES["clm"].training(tokenizer, PretrainConfig())
 
     def next_batch(step, micro):
         return objective.prepare(data.batch(np.arange(4) + step, torch.device("cpu")), torch.Generator())
@@ -168,7 +171,7 @@ def test_nan_or_inf_loss_stops_training_and_keeps_the_last_good_checkpoint(clm, 
 def test_an_infinite_gradient_with_a_finite_loss_never_reaches_the_weights(clm):
     model, next_batch, _ = _trainer(clm)
     tokenizer, _ = clm
-    objective = Objective("clm", tokenizer, mlm_probability=0.15)
+    objective = OBJECTIVES["clm"].training(tokenizer, PretrainConfig())
 
     def loss_fn(m, batch):  # a finite loss whose gradient is infinite
         return objective.forward(m, batch)["loss"] + _inf_grad(m.transformer.wte.weight)

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from components import paths
+from components.objectives import OBJECTIVE_NAMES
 from flows.graph import ancestors, dvc_graph, objective_targets, plan_stages
 from flows.pipeline import set_params, transient_reason
 from flows.workspace import WorkspaceBusy, workspace_lock
@@ -71,7 +71,7 @@ def test_objectives_run_what_their_finetuning_descends_from(repo_root, objective
     upstream, _ = dvc_graph(repo_root)
     need = ancestors({s: sorted(u) for s, u in expected.items()}, objective_targets(objectives))
     assert all(f"pretrain@{o}" in need for o in objectives)
-    others = [o for o in paths.OBJECTIVES if o not in objectives]
+    others = [o for o in OBJECTIVE_NAMES if o not in objectives]
     assert not any(f"pretrain@{o}" in need for o in others)
 
     # The other objectives up to date: evaluate and register join, with every edge kept.

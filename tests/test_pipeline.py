@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from components import paths
+from components.objectives import ARCHITECTURE_NAMES, FINETUNE_RUN_NAMES, OBJECTIVE_NAMES
 from pipeline_repo import dvc, env_for
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,7 @@ def test_tokenizers_and_models_load_with_auto_classes(dvc_repo):
     from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining,
                               AutoModelForSequenceClassification, AutoTokenizer)
 
-    for arch in paths.ARCHITECTURES:
+    for arch in ARCHITECTURE_NAMES:
         tok = AutoTokenizer.from_pretrained(str(dvc_repo / paths.tokenizer_dir(arch)))
         assert tok.pad_token_id is not None and len(tok) >= 300
     kinds = {"clm": AutoModelForCausalLM, "mlm": AutoModelForMaskedLM, "mlm_nsp": AutoModelForPreTraining}
@@ -32,7 +33,7 @@ def test_tokenizers_and_models_load_with_auto_classes(dvc_repo):
                                         "mlm_nsp": "BertForPreTraining"}[objective]
         assert (dvc_repo / paths.pretrained_dir(objective) / "model.safetensors").exists()
     labels = json.loads((dvc_repo / paths.DOWNSTREAM_DIR / "labels.json").read_text())["labels"]
-    for run in paths.FINETUNE_RUNS:
+    for run in FINETUNE_RUN_NAMES:
         model = AutoModelForSequenceClassification.from_pretrained(str(dvc_repo / paths.finetuned_dir(run)))
         assert model.config.num_labels == len(labels) >= 5
 
@@ -40,7 +41,7 @@ def test_tokenizers_and_models_load_with_auto_classes(dvc_repo):
 def test_metrics_for_every_objective_and_scratch(dvc_repo):
     report = json.loads((dvc_repo / paths.COMPARISON_JSON).read_text())
     runs = {r["run"]: r for r in report["runs"]}
-    assert set(runs) == set(paths.FINETUNE_RUNS)
+    assert set(runs) == set(FINETUNE_RUN_NAMES)
     for run, r in runs.items():  # the report schema users and dashboards read
         assert r["objective"] in ("clm", "mlm", "mlm_nsp", "scratch") and r["architecture"] in ("gpt2", "bert")
         assert isinstance(r["pretrained"], bool) and r["pretrained"] == (r["objective"] != "scratch")
@@ -54,7 +55,7 @@ def test_metrics_for_every_objective_and_scratch(dvc_repo):
             assert r["delta_macro_f1_vs_scratch"] == pytest.approx(r["test_macro_f1"] - scratch["test_macro_f1"])
     assert {r["objective"] for r in report["runs"]} == {"clm", "mlm", "mlm_nsp", "scratch"}
     assert 0.0 <= report["majority_baseline"]["test_macro_f1"] <= 1.0
-    pre = {o: json.loads((dvc_repo / paths.PRETRAIN_REPORTS / o / "metrics.json").read_text()) for o in paths.OBJECTIVES}
+    pre = {o: json.loads((dvc_repo / paths.PRETRAIN_REPORTS / o / "metrics.json").read_text()) for o in OBJECTIVE_NAMES}
     assert pre["clm"]["val_perplexity"] > 1.0
     assert 0.0 <= pre["mlm"]["val_mlm_accuracy"] <= 1.0
     assert 0.0 <= pre["mlm_nsp"]["val_nsp_accuracy"] <= 1.0
@@ -66,7 +67,7 @@ def test_metrics_for_every_objective_and_scratch(dvc_repo):
 
 def test_registry_has_a_champion_per_objective_loadable_in_a_fresh_process(dvc_repo):
     registry = json.loads((dvc_repo / paths.REGISTRY_JSON).read_text())["models"]
-    assert [m["run"] for m in registry] == list(paths.FINETUNE_RUNS)
+    assert [m["run"] for m in registry] == list(FINETUNE_RUN_NAMES)
     assert all("champion" in m["aliases"] and "challenger" in m["aliases"] for m in registry)
     code = (
         "import mlflow, sys\n"
@@ -89,7 +90,7 @@ def test_second_repro_is_up_to_date_and_a_pretrain_param_reruns_only_downstream(
     assert "up to date" in again.stdout.lower()
     exp = dvc(dvc_repo, "exp", "run", "-S", "pretrain.max_steps=6")
     ran = {line.split("'")[1] for line in exp.stdout.splitlines() if line.startswith("Running stage")}
-    expected = {f"pretrain@{o}" for o in paths.OBJECTIVES} | {f"finetune@{o}" for o in paths.OBJECTIVES} \
+    expected = {f"pretrain@{o}" for o in OBJECTIVE_NAMES} | {f"finetune@{o}" for o in OBJECTIVE_NAMES} \
         | {"evaluate", "register"}
     assert ran == expected, exp.stdout[-3000:]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from components import paths
+from components.objectives import OBJECTIVE_NAMES
 from pipeline_repo import comparable_metrics, dvc, free_port, make_repo, wait_until_up
 from test_flow import graph_from_dvc_yaml
 
@@ -175,7 +175,7 @@ def test_tiny_deployment_completes_with_its_artifacts(tiny_runs):
     assert "test macro-F1" in report  # the comparison table
     registry = full["artifacts"]["lmforge-registry"]
     rows = json.loads(registry.data) if isinstance(registry.data, str) else registry.data
-    assert set(paths.OBJECTIVES) <= {r["objective"] for r in rows} and all(r["model"] for r in rows)
+    assert set(OBJECTIVE_NAMES) <= {r["objective"] for r in rows} and all(r["model"] for r in rows)
     assert "[17/17] register: ran" in full["logs"]  # stage progress in the Prefect logs
 
 

@@ -139,7 +139,7 @@ def test_the_gate_compares_on_one_test_split_rescoring_the_champion_when_it_can(
 def test_rescoring_a_registered_classifier_reproduces_its_metric(mlflow_store, bert_tokenizer):
     from mlflow import MlflowClient
 
-    from pipelines.register import rescore_classifier
+    from components.registry.register import rescore_classifier
     from registry_models import LABELS, toy_task
 
     model_dir, metrics = trained_classifier(mlflow_store, bert_tokenizer, steps=20)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from components import paths
+from components.objectives import FINETUNE_RUN_NAMES
 from pipeline_repo import env_for, free_port, wait_until_up
 from registry_models import LABELS, trained_classifier
 
@@ -169,7 +170,7 @@ def test_pipeline_versions_name_the_runs_that_made_their_weights(dvc_repo):
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dvc_repo / 'mlflow.db'}")
     registry = json.loads((dvc_repo / paths.REGISTRY_JSON).read_text())
-    assert [m["run"] for m in registry["models"]] == list(paths.FINETUNE_RUNS)
+    assert [m["run"] for m in registry["models"]] == list(FINETUNE_RUN_NAMES)
     assert {b["name"]: b["task"] for b in registry["bases"]} == {
         "lmforge-clm-base": "text-generation", "lmforge-mlm-base": "fill-mask", "lmforge-mlm_nsp-base": "fill-mask"}
     for entry in registry["models"] + registry["bases"]:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from components import paths
+from components.objectives import ARCHITECTURES, OBJECTIVES
 from components.config import TokenizeConfig, TokenizerConfig
-from components.tokens.tokenization import load_tokenizer, tokenize_corpus, train_tokenizer
+from components.tokens.tokenization import load_tokenizer, tokenize_corpus
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +33,8 @@ def prepare(workdir: Path, steps: int, dropout: float = 0.1, nproc: int = 1) -> 
 
     texts = [m.__doc__ for m in (argparse, collections, js, pathlib, textwrap, functools, typing) if m.__doc__] * 4
     tok_dir = workdir / paths.tokenizer_dir("gpt2")
-    train_tokenizer("gpt2", texts, TokenizerConfig(vocab_size=400, min_frequency=1), tok_dir)
-    tokenize_corpus("clm", load_tokenizer(tok_dir), {"train": texts, "validation": texts[:3]},
+    ARCHITECTURES["gpt2"].train_tokenizer(texts, TokenizerConfig(vocab_size=400, min_frequency=1), tok_dir)
+    tokenize_corpus(OBJECTIVES["clm"], load_tokenizer(tok_dir), {"train": texts, "validation": texts[:3]},
                     TokenizeConfig(block_size=32), 0, workdir / paths.tokenized_dir("clm"))
     (workdir / "params.yaml").write_text(PARAMS.format(steps=steps, dropout=dropout, nproc=nproc))
     return workdir

@@ -12,10 +12,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from components.tokens.nsp import build_nsp_pairs, plan_nsp_pairs, split_sentences
 from components.tokens.packing import ArrayWriter, BlockPacker, EncodedBatch, make_encoder, pack_documents
+from components.objectives import ARCHITECTURES, OBJECTIVES
 from components.config import TokenizeConfig, TokenizerConfig
-from components.tokens.tokenization import tokenize_corpus, train_tokenizer
+from components.tokens.tokenization import iter_texts, tokenize_corpus
 from conftest import _prose
-from pipelines.train_tokenizer import iter_texts
 
 CLS, SEP, PAD = 1, 2, 0
 # Text the stdlib corpus lacks: the WordPiece alphabet gets it only by seeing it in training.
@@ -23,7 +23,7 @@ WORLD = ["机器学习是人工智能的一个分支。", "emoji 🤖🎉 and a 
 
 
 def test_gpt2_tokenizer_saves_a_loadable_byte_level_bpe(tmp_path):
-    info = train_tokenizer("gpt2", _prose(), TokenizerConfig(vocab_size=350, min_frequency=1), tmp_path / "gpt2")
+    info = ARCHITECTURES["gpt2"].train_tokenizer(_prose(), TokenizerConfig(vocab_size=350, min_frequency=1), tmp_path / "gpt2")
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "gpt2"))
     assert info == {"vocab_size": 350, "architecture": "gpt2"}
     assert len(tok) == 350
@@ -33,7 +33,7 @@ def test_gpt2_tokenizer_saves_a_loadable_byte_level_bpe(tmp_path):
 
 
 def test_bert_tokenizer_saves_a_loadable_wordpiece(tmp_path):
-    train_tokenizer("bert", _prose(), TokenizerConfig(vocab_size=350, min_frequency=1, model_max_length=64),
+    ARCHITECTURES["bert"].train_tokenizer(_prose(), TokenizerConfig(vocab_size=350, min_frequency=1, model_max_length=64),
                     tmp_path / "bert")
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "bert"))
     assert (tok.cls_token, tok.sep_token, tok.mask_token, tok.pad_token, tok.unk_token) == (
@@ -46,15 +46,24 @@ def test_bert_tokenizer_saves_a_loadable_wordpiece(tmp_path):
 
 def test_wordpiece_training_is_byte_identical_across_runs(tmp_path):
     cfg = TokenizerConfig(vocab_size=400, min_frequency=1)
-    train_tokenizer("bert", _prose(), cfg, tmp_path / "a")
-    train_tokenizer("bert", _prose(), cfg, tmp_path / "b")
+    ARCHITECTURES["bert"].train_tokenizer(_prose(), cfg, tmp_path / "a")
+    ARCHITECTURES["bert"].train_tokenizer(_prose(), cfg, tmp_path / "b")
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
 
 
-def test_train_tokenizer_rejects_unknown_architecture(tmp_path):
-    with pytest.raises(ValueError, match="unknown architecture 't5'"):
-        train_tokenizer("t5", _prose(), TokenizerConfig(), tmp_path / "t5")
-    assert not (tmp_path / "t5").exists()
+@pytest.mark.parametrize("stage, argv", [("train_tokenizer", ["--architecture", "t5"]),
+                                         ("tokenize", ["--objective", "seq2seq"])])
+def test_stages_refuse_an_unknown_architecture_or_objective_in_one_line(stage, argv, tmp_path, monkeypatch,
+                                                                       capsys):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"pipelines.{stage}").main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert f"invalid choice: '{argv[1]}'" in err and "choose from" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("text", [
@@ -79,7 +88,7 @@ def test_wordpiece_round_trip_is_lower_cased_on_ascii(bert_tokenizer):
 @pytest.fixture(scope="module")
 def world_bert(tmp_path_factory):
     out = tmp_path_factory.mktemp("world") / "bert"
-    train_tokenizer("bert", _prose() + WORLD * 3, TokenizerConfig(vocab_size=600, min_frequency=1), out)
+    ARCHITECTURES["bert"].train_tokenizer(_prose() + WORLD * 3, TokenizerConfig(vocab_size=600, min_frequency=1), out)
     return AutoTokenizer.from_pretrained(str(out))
 
 
@@ -108,7 +117,7 @@ def _saved_fast_tokenizer(path, **specials):
 def test_pretrained_tokenizer_directory_is_used_instead_of_training(tmp_path):
     source = _saved_fast_tokenizer(tmp_path / "brought", eos_token="</s>")
     cfg = TokenizerConfig(model_max_length=256, pretrained_gpt2=str(source))
-    info = train_tokenizer("gpt2", iter(()), cfg, tmp_path / "gpt2")
+    info = ARCHITECTURES["gpt2"].train_tokenizer(iter(()), cfg, tmp_path / "gpt2")
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "gpt2"))
     assert info["pretrained"] == str(source) and info["vocab_size"] == len(tok) == 321
     assert tok.model_max_length == 256
@@ -118,10 +127,10 @@ def test_pretrained_tokenizer_directory_is_used_instead_of_training(tmp_path):
 
 def test_pretrained_tokenizer_errors_name_the_param_in_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"^tokenizer.pretrained_bert: no directory .*or '' to train one$"):
-        train_tokenizer("bert", iter(()), TokenizerConfig(pretrained_bert=str(tmp_path / "nope")), tmp_path / "out")
+        ARCHITECTURES["bert"].train_tokenizer(iter(()), TokenizerConfig(pretrained_bert=str(tmp_path / "nope")), tmp_path / "out")
     source = _saved_fast_tokenizer(tmp_path / "gpt-ish", eos_token="</s>", pad_token="<pad>")
     with pytest.raises(ValueError) as err:
-        train_tokenizer("bert", iter(()), TokenizerConfig(pretrained_bert=str(source)), tmp_path / "out")
+        ARCHITECTURES["bert"].train_tokenizer(iter(()), TokenizerConfig(pretrained_bert=str(source)), tmp_path / "out")
     assert str(err.value).startswith("tokenizer.pretrained_bert: ")
     assert "has no cls_token, sep_token, mask_token;" in str(err.value)
     assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
@@ -298,7 +307,7 @@ def _stream(tokenizer, docs, sep):
 def test_tokenize_corpus_clm_packs_documents_with_eos(gpt2_tokenizer, tmp_path):
     docs = _prose()[:6]
     cfg = TokenizeConfig(block_size=32)
-    meta = tokenize_corpus("clm", gpt2_tokenizer, {"train": docs, "validation": docs[:2]}, cfg, 0, tmp_path / "clm")
+    meta = tokenize_corpus(OBJECTIVES["clm"], gpt2_tokenizer, {"train": docs, "validation": docs[:2]}, cfg, 0, tmp_path / "clm")
     out = tmp_path / "clm"
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.input_ids.npy", "validation.input_ids.npy"]
     assert json.loads((out / "meta.json").read_text()) == meta
@@ -316,7 +325,7 @@ def test_tokenize_corpus_clm_packs_documents_with_eos(gpt2_tokenizer, tmp_path):
 
 def test_tokenize_corpus_mlm_stores_blocks_and_the_tokenizers_word_starts(bert_tokenizer, tmp_path):
     docs = _prose()[:6]
-    meta = tokenize_corpus("mlm", bert_tokenizer, {"train": docs}, TokenizeConfig(block_size=32), 0, tmp_path / "mlm")
+    meta = tokenize_corpus(OBJECTIVES["mlm"], bert_tokenizer, {"train": docs}, TokenizeConfig(block_size=32), 0, tmp_path / "mlm")
     ids = np.load(tmp_path / "mlm" / "train.input_ids.npy")
     starts = np.load(tmp_path / "mlm" / "train.word_starts.npy")
     assert ids.shape == starts.shape and starts.dtype == np.uint8
@@ -336,10 +345,10 @@ def test_tokenize_corpus_mlm_stores_blocks_and_the_tokenizers_word_starts(bert_t
 
 def test_special_token_text_in_the_corpus_is_not_a_special_token(gpt2_tokenizer, bert_tokenizer, tmp_path):
     docs = ["a docstring quoting <|endoftext|> and <|pad|> " * 20, "and [SEP] [MASK] [CLS] [PAD] as text " * 20]
-    tokenize_corpus("clm", gpt2_tokenizer, {"train": docs}, TokenizeConfig(block_size=16), 0, tmp_path / "clm")
+    tokenize_corpus(OBJECTIVES["clm"], gpt2_tokenizer, {"train": docs}, TokenizeConfig(block_size=16), 0, tmp_path / "clm")
     clm = np.load(tmp_path / "clm" / "train.input_ids.npy").reshape(-1).tolist()
     assert clm.count(gpt2_tokenizer.eos_token_id) == 1 and gpt2_tokenizer.pad_token_id not in clm
-    tokenize_corpus("mlm", bert_tokenizer, {"train": docs}, TokenizeConfig(block_size=16), 0, tmp_path / "mlm")
+    tokenize_corpus(OBJECTIVES["mlm"], bert_tokenizer, {"train": docs}, TokenizeConfig(block_size=16), 0, tmp_path / "mlm")
     body = np.load(tmp_path / "mlm" / "train.input_ids.npy")[:, 1:-1].reshape(-1).tolist()
     assert body.count(bert_tokenizer.sep_token_id) == 1
     assert not set(body) & {bert_tokenizer.mask_token_id, bert_tokenizer.cls_token_id, bert_tokenizer.pad_token_id}
@@ -348,7 +357,7 @@ def test_special_token_text_in_the_corpus_is_not_a_special_token(gpt2_tokenizer,
 def test_tokenize_corpus_mlm_nsp_writes_pair_arrays(bert_tokenizer, tmp_path):
     docs = _prose()[:6]
     cfg = TokenizeConfig(block_size=32)
-    meta = tokenize_corpus("mlm_nsp", bert_tokenizer, {"train": docs}, cfg, 0, tmp_path / "nsp")
+    meta = tokenize_corpus(OBJECTIVES["mlm_nsp"], bert_tokenizer, {"train": docs}, cfg, 0, tmp_path / "nsp")
     out = tmp_path / "nsp"
     assert sorted(p.name for p in out.iterdir()) == [
         "meta.json", "train.input_ids.npy", "train.nsp_labels.npy", "train.token_type_ids.npy", "train.word_starts.npy"]
@@ -369,7 +378,7 @@ def test_mlm_nsp_from_disk_equals_the_in_memory_recipe(bert_tokenizer, tmp_path)
     pairs the in-memory builder makes from the same tokenised sentences."""
     docs = _prose()
     cfg = TokenizeConfig(block_size=48, batch_size=4)  # several batches, so batch joins are exercised
-    tokenize_corpus("mlm_nsp", bert_tokenizer, {"train": docs}, cfg, 7, tmp_path / "nsp")
+    tokenize_corpus(OBJECTIVES["mlm_nsp"], bert_tokenizer, {"train": docs}, cfg, 7, tmp_path / "nsp")
     encode = make_encoder(bert_tokenizer, with_words=False)
     tokenised = []
     for doc in docs:
@@ -390,7 +399,7 @@ def test_two_runs_with_the_same_seed_are_byte_identical(objective, arch, gpt2_to
     runs = [(iter_texts(parquet), 3), (_prose() * 2, 1000)]
     for i, (texts, batch_size) in enumerate(runs):
         cfg = TokenizeConfig(block_size=32, batch_size=batch_size)
-        tokenize_corpus(objective, tokenizer, {"train": texts, "validation": _prose()[:3]}, cfg, 5, tmp_path / str(i))
+        tokenize_corpus(OBJECTIVES[objective], tokenizer, {"train": texts, "validation": _prose()[:3]}, cfg, 5, tmp_path / str(i))
     names = sorted(p.name for p in (tmp_path / "0").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "1").iterdir()) and len(names) >= 3
     for name in names:
@@ -400,14 +409,9 @@ def test_two_runs_with_the_same_seed_are_byte_identical(objective, arch, gpt2_to
 def test_tokenize_corpus_fails_clearly_on_an_empty_split(gpt2_tokenizer, tmp_path):
     splits = {"train": _prose(), "validation": ["too short"]}
     with pytest.raises(ValueError, match="the validation split yields no 64-token example"):
-        tokenize_corpus("clm", gpt2_tokenizer, splits, TokenizeConfig(block_size=64), 0, tmp_path / "clm")
+        tokenize_corpus(OBJECTIVES["clm"], gpt2_tokenizer, splits, TokenizeConfig(block_size=64), 0, tmp_path / "clm")
     assert not (tmp_path / "clm").exists()
     assert list(tmp_path.iterdir()) == []  # no half-written temporary directory either
-
-
-def test_tokenize_corpus_rejects_unknown_objective(gpt2_tokenizer, tmp_path):
-    with pytest.raises(ValueError, match="unknown objective 'seq2seq'"):
-        tokenize_corpus("seq2seq", gpt2_tokenizer, {"train": _prose()}, TokenizeConfig(), 0, tmp_path / "x")
 
 
 def test_tokenize_stage_writes_metrics_and_a_pretrained_dir_error_is_one_line(gpt2_tokenizer, tmp_path,

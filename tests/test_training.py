@@ -8,15 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.config import ModelConfig, OptimConfig, PretrainConfig, TokenizeConfig
-from components.train.models import build_pretraining_model
+from components.objectives import OBJECTIVES
+from components.config import ModelConfig
+from components.config import TokenizeConfig
 from components.tokens.tokenization import tokenize_corpus
+from components.config import OptimConfig
 from components.train.loop import fit, lr_at, resolve_device_dtype
-from components.train.pretraining import Objective, PretrainData, pretrain
+from components.config import PretrainConfig
+from components.train.pretraining import PretrainData, pretrain
 from conftest import _prose
 
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
-ARCH = {"clm": "gpt2", "mlm": "bert", "mlm_nsp": "bert"}
 CPU = {"device": "cpu", "dtype": "float32"}
 
 
@@ -30,16 +32,17 @@ def tokenized(tmp_path_factory, gpt2_tokenizer, bert_tokenizer):
     tokenizers = {"gpt2": gpt2_tokenizer, "bert": bert_tokenizer}
     docs = _prose()
     out = {}
-    for objective, arch in ARCH.items():
+    for objective, spec in OBJECTIVES.items():
+        arch = spec.architecture.name
         splits = {"train": docs, "validation": docs[:6]}
-        tokenize_corpus(objective, tokenizers[arch], splits, TokenizeConfig(block_size=32), 0, root / objective)
+        tokenize_corpus(OBJECTIVES[objective], tokenizers[arch], splits, TokenizeConfig(block_size=32), 0, root / objective)
         out[objective] = (tokenizers[arch], root / objective)
     return out
 
 
 def _model(objective: str, tokenizer, seed: int = 0):
     torch.manual_seed(seed)
-    return build_pretraining_model(objective, TINY, tokenizer)
+    return OBJECTIVES[objective].build_model(TINY, tokenizer)
 
 
 def test_lr_schedule_endpoints():
@@ -76,7 +79,7 @@ def test_pretrain_lowers_the_loss_and_reports_its_metrics(objective, tokenized):
     cfg = PretrainConfig(lr=1e-2, warmup_steps=3, max_steps=30, eval_every=15, eval_batches=2, log_every=1,
                          batch_size=16, **CPU)
     logs: list[tuple[int, dict]] = []
-    result = pretrain(objective, model, tokenizer, data_dir, cfg, seed=0, on_log=lambda s, m: logs.append((s, m)))
+    result = pretrain(OBJECTIVES[objective].training(tokenizer, cfg), model, data_dir, cfg, seed=0, on_log=lambda s, m: logs.append((s, m)))
 
     losses = [m["train_loss"] for _, m in logs if "train_loss" in m]
     assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
@@ -106,7 +109,7 @@ def test_same_seed_gives_the_same_run(tokenized):
 
     def run(seed: int):
         logs: list[float] = []
-        result = pretrain("mlm", _model("mlm", tokenizer), tokenizer, data_dir, cfg, seed=seed,
+        result = pretrain(OBJECTIVES["mlm"].training(tokenizer, cfg), _model("mlm", tokenizer), data_dir, cfg, seed=seed,
                           on_log=lambda s, m: logs.append(m.get("train_loss")))
         return logs, result["val_loss"]
 
@@ -119,7 +122,7 @@ def test_fit_objective_batches_and_early_stop(tokenized):
     """fit() on its own: micro-batches per step, the schedule it sets, and a stop from evaluate."""
     tokenizer, data_dir = tokenized["mlm_nsp"]
     model = _model("mlm_nsp", tokenizer)
-    objective = Objective("mlm_nsp", tokenizer, mlm_probability=0.15)
+    objective = OBJECTIVES["mlm_nsp"].training(tokenizer, PretrainConfig())
     data = PretrainData(data_dir, "train")
     assert {"input_ids", "token_type_ids", "nsp_labels"} <= set(data.arrays)
     calls, evals = [], []
@@ -144,7 +147,7 @@ def test_fit_objective_batches_and_early_stop(tokenized):
 def test_fit_raises_on_a_nan_loss(tokenized):
     tokenizer, data_dir = tokenized["clm"]
     model = _model("clm", tokenizer)
-    objective = Objective("clm", tokenizer, mlm_probability=0.15)
+    objective = OBJECTIVES["clm"].training(tokenizer, PretrainConfig())
     data = PretrainData(data_dir, "train")
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -173,7 +176,7 @@ def test_pretrain_data_requires_tokenized_data(tmp_path):
 def test_mlm_batch_without_masked_tokens_has_zero_not_nan_loss(objective_name, tokenized):
     """A short batch can draw no masked token (0.85**n): that must not read as divergence."""
     tokenizer, data_dir = tokenized[objective_name]
-    objective = Objective(objective_name, tokenizer, mlm_probability=0.15)
+    objective = OBJECTIVES[objective_name].training(tokenizer, PretrainConfig())
     batch = objective.prepare(PretrainData(data_dir, "train").batch(np.arange(2), torch.device("cpu")),
                               torch.Generator().manual_seed(0))
     batch["input_ids"] = torch.where(batch["labels"] == -100, batch["input_ids"], batch["labels"])
@@ -192,7 +195,7 @@ def test_bf16_training_runs_attention_in_fp32_and_restores_sdpa(objective, token
 
     tokenizer, data_dir = tokenized[objective]
     model = _model(objective, tokenizer).eval()
-    objective_ = Objective(objective, tokenizer, mlm_probability=0.15)
+    objective_ = OBJECTIVES[objective].training(tokenizer, PretrainConfig())
     batch = objective_.prepare(PretrainData(data_dir, "train").batch(np.arange(4), torch.device("cpu")),
                                torch.Generator().manual_seed(0))
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
@@ -242,7 +245,7 @@ def test_fused_head_loss_matches_cross_entropy_and_its_gradients():
 def test_clm_objective_loss_equals_the_models_own_labels_loss(tokenized):
     tokenizer, data_dir = tokenized["clm"]
     model = _model("clm", tokenizer).eval()
-    objective = Objective("clm", tokenizer, mlm_probability=0.15)
+    objective = OBJECTIVES["clm"].training(tokenizer, PretrainConfig())
     batch = objective.prepare(PretrainData(data_dir, "train").batch(np.arange(4), torch.device("cpu")), None)
     with torch.no_grad():
         ours = objective.forward(model, batch)["loss"]

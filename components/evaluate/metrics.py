@@ -3,25 +3,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.train.finetuning import macro_f1
+from components.train.scores import confusion_matrix, f1_per_class, macro_f1
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows = truth)."""
-    n = len(labels)
-    confusion = np.zeros((n, n), dtype=np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
+    confusion = confusion_matrix(y_true, y_pred, len(labels))
     per_class = {}
     for c, name in enumerate(labels):
         tp = confusion[c, c]
         predicted, actual = confusion[:, c].sum(), confusion[c, :].sum()
         precision = float(tp / predicted) if predicted else 0.0
         recall = float(tp / actual) if actual else 0.0
+        # The harmonic mean of the precision and recall shown; it equals f1_per_class's
+        # count form up to float rounding, and the report has always printed this one.
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(actual)}
     return {
         "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
-        "macro_f1": macro_f1(y_true, y_pred, n),
+        "macro_f1": float(np.mean(f1_per_class(confusion))),
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
     }

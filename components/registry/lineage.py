@@ -95,11 +95,11 @@ def lock_committed(wanted: dict[str, str], lock_path: str | Path = "dvc.lock") -
     return all(head.get(p) == now.get(p) for p in wanted.values())
 
 
-def input_paths(run: str) -> dict[str, str]:
-    """The DVC outputs a fine-tuning run (an objective or a scratch baseline) descends from."""
+def input_paths(run: str, architecture: str, pretrained: bool) -> dict[str, str]:
+    """The DVC outputs a fine-tuning run (an objective's, `pretrained`, or a scratch baseline) descends from."""
     wanted = {"corpus": paths.CORPUS_DIR, "downstream": paths.DOWNSTREAM_DIR,
-              "validation": paths.VALIDATION_DIR, "tokenizer": paths.tokenizer_dir(paths.run_architecture(run))}
-    if run in paths.OBJECTIVES:
+              "validation": paths.VALIDATION_DIR, "tokenizer": paths.tokenizer_dir(architecture)}
+    if pretrained:
         wanted["tokenized"] = paths.tokenized_dir(run)
         wanted["pretrained"] = paths.pretrained_dir(run)
     wanted["finetuned"] = paths.finetuned_dir(run)
@@ -120,12 +120,13 @@ def validation_summary(validation_dir: str | Path = paths.VALIDATION_DIR) -> dic
     return out
 
 
-def model_lineage(run: str, lock_path: str | Path = "dvc.lock", params_path: str | Path = "params.yaml") -> dict[str, str]:
+def model_lineage(run: str, architecture: str, pretrained: bool, lock_path: str | Path = "dvc.lock",
+                  params_path: str | Path = "params.yaml") -> dict[str, str]:
     """The lineage record of one fine-tuning run's models (classifier and, for an objective,
     its pretrained base): git state, params hash, data source, DVC hashes of every input,
     the validation verdict and the hash of the test split the metrics come from."""
     hashes = dvc_out_hashes(lock_path)
-    wanted = input_paths(run)
+    wanted = input_paths(run, architecture, pretrained)
     lineage = {"objective": run, **git_state()}
     committed = lineage["git_commit"] != "unknown" and lock_committed(wanted, lock_path)
     lineage["dvc_lock_committed"] = str(committed).lower()

@@ -6,13 +6,6 @@ from typing import Any
 
 import yaml
 
-OBJECTIVES = {
-    "clm": "causal language modelling (GPT-2 style: predict the next token)",
-    "mlm": "masked language modelling (BERT style: 15% of tokens masked, 80/10/10)",
-    "mlm_nsp": "masked language modelling plus next-sentence prediction (BERT's original recipe)",
-    "scratch-gpt2": "none: a randomly initialised GPT-2 classifier (the baseline for clm)",
-    "scratch-bert": "none: a randomly initialised BERT classifier (the baseline for mlm and mlm_nsp)",
-}
 USES = {
     "text-classification": "Classify a Python-library docstring by the Library Reference chapter of its module "
                            "(the built-in task), or the downstream task configured in `downstream`.",
@@ -27,16 +20,22 @@ def _table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_model_card(name: str, task: str, run: str, metrics: dict[str, float], lineage: dict[str, str],
-                      labels: list[str] | None = None, parameters: int | None = None, gate: str = "") -> str:
-    """Markdown with YAML front matter (library, pipeline tag, metrics) a hub or a person can read."""
+def _front_matter(name: str, task: str, metrics: dict[str, float], lineage: dict[str, str]) -> str:
+    """The card's YAML header: library, pipeline tag and a model-index entry with the metrics."""
     index = [{"name": name, "results": [{
         "task": {"type": task},
         "dataset": {"name": "lmforge downstream test split", "type": "lmforge-downstream",
                     "revision": lineage.get("test_split_sha256", "unknown")},
         "metrics": [{"type": k, "value": round(float(v), 6)} for k, v in metrics.items()]}]}]
-    front = yaml.safe_dump({"library_name": "transformers", "pipeline_tag": task, "tags": ["lmforge"],
-                            "model-index": index}, sort_keys=False)
+    return yaml.safe_dump({"library_name": "transformers", "pipeline_tag": task, "tags": ["lmforge"],
+                           "model-index": index}, sort_keys=False)
+
+
+def render_model_card(name: str, task: str, objective: str, metrics: dict[str, float], lineage: dict[str, str],
+                      labels: list[str] | None = None, parameters: int | None = None, gate: str = "") -> str:
+    """Markdown with YAML front matter (library, pipeline tag, metrics) a hub or a person can read;
+    `objective` describes the pretraining (its spec's description)."""
+    front = _front_matter(name, task, metrics, lineage)
     label_line = f"Labels ({len(labels)}): {', '.join(f'`{x}`' for x in labels)}.\n" if labels else ""
     size = f" ({parameters:,} parameters)" if parameters else ""
     metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
@@ -44,7 +43,7 @@ def render_model_card(name: str, task: str, run: str, metrics: dict[str, float],
 
 # {name}
 
-A `{task}` model{size} trained by lmforge. Pretraining objective: {OBJECTIVES.get(run, run)}.
+A `{task}` model{size} trained by lmforge. Pretraining objective: {objective}.
 {label_line}
 ## Training data
 

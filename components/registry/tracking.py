@@ -84,7 +84,7 @@ def data_hashes(objective: str | None) -> dict[str, str]:
 
     hashes = dvc_out_hashes()
     wanted = {"corpus_md5": paths.CORPUS_DIR}
-    if objective in paths.OBJECTIVES:
+    if objective:  # only an objective has tokenized data: other names have no such out in dvc.lock
         wanted["tokenized_md5"] = paths.tokenized_dir(objective)
     return {k: hashes[v] for k, v in wanted.items() if v in hashes}
 

@@ -56,3 +56,13 @@ def teardown() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def relaunch_under_torchrun(nproc: int, module: str, argv: list[str]) -> None:
+    """Replace this process with torchrun running `python -m module argv` on `nproc` processes."""
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", module, *argv]
+    print(f"{module.rsplit('.', 1)[-1]}: relaunching under torchrun: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+    os.execv(sys.executable, cmd)

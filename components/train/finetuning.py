@@ -1,17 +1,24 @@
-"""Fine-tuning a sequence classifier on the downstream task, through the shared `fit` loop."""
+"""Fine-tuning a sequence classifier on the downstream task, through the shared `fit` loop,
+and the finetune stage's work around it (`finetune_run`)."""
 from __future__ import annotations
 
 import copy
 import math
+import sys
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from components import paths
+from components.io import atomic_dir, read_json, write_json_atomic
+from components.tokens.tokenization import load_tokenizer
 from components.config import FinetuneConfig
 from components.train.loop import autocast, fit, resolve_device_dtype
+from components.train.scores import macro_f1
 
 
 def read_labelled(path: Path, labels: list[str]) -> pd.DataFrame:
@@ -31,23 +38,21 @@ def read_labelled(path: Path, labels: list[str]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def prepare_classifier_tokenizer(tokenizer, architecture: str, max_length: int):
-    """Make the tokenizer add what the classifier reads, so training, evaluation and the
-    served pipeline encode a text identically: BERT already adds [CLS] ... [SEP]; GPT-2
-    gets an EOS appended (its classifier reads the last non-pad token)."""
-    if architecture == "gpt2":
-        from tokenizers import processors
+def append_eos(tokenizer):
+    """Make the tokenizer append EOS to every text (and pair), as GPT-2's classifier needs:
+    it reads the last non-pad token, and training, evaluation and the served pipeline must
+    encode a text identically."""
+    from tokenizers import processors
 
-        eos = tokenizer.eos_token
-        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"$A {eos}", pair=f"$A {eos} $B:1 {eos}:1", special_tokens=[(eos, tokenizer.eos_token_id)]
-        )
-    tokenizer.model_max_length = max_length
+    eos = tokenizer.eos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B:1 {eos}:1", special_tokens=[(eos, tokenizer.eos_token_id)]
+    )
     return tokenizer
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated to `max_length` including the special tokens."""
+def encode_for_classifier(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """A classifier's input ids per text, truncated to `max_length` including the special tokens."""
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
@@ -75,29 +80,18 @@ def predict(model, encoded: list[list[int]], pad_id: int, batch_size: int, devic
     return probs
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> float:
-    """Unweighted mean of per-class F1 over all `n_labels` classes (absent classes count 0)."""
-    f1s = []
-    for c in range(n_labels):
-        tp = np.sum((y_pred == c) & (y_true == c))
-        fp = np.sum((y_pred == c) & (y_true != c))
-        fn = np.sum((y_pred != c) & (y_true == c))
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1s))
-
-
-def finetune(model, tokenizer, architecture: str, train: pd.DataFrame, val: pd.DataFrame, n_labels: int,
+def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels: int,
              cfg: FinetuneConfig, seed: int, on_log=None) -> dict:
     """Fine-tune with early stopping on validation macro-F1; the best epoch's weights are kept.
 
-    `tokenizer` must have been through `prepare_classifier_tokenizer`."""
+    `tokenizer` must have been through its architecture's `prepare_classifier_tokenizer`."""
     torch.manual_seed(seed)
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     model.to(device)
     pad_id = tokenizer.pad_token_id
-    train_x = encode_texts(tokenizer, train["text"].tolist(), cfg.max_length)
+    train_x = encode_for_classifier(tokenizer, train["text"].tolist(), cfg.max_length)
     train_y = torch.tensor(train["label"].to_numpy(), dtype=torch.long)
-    val_x = encode_texts(tokenizer, val["text"].tolist(), cfg.max_length)
+    val_x = encode_for_classifier(tokenizer, val["text"].tolist(), cfg.max_length)
     val_y = val["label"].to_numpy()
     counts = np.bincount(train_y.numpy(), minlength=n_labels).astype(np.float64)
     weights = None
@@ -145,3 +139,43 @@ def finetune(model, tokenizer, architecture: str, train: pd.DataFrame, val: pd.D
     model.load_state_dict(best["state"])
     return {"best_epoch": best["epoch"], "val_macro_f1": best["val_macro_f1"], "val_accuracy": best["val_accuracy"],
             "epochs_run": history[-1]["epoch"], "seconds": timing["seconds"], "history": history}
+
+
+def finetune_run(run, model_cfg, cfg: FinetuneConfig, seed: int, track: Callable[[], ContextManager],
+                 log_metrics: Callable[..., None]) -> dict:
+    """The finetune stage: `run` (a FinetuneRun spec from components.objectives: a pretrained
+    objective's model or its architecture's scratch twin) fine-tuned on the downstream task,
+    saved to models/finetuned/<run> with reports/finetune/<run>.json.
+
+    The inputs are checked and the model built before `track()` opens the run that
+    `log_metrics(metrics, step=None)` reports to (the stage's MLflow run).
+    """
+    pretrained = run.pretrained_dir()
+    if pretrained is not None and not (pretrained / "config.json").exists():
+        raise FileNotFoundError(f"{pretrained}: no pretrained model; run the pretrain stage first")
+    tokenizer = run.architecture.prepare_classifier_tokenizer(load_tokenizer(run.tokenizer_dir()), cfg.max_length)
+    downstream = Path(paths.DOWNSTREAM_DIR)
+    labels = read_json(downstream / "labels.json")["labels"]
+    train = read_labelled(downstream / "train.parquet", labels)
+    val = read_labelled(downstream / "validation.parquet", labels)
+    if cfg.max_length > model_cfg.max_positions:
+        raise ValueError(f"finetune.max_length ({cfg.max_length}) exceeds model.max_positions "
+                         f"({model_cfg.max_positions})")
+    torch.manual_seed(seed)
+    model = run.architecture.build_classifier(model_cfg, tokenizer, labels, pretrained)
+
+    def on_log(step: int, metrics: dict) -> None:
+        log_metrics(metrics, step=step)
+        print(f"finetune {run.name} step {step} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
+              file=sys.stderr, flush=True)
+
+    with track():
+        result = finetune(model, tokenizer, train, val, len(labels), cfg, seed, on_log)
+        with atomic_dir(paths.finetuned_dir(run.name)) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        write_json_atomic(Path(paths.FINETUNE_REPORTS) / f"{run.name}.json",
+                          {"run": run.name, "architecture": run.architecture.name, "pretrained": run.pretrained,
+                           **result})
+        log_metrics({k: v for k, v in result.items() if k != "history"})
+    return result

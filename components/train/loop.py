@@ -111,19 +111,9 @@ def _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every
         for group in optimizer.param_groups:
             group["lr"] = lr
         # Forward and backward over the micro-batches; loss scaled so gradients average.
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            batch = next_batch(step, micro)
-            with autocast(device, dtype):
-                loss = loss_fn(model, batch) / cfg.grad_accum
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate"
-                                         + _kept(checkpointer))
-            loss.backward()
-            loss_sum += loss.item()
-            n = int(batch["input_ids"].numel())
-            tokens += n
-            window_tokens += n
+        loss_sum, n = _backward(model, cfg, step, next_batch, loss_fn, device, dtype, checkpointer)
+        tokens += n
+        window_tokens += n
         # Update: clip, step, clear.
         grad_norm = torch.nn.utils.clip_grad_norm_(
             model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -155,6 +145,23 @@ def _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every
         if stop:
             break
     return {"steps": step + 1, "seconds": time.perf_counter() - start, "tokens": tokens, "resumed_from": first_step}
+
+
+def _backward(model, cfg: OptimConfig, step: int, next_batch, loss_fn, device, dtype,
+              checkpointer: Checkpointer | None) -> tuple[float, int]:
+    """Forward and backward over one step's micro-batches: (the step's loss, its tokens)."""
+    loss_sum, tokens = 0.0, 0
+    for micro in range(cfg.grad_accum):
+        batch = next_batch(step, micro)
+        with autocast(device, dtype):
+            loss = loss_fn(model, batch) / cfg.grad_accum
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate"
+                                     + _kept(checkpointer))
+        loss.backward()
+        loss_sum += loss.item()
+        tokens += int(batch["input_ids"].numel())
+    return loss_sum, tokens
 
 
 def _kept(checkpointer: Checkpointer | None) -> str:

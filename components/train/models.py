@@ -1,13 +1,16 @@
-"""Models per objective and architecture, built from configs (no hub downloads)."""
+"""Model configs per architecture, classifiers, and CPU attention precision (no hub downloads).
+
+Which objective trains which model class is in its spec (components.objectives)."""
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any, Callable
 
 from components.config import ModelConfig
 
 
-def _gpt2_config(cfg: ModelConfig, tokenizer, **extra):
+def gpt2_config(cfg: ModelConfig, tokenizer, **extra):
     from transformers import GPT2Config
 
     return GPT2Config(
@@ -28,7 +31,7 @@ def _gpt2_config(cfg: ModelConfig, tokenizer, **extra):
     )
 
 
-def _bert_config(cfg: ModelConfig, tokenizer, **extra):
+def bert_config(cfg: ModelConfig, tokenizer, **extra):
     from transformers import BertConfig
 
     return BertConfig(
@@ -87,25 +90,14 @@ def fast_cpu_attention(model, device, dtype):
         hf[0].set_attn_implementation("sdpa")
 
 
-def build_pretraining_model(objective: str, cfg: ModelConfig, tokenizer):
-    """GPT2LMHeadModel (clm), BertForMaskedLM (mlm) or BertForPreTraining (mlm_nsp), SDPA attention."""
-    from transformers import BertForMaskedLM, BertForPreTraining, GPT2LMHeadModel
-
-    if objective == "clm":
-        return GPT2LMHeadModel(_gpt2_config(cfg, tokenizer, attn_implementation="sdpa"))
-    if objective == "mlm":
-        return BertForMaskedLM(_bert_config(cfg, tokenizer, attn_implementation="sdpa"))
-    if objective == "mlm_nsp":
-        return BertForPreTraining(_bert_config(cfg, tokenizer, attn_implementation="sdpa"))
-    raise ValueError(f"unknown objective {objective!r}; expected clm, mlm or mlm_nsp")
-
-
-def build_classifier(architecture: str, cfg: ModelConfig, tokenizer, labels: list[str], pretrained_dir: Path | None):
-    """A sequence classifier: from a pretrained directory, or randomly initialised (scratch).
+def build_classifier(classifier_class: str, make_config: Callable[..., Any], labels: list[str],
+                     pretrained_dir: Path | None):
+    """A sequence classifier: from a pretrained directory, or a randomly initialised (scratch)
+    `classifier_class` (a transformers class name) on `make_config(**extra)`.
 
     GPT-2 classifies from the last non-pad token, BERT from the pooled [CLS] token.
     """
-    from transformers import AutoModelForSequenceClassification, BertForSequenceClassification, GPT2ForSequenceClassification
+    import transformers
 
     label_kw = {
         "num_labels": len(labels),
@@ -113,14 +105,10 @@ def build_classifier(architecture: str, cfg: ModelConfig, tokenizer, labels: lis
         "label2id": {name: i for i, name in enumerate(labels)},
     }
     if pretrained_dir is not None:
-        return AutoModelForSequenceClassification.from_pretrained(
+        return transformers.AutoModelForSequenceClassification.from_pretrained(
             str(pretrained_dir), attn_implementation="sdpa", **label_kw
         )
-    if architecture == "gpt2":
-        return GPT2ForSequenceClassification(_gpt2_config(cfg, tokenizer, attn_implementation="sdpa", **label_kw))
-    if architecture == "bert":
-        return BertForSequenceClassification(_bert_config(cfg, tokenizer, attn_implementation="sdpa", **label_kw))
-    raise ValueError(f"unknown architecture {architecture!r}; expected gpt2 or bert")
+    return getattr(transformers, classifier_class)(make_config(attn_implementation="sdpa", **label_kw))
 
 
 def count_parameters(model) -> int:

@@ -1,5 +1,6 @@
-"""Pretraining: memory-mapped tokenized data, per-objective batches and losses, and the
-pretrain entry point that drives the shared loop (components.train.loop)."""
+"""Pretraining: memory-mapped tokenized data, the objectives' batches, losses and validation
+metrics (which objective uses which is in its spec, components.objectives), and `pretrain`,
+which drives the shared loop (components.train.loop)."""
 from __future__ import annotations
 
 import json
@@ -38,22 +39,44 @@ class PretrainData:
         return out
 
 
-class Objective:
-    """Batch making and loss for clm, mlm and mlm_nsp: the only per-objective code."""
-
-    def __init__(self, name: str, tokenizer, mlm_probability: float, whole_word_masking: bool = False):
-        self.name = name
-        self.mlm_probability = mlm_probability
-        self.whole_word_masking = whole_word_masking
-        self.vocab_size = len(tokenizer)
-        if name != "clm":
-            # mask id first: mask_tokens takes it from there.
-            self.special_ids = [tokenizer.mask_token_id, *sorted(set(tokenizer.all_special_ids) - {tokenizer.mask_token_id})]
-            self.pad_id = tokenizer.pad_token_id
+class CausalLMTraining:
+    """Next-token prediction (GPT-2): batches are the blocks as they are; every position
+    predicts the token after it."""
 
     def prepare(self, raw: dict, generator: torch.Generator) -> dict:
-        if self.name == "clm":
-            return {"input_ids": raw["input_ids"]}
+        return {"input_ids": raw["input_ids"]}
+
+    def forward(self, model, batch: dict) -> dict:
+        """Loss plus the counts evaluation needs (sums, so batches add up)."""
+        # Next-token loss with the head fused into it (components/train/losses.py): the same
+        # number transformers' labels= path gives, without its full fp32 logits.
+        hidden = model.transformer(input_ids=batch["input_ids"])[0][:, :-1]
+        targets = batch["input_ids"][:, 1:].reshape(-1)
+        loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, targets)
+        n = targets.numel()
+        return {"loss": loss, "loss_sum": loss.detach() * n, "count": n}
+
+    def metrics(self, sums: dict) -> dict:
+        """Validation metrics from the summed `forward` counts."""
+        val_loss = sums["loss_sum"] / max(1, sums["count"])
+        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
+
+
+class MaskedLMTraining:
+    """Masked-token prediction (BERT): dynamic 80/10/10 masking per batch, optionally of
+    whole words; with `next_sentence`, BERT's sentence pairs and the NSP loss on top."""
+
+    def __init__(self, tokenizer, mlm_probability: float, whole_word_masking: bool = False,
+                 next_sentence: bool = False):
+        self.mlm_probability = mlm_probability
+        self.whole_word_masking = whole_word_masking
+        self.next_sentence = next_sentence
+        self.vocab_size = len(tokenizer)
+        # mask id first: mask_tokens takes it from there.
+        self.special_ids = [tokenizer.mask_token_id, *sorted(set(tokenizer.all_special_ids) - {tokenizer.mask_token_id})]
+        self.pad_id = tokenizer.pad_token_id
+
+    def prepare(self, raw: dict, generator: torch.Generator) -> dict:
         word_starts = None
         if self.whole_word_masking:
             if "word_starts" not in raw:
@@ -63,22 +86,14 @@ class Objective:
         inputs, labels = mask_tokens(raw["input_ids"], self.special_ids, self.vocab_size, self.mlm_probability,
                                      generator, word_starts)
         batch = {"input_ids": inputs, "labels": labels, "attention_mask": (raw["input_ids"] != self.pad_id).long()}
-        if self.name == "mlm_nsp":
+        if self.next_sentence:
             batch["token_type_ids"] = raw["token_type_ids"]
             batch["nsp_labels"] = raw["nsp_labels"]
         return batch
 
     def forward(self, model, batch: dict) -> dict:
-        """Loss plus the counts evaluation needs. For MLM the vocabulary head runs only on
-        masked positions (as MosaicBERT and Cramming do): ~7x fewer head FLOPs at 15%."""
-        if self.name == "clm":
-            # Next-token loss with the head fused into it (components/train/losses.py): the same
-            # number transformers' labels= path gives, without its full fp32 logits.
-            hidden = model.transformer(input_ids=batch["input_ids"])[0][:, :-1]
-            targets = batch["input_ids"][:, 1:].reshape(-1)
-            loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, targets)
-            n = targets.numel()
-            return {"loss": loss, "loss_sum": loss.detach() * n, "count": n}
+        """Loss plus the counts evaluation needs. The vocabulary head runs only on masked
+        positions (as MosaicBERT and Cramming do): ~7x fewer head FLOPs at 15%."""
         bert_out = model.bert(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -87,7 +102,8 @@ class Objective:
         hidden = bert_out[0]
         chosen = batch["labels"] != IGNORE_INDEX
         targets = batch["labels"][chosen]
-        head = model.cls if self.name == "mlm" else model.cls.predictions
+        # BertForPreTraining holds the MLM head next to the NSP one; BertForMaskedLM's is `cls` itself.
+        head = model.cls.predictions if self.next_sentence else model.cls
         logits = head(hidden[chosen])
         # Sum over count, not mean: a batch that drew no masked token scores 0, not NaN.
         mlm_loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(1, targets.numel())
@@ -97,7 +113,7 @@ class Objective:
             "count": targets.numel(),
             "mlm_correct": (logits.argmax(-1) == targets).sum(),
         }
-        if self.name == "mlm_nsp":
+        if self.next_sentence:
             nsp_logits = model.cls.seq_relationship(bert_out[1])
             nsp_loss = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"])
             result["loss"] = mlm_loss + nsp_loss
@@ -106,44 +122,46 @@ class Objective:
             result["nsp_count"] = len(nsp_logits)
         return result
 
+    def metrics(self, sums: dict) -> dict:
+        """Validation metrics from the summed `forward` counts (val_loss includes NSP's)."""
+        metrics = {"val_loss": sums["loss_sum"] / max(1, sums["count"]),
+                   "val_mlm_accuracy": sums["mlm_correct"] / max(1, sums["count"])}
+        if self.next_sentence:
+            metrics["val_nsp_accuracy"] = sums["nsp_correct"] / max(1, sums["nsp_count"])
+            metrics["val_nsp_loss"] = sums["nsp_loss_sum"] / max(1, sums["nsp_count"])
+            metrics["val_loss"] += metrics["val_nsp_loss"]
+        return metrics
+
 
 @torch.no_grad()
-def evaluate_pretraining(model, objective: Objective, data: PretrainData, batch_size: int, max_batches: int,
+def evaluate_pretraining(model, training, data: PretrainData, batch_size: int, max_batches: int,
                          seed: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """Validation metrics in bounded memory: only sums and counts are kept per batch."""
+    """Validation metrics in bounded memory: only sums and counts are kept per batch.
+    `training` is a CausalLMTraining or MaskedLMTraining (an objective spec's `training`)."""
     sums: dict[str, float] = {}
     generator = torch.Generator().manual_seed(seed)  # same masks at every evaluation
     for b in range(min(max_batches, math.ceil(data.n / batch_size))):
         idx = np.arange(b * batch_size, min(data.n, (b + 1) * batch_size))
-        batch = objective.prepare(data.batch(idx, device), generator)
+        batch = training.prepare(data.batch(idx, device), generator)
         with autocast(device, dtype):
-            out = objective.forward(model, batch)
+            out = training.forward(model, batch)
         for k, v in out.items():
             if k != "loss":
                 sums[k] = sums.get(k, 0.0) + float(v)
-    metrics = {"val_loss": sums["loss_sum"] / max(1, sums["count"])}
-    if objective.name == "clm":
-        metrics["val_perplexity"] = math.exp(min(metrics["val_loss"], 50.0))
-    else:
-        metrics["val_mlm_accuracy"] = sums["mlm_correct"] / max(1, sums["count"])
-    if objective.name == "mlm_nsp":
-        metrics["val_nsp_accuracy"] = sums["nsp_correct"] / max(1, sums["nsp_count"])
-        metrics["val_nsp_loss"] = sums["nsp_loss_sum"] / max(1, sums["nsp_count"])
-        metrics["val_loss"] += metrics["val_nsp_loss"]
-    return metrics
+    return training.metrics(sums)
 
 
 class _Trainable(torch.nn.Module):
     """Model + objective as one module, so DDP sees the loss computation as its forward
     (the MLM path calls submodules, which DDP's gradient sync would otherwise not see)."""
 
-    def __init__(self, model: torch.nn.Module, objective: Objective):
+    def __init__(self, model: torch.nn.Module, training):
         super().__init__()
         self.inner = model
-        self.objective = objective
+        self.training_objective = training
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.objective.forward(self.inner, batch)["loss"]
+        return self.training_objective.forward(self.inner, batch)["loss"]
 
 
 def _rows(batch: dict, rank: int, world_size: int) -> dict:
@@ -151,27 +169,9 @@ def _rows(batch: dict, rank: int, world_size: int) -> dict:
     return batch if world_size == 1 else {k: v[rank::world_size] for k, v in batch.items()}
 
 
-def pretrain(objective_name: str, model, tokenizer, data_dir: Path, cfg: PretrainConfig, seed: int,
-             on_log: Callable[[int, dict], None] | None = None, checkpointer: Checkpointer | None = None) -> dict:
-    """Pretrain `model` on the tokenized data; returns final validation metrics and timing.
-
-    Under torchrun each rank takes an equal slice of the same global batch (so no rank
-    runs out of data before another), DDP averages gradients, and only rank 0 evaluates,
-    logs and checkpoints.
-    """
-    from components.train import distributed
-
-    torch.manual_seed(seed)
-    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-    rank, world_size, device = distributed.setup(device)
-    if cfg.batch_size % world_size:
-        raise ValueError(f"pretrain.batch_size ({cfg.batch_size}) must be divisible by the {world_size} processes")
-    model.to(device)
-    objective = Objective(objective_name, tokenizer, cfg.mlm_probability, cfg.whole_word_masking)
-    trainable = distributed.wrap(_Trainable(model, objective), device)
-    if cfg.compile:
-        trainable = torch.compile(trainable)
-    train, val = PretrainData(data_dir, "train"), PretrainData(data_dir, "validation")
+def _batches(training, train: PretrainData, cfg: PretrainConfig, seed: int, device: torch.device, rank: int,
+             world_size: int) -> Callable[[int, int], dict]:
+    """The loop's `next_batch(step, micro)`: a pure function of the step, so resuming is O(1)."""
     # Sample order: a fresh permutation per epoch, so step s maps to examples in O(1).
     epochs: dict[int, np.ndarray] = {}
 
@@ -186,8 +186,33 @@ def pretrain(objective_name: str, model, tokenizer, data_dir: Path, cfg: Pretrai
         # Masks are drawn for the whole global batch, then sliced: every world size sees
         # exactly the inputs a single process would.
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
-        return _rows(objective.prepare(train.batch(np.asarray(idx), device), generator), rank, world_size)
+        return _rows(training.prepare(train.batch(np.asarray(idx), device), generator), rank, world_size)
 
+    return next_batch
+
+
+def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
+             on_log: Callable[[int, dict], None] | None = None, checkpointer: Checkpointer | None = None) -> dict:
+    """Pretrain `model` on the tokenized data, its batches and loss made by `training` (an
+    objective spec's `training(tokenizer, cfg)`); returns final validation metrics and timing.
+
+    Under torchrun each rank takes an equal slice of the same global batch (so no rank
+    runs out of data before another), DDP averages gradients, and only rank 0 evaluates,
+    logs and checkpoints.
+    """
+    from components.train import distributed
+
+    torch.manual_seed(seed)
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    rank, world_size, device = distributed.setup(device)
+    if cfg.batch_size % world_size:
+        raise ValueError(f"pretrain.batch_size ({cfg.batch_size}) must be divisible by the {world_size} processes")
+    model.to(device)
+    trainable = distributed.wrap(_Trainable(model, training), device)
+    if cfg.compile:
+        trainable = torch.compile(trainable)
+    train, val = PretrainData(data_dir, "train"), PretrainData(data_dir, "validation")
+    next_batch = _batches(training, train, cfg, seed, device, rank, world_size)
     state: dict = {"history": [], "curve": []}
 
     def log(step: int, metrics: dict) -> None:
@@ -198,7 +223,7 @@ def pretrain(objective_name: str, model, tokenizer, data_dir: Path, cfg: Pretrai
 
     def evaluate(step: int) -> bool:
         if rank == 0:
-            metrics = evaluate_pretraining(model, objective, val, cfg.batch_size, cfg.eval_batches, seed, device, dtype)
+            metrics = evaluate_pretraining(model, training, val, cfg.batch_size, cfg.eval_batches, seed, device, dtype)
             state["history"].append({"step": step, **metrics})
             log(step, metrics)
         return False

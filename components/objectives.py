@@ -1,0 +1,282 @@
+"""The objectives and architectures: one spec each, the only place that knows them by name.
+
+An `Architecture` (gpt2, bert) knows its tokenizer, its model config and its sequence
+classifier. An `Objective` (clm, mlm, mlm_nsp) knows its architecture, its pretraining model,
+how its tokenized data is made (packed blocks or NSP pairs), how a batch is made and its
+loss and validation metrics, its registry task, its model-card description, its line in
+the report and its samples. A `FinetuneRun` is an objective's classifier or an
+architecture's scratch twin. Stages, the loop, the report, the registry and the model
+card ask a spec; they never compare names, and the name lists below are the only ones.
+
+Importing this module imports neither torch nor transformers (the CLI and the flow read
+the name lists): each method imports what it needs from components.tokens / train /
+evaluate, which in turn never import this module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from components import paths
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model family: tokenizer, model config, classifier and the scratch baseline."""
+
+    name: str
+    tokenizer_kind: str
+    """What `train_tokenizer` trains (byte-level BPE, WordPiece)."""
+    specials: Mapping[str, str]
+    """The special tokens a trained tokenizer gets."""
+    required_specials: tuple[str, ...]
+    """What the pipeline needs from a tokenizer, trained or brought (`tokenizer.pretrained_<name>`)."""
+    pad_if_missing: str | None
+    """A pad token added to a brought tokenizer without one (or padding with EOS)."""
+    classifier_class: str
+    """The transformers class of a scratch classifier."""
+    scratch_description: str
+    """The model card's line for the scratch baseline."""
+
+    @property
+    def scratch_run(self) -> str:
+        return f"scratch-{self.name}"
+
+    def train_tokenizer(self, texts: Iterable[str], cfg, out_dir: Path) -> dict:
+        """Train this architecture's tokenizer on `texts`, or take `cfg`'s pretrained
+        directory for it, and save it for AutoTokenizer; returns its stats."""
+        from components.tokens.tokenization import use_pretrained_tokenizer
+
+        source = cfg.pretrained(self.name)
+        if source:
+            return use_pretrained_tokenizer(self.name, Path(source), cfg, out_dir, self.required_specials,
+                                            self.pad_if_missing)
+        return {**self._train_tokenizer(texts, cfg, out_dir), "architecture": self.name}
+
+    def build_classifier(self, cfg, tokenizer, labels: list[str], pretrained_dir: Path | None):
+        """A sequence classifier: from a pretrained directory, or randomly initialised (scratch)."""
+        from components.train.models import build_classifier
+
+        return build_classifier(self.classifier_class, lambda **kw: self.model_config(cfg, tokenizer, **kw),
+                                labels, pretrained_dir)
+
+    def _train_tokenizer(self, texts: Iterable[str], cfg, out_dir: Path) -> dict:
+        raise NotImplementedError
+
+    def model_config(self, cfg, tokenizer, **extra):
+        """The transformers config of this architecture at `cfg`'s (params `model`) shape."""
+        raise NotImplementedError
+
+    def prepare_classifier_tokenizer(self, tokenizer, max_length: int):
+        """Make the tokenizer add what the classifier reads, so training, evaluation and the
+        served pipeline encode a text identically."""
+        tokenizer.model_max_length = max_length
+        return tokenizer
+
+
+class GPT2Architecture(Architecture):
+    def _train_tokenizer(self, texts, cfg, out_dir):
+        from components.tokens.tokenization import train_byte_level_bpe
+
+        return train_byte_level_bpe(texts, cfg, out_dir, dict(self.specials))
+
+    def model_config(self, cfg, tokenizer, **extra):
+        from components.train.models import gpt2_config
+
+        return gpt2_config(cfg, tokenizer, **extra)
+
+    def prepare_classifier_tokenizer(self, tokenizer, max_length):
+        # GPT-2 classifies from the last non-pad token: an appended EOS gives it one to read.
+        from components.train.finetuning import append_eos
+
+        append_eos(tokenizer)
+        return super().prepare_classifier_tokenizer(tokenizer, max_length)
+
+
+class BertArchitecture(Architecture):
+    # BERT's tokenizer already adds [CLS] ... [SEP]; its classifier reads the pooled [CLS].
+    def _train_tokenizer(self, texts, cfg, out_dir):
+        from components.tokens.tokenization import train_wordpiece
+
+        return train_wordpiece(texts, cfg, out_dir, dict(self.specials))
+
+    def model_config(self, cfg, tokenizer, **extra):
+        from components.train.models import bert_config
+
+        return bert_config(cfg, tokenizer, **extra)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A pretraining objective: what it trains, on what data, and how it is judged."""
+
+    name: str
+    architecture: Architecture
+    model_class: str
+    """The transformers class pretrained (and saved) for this objective."""
+    registry_task: str
+    """The pipeline task its pretrained base is registered with."""
+    description: str
+    """The model card's line for it."""
+    report_metrics: tuple[str, ...]
+    """Validation metrics the comparison report and the registry keep."""
+
+    def build_model(self, cfg, tokenizer):
+        """The pretraining model at `cfg`'s (params `model`) shape, randomly initialised, SDPA attention."""
+        import transformers
+
+        config = self.architecture.model_config(cfg, tokenizer, attn_implementation="sdpa")
+        return getattr(transformers, self.model_class)(config)
+
+    def pretraining_summary(self, metrics: dict) -> tuple[dict, str]:
+        """(the kept validation metrics, the report's one-line summary) from pretraining's metrics.json."""
+        kept = {k: metrics[k] for k in self.report_metrics if k in metrics}
+        return kept, self.summary_line(metrics)
+
+    def tokenize_split(self, tokenizer, texts: Iterable[str], cfg, seed: int, out_prefix: str) -> dict:
+        """Stream one split's texts into `<out_prefix>.<array>.npy` files; returns its stats."""
+        raise NotImplementedError
+
+    def training(self, tokenizer, cfg):
+        """How a batch is made, its loss and validation metrics (components.train.pretraining)."""
+        raise NotImplementedError
+
+    def summary_line(self, metrics: dict) -> str:
+        raise NotImplementedError
+
+    def samples(self, model_dir: Path) -> list[dict]:
+        """What the pretrained model says on fixed prompts (the report's samples)."""
+        raise NotImplementedError
+
+
+class CausalLM(Objective):
+    """Next-token prediction on documents joined with EOS into fixed blocks."""
+
+    def tokenize_split(self, tokenizer, texts, cfg, seed, out_prefix):
+        from components.tokens.tokenization import tokenize_packed
+
+        return tokenize_packed(tokenizer, texts, cfg, out_prefix, sep_id=tokenizer.eos_token_id, cls_id=None,
+                               with_words=False)
+
+    def training(self, tokenizer, cfg):
+        from components.train.pretraining import CausalLMTraining
+
+        return CausalLMTraining()
+
+    def summary_line(self, metrics):
+        return f"perplexity {metrics['val_perplexity']:.1f}"
+
+    def samples(self, model_dir):
+        from components.evaluate.report import generation_samples
+
+        return generation_samples(model_dir)
+
+
+@dataclass(frozen=True)
+class MaskedLM(Objective):
+    """Masked-token prediction (80/10/10), on [CLS] ... [SEP] blocks or, with
+    `next_sentence`, on BERT sentence pairs with the next-sentence loss added."""
+
+    next_sentence: bool = False
+
+    def tokenize_split(self, tokenizer, texts, cfg, seed, out_prefix):
+        from components.tokens.tokenization import tokenize_nsp_pairs, tokenize_packed
+
+        if self.next_sentence:
+            return tokenize_nsp_pairs(tokenizer, texts, cfg, seed, out_prefix)
+        return tokenize_packed(tokenizer, texts, cfg, out_prefix, sep_id=tokenizer.sep_token_id,
+                               cls_id=tokenizer.cls_token_id, with_words=True)
+
+    def training(self, tokenizer, cfg):
+        from components.train.pretraining import MaskedLMTraining
+
+        return MaskedLMTraining(tokenizer, cfg.mlm_probability, cfg.whole_word_masking, self.next_sentence)
+
+    def summary_line(self, metrics):
+        text = f"MLM acc {metrics['val_mlm_accuracy']:.3f}"
+        if self.next_sentence:
+            text += f", NSP acc {metrics['val_nsp_accuracy']:.3f}"
+        return text
+
+    def samples(self, model_dir):
+        from components.evaluate.report import fill_mask_samples
+
+        return fill_mask_samples(model_dir)
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    """One fine-tuned classifier: from an objective's pretrained model, or from scratch."""
+
+    name: str
+    architecture: Architecture
+    objective: Objective | None
+    """None for the scratch baseline."""
+
+    @property
+    def pretrained(self) -> bool:
+        return self.objective is not None
+
+    @property
+    def report_objective(self) -> str:
+        """The `objective` column of the comparison report."""
+        return self.objective.name if self.objective else "scratch"
+
+    @property
+    def description(self) -> str:
+        return self.objective.description if self.objective else self.architecture.scratch_description
+
+    def pretrained_dir(self) -> Path | None:
+        return Path(paths.pretrained_dir(self.objective.name)) if self.objective else None
+
+    def tokenizer_dir(self) -> Path:
+        """Where its tokenizer is read from: the pretrained model's, or the architecture's."""
+        return self.pretrained_dir() or Path(paths.tokenizer_dir(self.architecture.name))
+
+
+GPT2 = GPT2Architecture(
+    name="gpt2", tokenizer_kind="byte-level BPE",
+    specials={"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"},
+    required_specials=("eos_token", "pad_token"), pad_if_missing="<|pad|>",
+    classifier_class="GPT2ForSequenceClassification",
+    scratch_description="none: a randomly initialised GPT-2 classifier (the baseline for clm)",
+)
+BERT = BertArchitecture(
+    name="bert", tokenizer_kind="WordPiece",
+    specials={"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+              "mask_token": "[MASK]"},
+    required_specials=("cls_token", "sep_token", "mask_token", "pad_token"), pad_if_missing=None,
+    classifier_class="BertForSequenceClassification",
+    scratch_description="none: a randomly initialised BERT classifier (the baseline for mlm and mlm_nsp)",
+)
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, BERT)}
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    CausalLM(
+        name="clm", architecture=GPT2, model_class="GPT2LMHeadModel", registry_task="text-generation",
+        description="causal language modelling (GPT-2 style: predict the next token)",
+        report_metrics=("val_loss", "val_perplexity"),
+    ),
+    MaskedLM(
+        name="mlm", architecture=BERT, model_class="BertForMaskedLM", registry_task="fill-mask",
+        description="masked language modelling (BERT style: 15% of tokens masked, 80/10/10)",
+        report_metrics=("val_loss", "val_mlm_accuracy"),
+    ),
+    MaskedLM(
+        name="mlm_nsp", architecture=BERT, model_class="BertForPreTraining", registry_task="fill-mask",
+        description="masked language modelling plus next-sentence prediction (BERT's original recipe)",
+        report_metrics=("val_loss", "val_mlm_accuracy", "val_nsp_accuracy"), next_sentence=True,
+    ),
+)}
+
+# Every objective's classifier, then every architecture's scratch twin (the order of the report).
+FINETUNE_RUNS: dict[str, FinetuneRun] = {r.name: r for r in (
+    *(FinetuneRun(o.name, o.architecture, o) for o in OBJECTIVES.values()),
+    *(FinetuneRun(a.scratch_run, a, None) for a in ARCHITECTURES.values()),
+)}
+
+OBJECTIVE_NAMES = tuple(OBJECTIVES)
+ARCHITECTURE_NAMES = tuple(ARCHITECTURES)
+FINETUNE_RUN_NAMES = tuple(FINETUNE_RUNS)
+SCRATCH_RUN_NAMES = tuple(a.scratch_run for a in ARCHITECTURES.values())

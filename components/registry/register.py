@@ -1,0 +1,128 @@
+"""The register stage's work: every fine-tuned classifier and every pretrained base into the
+MLflow registry, with lineage and a model card, `challenger` -> `champion` behind the gate."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, ContextManager, Sequence
+
+from components import paths
+from components.io import read_json, write_json_atomic
+from components.registry import tracking
+from components.registry.lineage import model_lineage, redact, weights_digest
+from components.registry.model_card import render_model_card
+from components.config import RegisterConfig
+from components.registry.models import base_model_name, model_name, register_model
+
+CLASSIFIER_METRICS = ("test_accuracy", "test_macro_f1", "delta_macro_f1_vs_scratch", "delta_ci_low", "delta_ci_high")
+
+
+def register_all(runs: Sequence, cfg: RegisterConfig, track: Callable[[], ContextManager]) -> dict:
+    """Register every run's classifier (FinetuneRun specs from components.objectives), then the
+    pretrained base of each pretrained one, from reports/comparison.json; writes
+    reports/registry.json inside `track()` (the stage's MLflow run) and returns it."""
+    import mlflow
+
+    report = read_json(paths.COMPARISON_JSON)
+    by_run = {r["run"]: r for r in report["runs"]}
+    missing = [run.name for run in runs if run.name not in by_run]
+    if missing:
+        raise ValueError(f"{paths.COMPARISON_JSON}: no results for {', '.join(missing)}; run the evaluate stage")
+    with track():
+        classifiers = {run.name: register_run(run, by_run[run.name], report, cfg) for run in runs}
+        bases = [register_run(run, by_run[run.name], report, cfg, classifiers[run.name])
+                 for run in runs if run.pretrained]
+        registry = {"models": list(classifiers.values()), "bases": bases}
+        write_json_atomic(paths.REGISTRY_JSON, registry)
+        mlflow.log_artifact(paths.REGISTRY_JSON)
+        mlflow.log_text(redact(Path("params.yaml").read_text()), "lineage/params.yaml")
+    return registry
+
+
+def register_run(run, entry: dict, report: dict, cfg: RegisterConfig, classifier_version: dict | None = None) -> dict:
+    """Register the classifier fine-tuned in `run`, or (with `classifier_version`) its pretrained base."""
+    lineage = run_lineage(run, classifier=classifier_version is None)
+    metrics = {k: entry[k] for k in CLASSIFIER_METRICS if k in entry}
+    gate = (f"Promotion: `champion` only if `{cfg.gate_metric}` beats the current champion's by more than "
+            f"{cfg.min_improvement} on the same test split; the version's `lmforge.promotion` tag says why.")
+    if classifier_version is None:
+        name, task, model_dir = model_name(cfg, run.name), "text-classification", Path(paths.finetuned_dir(run.name))
+        metrics["majority_baseline_macro_f1"] = report["majority_baseline"]["test_macro_f1"]
+        labels = report["labels"]
+        rescore = rescore_on_test_split(labels, cfg.gate_metric)
+    else:
+        name, task, model_dir = base_model_name(cfg, run.name), run.objective.registry_task, run.pretrained_dir()
+        metrics.update(entry.get("pretraining", {}))
+        lineage["gate_source"] = (f"{classifier_version['name']} v{classifier_version['version']}: "
+                                  f"the classifier fine-tuned from this base")
+        gate += f" For a base, the metric is that of {lineage['gate_source'].split(':')[0]}."
+        labels = rescore = None
+    card = render_model_card(name, task, run.description, metrics, lineage, labels, parameter_count(model_dir), gate)
+    decision = register_model(name, model_dir, task, metrics, lineage, cfg, files=lineage_files(), card=card,
+                              rescore=rescore)
+    print(f"register: {decision['name']} v{decision['version']} @{','.join(decision['aliases'])}"
+          f"{' (new)' if decision['new_version'] else ''}: {decision['reason']}")
+    return {"objective": run.name, "run": run.name, "task": task, **decision}
+
+
+def run_lineage(run, classifier: bool) -> dict[str, str]:
+    """The lineage record, plus the MLflow runs that wrote the weights: the fine-tuning run
+    (for a classifier) and the pretraining run (for a pretrained run's models)."""
+    lineage = model_lineage(run.name, run.architecture.name, run.pretrained)
+    if classifier:
+        lineage["finetune_run_id"], lineage["finetune_run_match"] = tracking.find_stage_run(
+            "finetune", run.name, weights_digest(paths.finetuned_dir(run.name)))
+    if run.pretrained:
+        lineage["pretrain_run_id"], lineage["pretrain_run_match"] = tracking.find_stage_run(
+            "pretrain", run.name, weights_digest(run.pretrained_dir()))
+    return lineage
+
+
+def rescore_on_test_split(labels: list[str], metric: str) -> Callable:
+    """The gate's `rescore(champion)`: a champion classifier's `metric` on this test split."""
+
+    def rescore(champion):
+        from components.train.finetuning import read_labelled
+
+        test = read_labelled(Path(paths.DOWNSTREAM_DIR) / "test.parquet", labels)
+        return rescore_classifier(champion, test["text"].tolist(), test["label"].to_numpy(), labels, metric)
+
+    return rescore
+
+
+def rescore_classifier(champion, texts: list[str], y, labels: list[str], metric: str) -> float | None:
+    """The champion classifier's gate metric on this test split (None if its labels differ)."""
+    from components.evaluate.metrics import classification_metrics
+    from components.registry.models import load_version
+    from components.train.finetuning import encode_for_classifier, predict
+    from components.train.loop import resolve_device_dtype
+
+    parts = load_version(champion, return_type="components")
+    model, tokenizer = parts["model"], parts["tokenizer"]
+    if [model.config.id2label[i] for i in range(model.config.num_labels)] != list(labels):
+        return None
+    device, dtype = resolve_device_dtype("auto", "auto")
+    encoded = encode_for_classifier(tokenizer, texts, tokenizer.model_max_length)
+    pred = predict(model.to(device), encoded, tokenizer.pad_token_id, 64, device, dtype).argmax(-1)
+    m = classification_metrics(y, pred, list(labels))
+    return {"test_macro_f1": m["macro_f1"], "test_accuracy": m["accuracy"]}[metric]
+
+
+def parameter_count(model_dir: Path) -> int:
+    """Parameters in a model directory's safetensors weights (read from the headers, no tensors loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= d
+                total += n
+    return total
+
+
+def lineage_files() -> dict[str, str]:
+    """Files stored next to each model: the params file itself, the DVC lock, the GX result."""
+    return {"params.yaml": "params.yaml", "dvc.lock": "dvc.lock",
+            "validation.json": str(Path(paths.VALIDATION_DIR) / "result.json")}

@@ -1,0 +1,120 @@
+"""The pretrain stage's work: one objective's model trained on its tokenized data and saved,
+with its tokenizer and reports, where dvc.yaml expects them.
+
+Checkpoints go to checkpoints/pretrain/<objective> (a `persist: true` DVC out), so rerunning
+after a crash resumes from the newest one whose fingerprint matches.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, ContextManager
+
+import torch
+
+from components import paths
+from components.io import atomic_dir, write_json_atomic, write_text_atomic
+from components.tokens.tokenization import load_tokenizer
+from components.train.checkpoint import Checkpointer
+from components.train.distributed import is_main_process
+from components.train.flops import device_peak_flops, flops_per_token, mfu
+from components.config import ModelConfig
+from components.train.models import count_parameters
+from components.config import PretrainConfig
+from components.train.pretraining import PretrainData, pretrain
+
+
+def run_fingerprint(objective: str, model_cfg: ModelConfig, train_cfg: PretrainConfig, seed: int,
+                    data_dir: Path) -> str:
+    """What a checkpoint must match to be resumed: objective, configs, seed, data."""
+    data = (data_dir / "meta.json").read_text()
+    sizes = sorted((p.name, p.stat().st_size) for p in data_dir.glob("*.npy"))
+    keyed = {"objective": objective, "model": asdict(model_cfg), "seed": seed, "data": data, "sizes": sizes,
+             "pretrain": {k: v for k, v in asdict(train_cfg).items()
+                          if k not in ("log_every", "keep_checkpoints", "device", "nproc_per_node")}}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainConfig, seed: int,
+                       track: Callable[..., ContextManager],
+                       log_metrics: Callable[..., None]) -> dict | None:
+    """The pretrain stage: `objective` (a spec from components.objectives) trained from its
+    tokenized data into models/pretrained/<objective>, with reports/pretrain/<objective>/.
+
+    Inputs are checked and the model built before `track(parameters=n)` opens the run that
+    `log_metrics(metrics, step=None)` reports to (the stage's MLflow run; rank 0 only).
+    Returns the final metrics on rank 0, None on the other ranks of a torchrun launch.
+    """
+    data_dir = Path(paths.tokenized_dir(objective.name))
+    block_size = PretrainData(data_dir, "train").meta["block_size"]
+    if block_size > model_cfg.max_positions:
+        raise ValueError(f"tokenize.block_size ({block_size}) exceeds model.max_positions "
+                         f"({model_cfg.max_positions}); lower one or raise the other")
+    tokenizer = load_tokenizer(paths.tokenizer_dir(objective.architecture.name))
+    torch.manual_seed(seed)
+    model = objective.build_model(model_cfg, tokenizer)
+    checkpointer = Checkpointer(paths.checkpoint_dir(objective.name), train_cfg.checkpoint_every,
+                                train_cfg.keep_checkpoints, run_fingerprint(objective.name, model_cfg, train_cfg,
+                                                                            seed, data_dir))
+    main_process = is_main_process()
+    n_params = count_parameters(model)
+    on_log = progress_log(objective.name, train_cfg.max_steps,
+                          flops_per_token(n_params, model_cfg.n_layers, model_cfg.d_model, block_size), log_metrics)
+    with track(parameters=n_params) if main_process else contextlib.nullcontext():
+        resume = checkpointer.latest() if main_process else None
+        if resume is not None:
+            print(f"pretrain: {objective.name}: resuming from {resume}", file=sys.stderr, flush=True)
+        metrics = pretrain(objective.training(tokenizer, train_cfg), model, data_dir, train_cfg, seed,
+                           on_log=on_log, checkpointer=checkpointer)
+        if not main_process:
+            return None
+        save_pretrained(objective.name, model, tokenizer, metrics, n_params)
+        log_metrics({f"final_{k}": v for k, v in metrics.items()})
+    return metrics
+
+
+def progress_log(name: str, max_steps: int, per_token_flops: float,
+                 log_metrics: Callable[..., None]) -> Callable[[int, dict], None]:
+    """The loop's `on_log`: MFU added where the device's peak is known (GPUs), then the
+    metrics logged and a progress line (with an ETA) printed to stderr."""
+    peak = device_peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+    clock: dict = {}
+
+    def on_log(step: int, metrics: dict) -> None:
+        if "train_loss" in metrics:
+            # Throughput is per process.
+            utilisation = mfu(metrics["tokens_per_s"], per_token_flops, peak)
+            if utilisation is not None:
+                metrics = {**metrics, "mfu": utilisation}
+            t0, s0 = clock.setdefault("start", (time.perf_counter(), step))
+            eta = (time.perf_counter() - t0) / max(step - s0, 1) * (max_steps - step)
+            print(f"pretrain {name} step {step}/{max_steps} loss {metrics['train_loss']:.4f} "
+                  f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s"
+                  + (f" mfu {utilisation:.1%}" if utilisation is not None else "")
+                  + f" eta {eta:.0f}s", file=sys.stderr, flush=True)
+        log_metrics(metrics, step=step)
+        if "train_loss" not in metrics:
+            print(f"pretrain {name} step {step} validation "
+                  + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr, flush=True)
+
+    return on_log
+
+
+def save_pretrained(name: str, model, tokenizer, metrics: dict, n_params: int) -> None:
+    """The model (safetensors) with its tokenizer, and the reports: metrics.json (DVC metrics),
+    train_loss.csv (DVC plots), validation.json (every evaluation). Takes the curve and the
+    history out of `metrics`."""
+    with atomic_dir(paths.pretrained_dir(name)) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    curve, history = metrics.pop("curve"), metrics.pop("history")
+    report = Path(paths.PRETRAIN_REPORTS) / name
+    write_json_atomic(report / "metrics.json", {"objective": name, "parameters": n_params, **metrics})
+    write_text_atomic(report / "train_loss.csv",
+                      "step,loss\n" + "".join(f"{step},{loss:.6f}\n" for step, loss in curve))
+    write_json_atomic(report / "validation.json", history)
