@@ -17,6 +17,29 @@ TXT_MODES = ("file", "paragraph")
 DTYPES = ("auto", "float32", "bfloat16")
 
 
+def _section(config) -> str:
+    """params.yaml section of a config instance: PretrainConfig -> "pretrain"."""
+    return type(config).__name__.removesuffix("Config").lower()
+
+
+def at_least(config, minimum: int, *names: str, why: str = "") -> None:
+    """Each named field must be >= `minimum`: a one-line error naming section.field otherwise."""
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{_section(config)}.{name} must be >= {minimum}{why}, got {value}")
+
+
+def within(config, name: str, interval: str) -> None:
+    """The field lies in `interval`, written as in the error message: "[0, 1)", "(0.5, 1)"."""
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    value = getattr(config, name)
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    if not (above and below):
+        raise ValueError(f"{_section(config)}.{name} must be in {interval}, got {value}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """params.yaml section ``data``: where the pretraining corpus comes from."""
@@ -172,14 +195,9 @@ class TokenizerConfig:
     """A local Hugging Face tokenizer directory to use for bert (mlm, mlm_nsp) instead of training one."""
 
     def __post_init__(self):
-        if self.vocab_size < 300:
-            raise ValueError(
-                f"tokenizer.vocab_size must be >= 300 (256 bytes + special tokens), got {self.vocab_size}"
-            )
-        if self.min_frequency < 1:
-            raise ValueError(f"tokenizer.min_frequency must be >= 1, got {self.min_frequency}")
-        if self.model_max_length < 8:
-            raise ValueError(f"tokenizer.model_max_length must be >= 8, got {self.model_max_length}")
+        at_least(self, 300, "vocab_size", why=" (256 bytes + special tokens)")
+        at_least(self, 1, "min_frequency")
+        at_least(self, 8, "model_max_length")
 
     def pretrained(self, architecture: str) -> str:
         return {"gpt2": self.pretrained_gpt2, "bert": self.pretrained_bert}.get(architecture, "")
@@ -197,12 +215,9 @@ class TokenizeConfig:
     """Documents per tokenizer call; a few calls run at once on background threads."""
 
     def __post_init__(self):
-        if self.block_size < 16:
-            raise ValueError(f"tokenize.block_size must be >= 16, got {self.block_size}")
-        if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise ValueError(f"tokenize.short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
-        if self.batch_size < 1:
-            raise ValueError(f"tokenize.batch_size must be >= 1, got {self.batch_size}")
+        at_least(self, 16, "block_size")
+        within(self, "short_seq_prob", "[0, 1]")
+        at_least(self, 1, "batch_size")
 
 
 @dataclass(frozen=True)
@@ -223,15 +238,12 @@ class ModelConfig:
     dropout: float = 0.1
 
     def __post_init__(self):
-        for name in ("n_layers", "n_heads", "d_model", "d_ff", "max_positions"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        at_least(self, 1, "n_layers", "n_heads", "d_model", "d_ff", "max_positions")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        within(self, "dropout", "[0, 1)")
 
 
 @dataclass(frozen=True)
@@ -256,16 +268,12 @@ class OptimConfig:
     """auto | float32 | bfloat16: auto is bf16 on CUDA and on CPUs with native bf16, else fp32."""
 
     def __post_init__(self):
-        section = type(self).__name__.removesuffix("Config").lower()
+        section = _section(self)
         if self.lr <= 0:
             raise ValueError(f"{section}.lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"{section}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"{section}.warmup_steps must be >= 0, got {self.warmup_steps}")
-        for name in ("batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{section}.{name} must be >= 1, got {getattr(self, name)}")
+        within(self, "min_lr_ratio", "[0, 1]")
+        at_least(self, 0, "warmup_steps")
+        at_least(self, 1, "batch_size", "grad_accum")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(f"{section}.weight_decay and {section}.grad_clip must be >= 0")
         if self.dtype not in DTYPES:
@@ -297,12 +305,9 @@ class PretrainConfig(OptimConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "nproc_per_node"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"pretrain.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"pretrain.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        at_least(self, 1, "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
+                 "keep_checkpoints", "nproc_per_node")
+        within(self, "mlm_probability", "(0, 1)")
 
 
 @dataclass(frozen=True)
@@ -321,9 +326,7 @@ class FinetuneConfig(OptimConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("epochs", "max_length", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"finetune.{name} must be >= 1, got {getattr(self, name)}")
+        at_least(self, 1, "epochs", "max_length", "patience")
 
 
 @dataclass(frozen=True)
@@ -336,12 +339,9 @@ class EvaluateConfig:
     batch_size: int = 64
 
     def __post_init__(self):
-        if self.bootstrap_samples < 100:
-            raise ValueError(f"evaluate.bootstrap_samples must be >= 100, got {self.bootstrap_samples}")
-        if not 0.5 < self.confidence < 1.0:
-            raise ValueError(f"evaluate.confidence must be in (0.5, 1), got {self.confidence}")
-        if self.batch_size < 1:
-            raise ValueError(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
+        at_least(self, 100, "bootstrap_samples")
+        within(self, "confidence", "(0.5, 1)")
+        at_least(self, 1, "batch_size")
 
 
 @dataclass(frozen=True)

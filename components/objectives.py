@@ -75,6 +75,16 @@ class Architecture:
         return tokenizer
 
 
+# Our `model` params -> each transformers config's own names for them.
+GPT2_NAMES = {"vocab_size": "vocab_size", "max_positions": "n_positions", "d_model": "n_embd",
+              "n_layers": "n_layer", "n_heads": "n_head", "d_ff": "n_inner",
+              "dropout": ("resid_pdrop", "embd_pdrop", "attn_pdrop"), "pad_token_id": "pad_token_id"}
+BERT_NAMES = {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
+              "n_heads": "num_attention_heads", "d_ff": "intermediate_size",
+              "max_positions": "max_position_embeddings",
+              "dropout": ("hidden_dropout_prob", "attention_probs_dropout_prob"), "pad_token_id": "pad_token_id"}
+
+
 class GPT2Architecture(Architecture):
     def _train_tokenizer(self, texts, cfg, out_dir):
         from components.tokens.tokenization import train_byte_level_bpe
@@ -82,9 +92,11 @@ class GPT2Architecture(Architecture):
         return train_byte_level_bpe(texts, cfg, out_dir, dict(self.specials))
 
     def model_config(self, cfg, tokenizer, **extra):
-        from components.train.models import gpt2_config
+        from components.train.models import transformers_config
 
-        return gpt2_config(cfg, tokenizer, **extra)
+        # pad differs from eos so EOS keeps its label, and classification finds the last real token.
+        return transformers_config("GPT2Config", GPT2_NAMES, cfg, tokenizer, fixed={
+            "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}, **extra)
 
     def prepare_classifier_tokenizer(self, tokenizer, max_length):
         # GPT-2 classifies from the last non-pad token: an appended EOS gives it one to read.
@@ -102,9 +114,9 @@ class BertArchitecture(Architecture):
         return train_wordpiece(texts, cfg, out_dir, dict(self.specials))
 
     def model_config(self, cfg, tokenizer, **extra):
-        from components.train.models import bert_config
+        from components.train.models import transformers_config
 
-        return bert_config(cfg, tokenizer, **extra)
+        return transformers_config("BertConfig", BERT_NAMES, cfg, tokenizer, fixed={"type_vocab_size": 2}, **extra)
 
 
 @dataclass(frozen=True)

@@ -22,26 +22,11 @@ COMPARISON_METRICS = "reports/metrics.json"
 REGISTRY_JSON = "reports/registry.json"
 
 
-def tokenizer_dir(architecture: str) -> str:
-    return f"{TOKENIZERS_DIR}/{architecture}"
-
-
-def tokenized_dir(objective: str) -> str:
-    return f"{TOKENIZED_DIR}/{objective}"
-
-
-def tokenize_report(objective: str) -> str:
-    return f"reports/tokenize/{objective}.json"
-
-
-def pretrained_dir(objective: str) -> str:
-    return f"{PRETRAINED_DIR}/{objective}"
-
-
-def checkpoint_dir(objective: str) -> str:
-    return f"{CHECKPOINTS_DIR}/{objective}"
-
-
-def finetuned_dir(run: str) -> str:
-    return f"{FINETUNED_DIR}/{run}"
+# Per-objective / per-architecture / per-run folders, one line each.
+def tokenizer_dir(architecture: str) -> str: return f"{TOKENIZERS_DIR}/{architecture}"  # noqa: E704
+def tokenized_dir(objective: str) -> str: return f"{TOKENIZED_DIR}/{objective}"  # noqa: E704
+def tokenize_report(objective: str) -> str: return f"reports/tokenize/{objective}.json"  # noqa: E704
+def pretrained_dir(objective: str) -> str: return f"{PRETRAINED_DIR}/{objective}"  # noqa: E704
+def checkpoint_dir(objective: str) -> str: return f"{CHECKPOINTS_DIR}/{objective}"  # noqa: E704
+def finetuned_dir(run: str) -> str: return f"{FINETUNED_DIR}/{run}"  # noqa: E704
 

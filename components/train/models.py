@@ -5,48 +5,27 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from components.config import ModelConfig
 
 
-def gpt2_config(cfg: ModelConfig, tokenizer, **extra):
-    from transformers import GPT2Config
+def transformers_config(config_class: str, names: Mapping[str, str | tuple[str, ...]], cfg: ModelConfig,
+                        tokenizer, fixed: Mapping[str, Any] = (), **extra):
+    """`config_class` (a transformers config class name) at `cfg`'s shape.
 
-    return GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=cfg.max_positions,
-        n_embd=cfg.d_model,
-        n_layer=cfg.n_layers,
-        n_head=cfg.n_heads,
-        n_inner=cfg.d_ff,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        # pad differs from eos so EOS keeps its label, and classification finds the last real token.
-        pad_token_id=tokenizer.pad_token_id,
-        **extra,
-    )
+    `names` maps each ModelConfig field (and "vocab_size", "pad_token_id") to the class's own
+    name(s) for it; `fixed` holds the architecture's other settings. One builder, so every
+    architecture gets the same shape from the same params."""
+    import transformers
 
-
-def bert_config(cfg: ModelConfig, tokenizer, **extra):
-    from transformers import BertConfig
-
-    return BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.d_model,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        intermediate_size=cfg.d_ff,
-        max_position_embeddings=cfg.max_positions,
-        hidden_dropout_prob=cfg.dropout,
-        attention_probs_dropout_prob=cfg.dropout,
-        type_vocab_size=2,
-        pad_token_id=tokenizer.pad_token_id,
-        **extra,
-    )
+    values = {**{f: getattr(cfg, f) for f in ("n_layers", "n_heads", "d_model", "d_ff", "max_positions", "dropout")},
+              "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    kwargs = {}
+    for field, targets in names.items():
+        for target in (targets,) if isinstance(targets, str) else targets:
+            kwargs[target] = values[field]
+    return getattr(transformers, config_class)(**kwargs, **dict(fixed), **extra)
 
 
 FP32_ATTENTION = "lmforge_sdpa_fp32"
