@@ -1,4 +1,6 @@
-"""`make gpu-check` on a machine without CUDA: its dry run, and the checks it makes."""
+"""`make gpu-check` on a machine without CUDA (its dry run), and the GPU path of the training
+loop that can run on a CPU: the NaN/inf guard that skips the optimiser step on the device and
+is read back only at log, evaluation and checkpoint steps."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,11 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from benchmarks import gpu_check
-from components.config import ModelConfig
+from components.config import ModelConfig, OptimConfig
+from components.objectives import OBJECTIVES
+from components.train import loop
+from components.train.checkpoint import Checkpointer
+from components.train.loop import fit
+from components.train.pretraining import CausalLMTraining, PretrainData
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("mlflow", "prefect", "dvc", "great_expectations", "datasets")
@@ -33,6 +41,7 @@ sys.argv[0] = "gpu_check"
 runpy.run_module("benchmarks.gpu_check", run_name="__main__", alter_sys=True)
 """
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
+CPU = {"device": "cpu", "dtype": "float32"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,6 +94,84 @@ def test_the_resume_check_fails_when_resuming_is_not_exact(synthetic, tmp_path, 
     monkeypatch.setattr(torch, "set_rng_state", lambda state: None)
     broken = gpu_check.resume_phase("clm", tokenizer, path, shapes, tmp_path)
     assert not broken["exact"] and broken["max_abs_loss_diff"] > 0
+
+
+def _device_guarded(monkeypatch):
+    """fit with fused AdamW, as on CUDA: the step is skipped on the device, nothing syncs in it."""
+    def fused(model, cfg, device):
+        groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=True)
+
+    monkeypatch.setattr(loop, "make_optimizer", fused)
+
+
+def _run(synthetic, total: int, poison_at: int | None = None, **kw):
+    """(model, steps next_batch was asked for, fit's exception or None)."""
+    tokenizer, path = synthetic
+    data, objective = PretrainData(path, "train"), CausalLMTraining()
+    torch.manual_seed(0)
+    model = OBJECTIVES["clm"].build_model(TINY, tokenizer)
+    seen: list[int] = []
+
+    def next_batch(step, micro):
+        seen.append(step)
+        return objective.prepare(data.batch(np.arange(4) + step, torch.device("cpu")), torch.Generator())
+
+    def loss_fn(m, batch):
+        loss = objective.forward(m, batch)["loss"]
+        return loss * float("nan") if seen[-1] == poison_at else loss
+
+    try:
+        fit(model, OptimConfig(lr=1e-3, batch_size=4, **CPU), total, next_batch, loss_fn, **kw)
+    except FloatingPointError as e:
+        return model, seen, e
+    return model, seen, None
+
+
+def test_device_side_guard_reads_back_late_but_the_bad_step_never_reaches_the_weights(synthetic, monkeypatch):
+    _device_guarded(monkeypatch)
+    clean, _, _ = _run(synthetic, 10, evaluate=lambda step: step == 2, eval_every=2)  # stops after steps 0-1
+    model, seen, err = _run(synthetic, 10, poison_at=2)
+    assert err is not None and str(err).startswith("training loss is nan at step 2; lower the learning rate")
+    assert seen == list(range(10))  # no per-step sync: the last step's read-back found it
+    assert all(torch.equal(a, b) for a, b in zip(clean.state_dict().values(), model.state_dict().values()))
+
+
+def test_device_side_guard_stops_before_the_next_checkpoint(synthetic, tmp_path, monkeypatch):
+    _device_guarded(monkeypatch)
+    ckpt = Checkpointer(tmp_path / "ckpt", every=2, keep=3, fingerprint="f")
+    _, seen, err = _run(synthetic, 10, poison_at=5, checkpointer=ckpt)
+    assert str(err) == (f"training loss is nan at step 5; lower the learning rate; "
+                        f"the last good checkpoint {tmp_path / 'ckpt' / 'step-00000004'} is kept")
+    assert seen == list(range(6))  # step 5 ends at a checkpoint step: read back there
+    assert sorted(p.name for p in ckpt.directory.iterdir()) == ["step-00000002", "step-00000004"]
+
+
+def test_device_side_guard_catches_an_infinite_gradient_behind_a_finite_loss(synthetic, monkeypatch):
+    _device_guarded(monkeypatch)
+    tokenizer, path = synthetic
+    torch.manual_seed(0)
+    before = {k: v.clone() for k, v in OBJECTIVES["clm"].build_model(TINY, tokenizer).state_dict().items()}
+
+    class InfGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.new_zeros(())
+
+        @staticmethod
+        def backward(ctx, grad):
+            return torch.full_like(ctx.saved_tensors[0], float("inf"))
+
+    data, objective = PretrainData(path, "train"), CausalLMTraining()
+    torch.manual_seed(0)
+    model = OBJECTIVES["clm"].build_model(TINY, tokenizer)
+    with pytest.raises(FloatingPointError, match="gradient norm is (inf|nan) at step 0"):
+        fit(model, OptimConfig(lr=1e-3, batch_size=4, **CPU), 3,
+            lambda s, m: objective.prepare(data.batch(np.arange(4), torch.device("cpu")), torch.Generator()),
+            lambda m, b: objective.forward(m, b)["loss"] + InfGrad.apply(m.transformer.wte.weight))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_a_phase_over_the_budget_is_an_error_and_the_json_line_still_comes_out():

@@ -89,8 +89,9 @@ class Checkpointer:
         trainer = torch.load(path / "trainer.pt", weights_only=True)
         optimizer.load_state_dict(trainer["optimizer"])
         torch.set_rng_state(trainer["torch_rng"])
-        if "cuda_rng" in trainer and torch.cuda.is_available() and len(trainer["cuda_rng"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(trainer["cuda_rng"])
+        cuda_rng = trainer.get("cuda_rng")
+        if cuda_rng is not None and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_rng)
         state = json.loads((path / "state.json").read_text())
         return int(state.pop("step")), {k: v for k, v in state.items() if k != "fingerprint"}
 
