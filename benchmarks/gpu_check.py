@@ -208,20 +208,23 @@ def train_phase(objective: str, tokenizer, data: Path, shapes: dict, steps: int,
 def deterministic_kernels():
     """Kernels that give the same bits every run, so a resumed run can equal a straight one:
     SDPA's math backend (flash attention's backward accumulates in a varying order) and
-    torch's deterministic implementations where an op has one."""
-    if not torch.cuda.is_available():
-        yield
-        return
+    torch's deterministic implementations where an op has one. The CPU dry run takes the same
+    path, so a GPU run does not meet it first."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    import torch.utils.deterministic as det
+
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = det.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
+    det.fill_uninitialized_memory = False  # no NaN-filling of torch.empty: each buffer is written before read
     try:
         with sdpa_kernel(SDPBackend.MATH), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        det.fill_uninitialized_memory = fill
 
 
 def resume_phase(objective: str, tokenizer, data: Path, shapes: dict, work: Path) -> dict:
