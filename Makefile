@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test pipeline summary clean audit
+.PHONY: install demo test pipeline summary clean audit gpu-check
 
 install: $(STAMP)
 
@@ -40,6 +40,16 @@ summary: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The GPU check (benchmarks/gpu_check.py): no install, no network. It runs under the first of
+# the venv's python, python3 and python that imports torch (a GPU machine's own), and needs only
+# torch, transformers (and what it installs: tokenizers, safetensors, numpy, pyyaml); without
+# CUDA it is a CPU dry run at tiny shapes.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@py=$$(for p in "$(BIN)/python" python3 python; do "$$p" -c 'import torch' 2>/dev/null && { echo "$$p"; break; }; done); \
+	test -n "$$py" || { echo "error: gpu-check: no python on PATH imports torch; install torch or put its python first on PATH" >&2; exit 1; }; \
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" PYTHONUNBUFFERED=1 "$$py" -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 # Known vulnerabilities in the installed dependencies (needs network: PyPI / OSV advisories).
 audit: install

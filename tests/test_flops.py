@@ -7,7 +7,7 @@ def test_flops_per_token_follows_6n_plus_attention():
 
 
 def test_mfu_only_for_known_devices():
-    assert device_peak_flops("NVIDIA H200") == 989e12
+    assert device_peak_flops("NVIDIA H200") == 989.4e12
     assert device_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert device_peak_flops("cpu") is None and mfu(1e5, 1e9, None) is None
     assert mfu(100_000, 989e7, 989e12) == 1.0

@@ -57,7 +57,10 @@ class Checkpointer:
         final = self.directory / f"{PREFIX}{step:08d}"
         try:
             save_model(_unwrap(model), str(tmp / "model.safetensors"))  # handles tied embeddings
-            torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "trainer.pt")
+            rng = {"torch_rng": torch.get_rng_state()}
+            if torch.cuda.is_initialized():  # dropout on a GPU draws from the CUDA generator
+                rng["cuda_rng"] = torch.cuda.get_rng_state_all()
+            torch.save({"optimizer": optimizer.state_dict(), **rng}, tmp / "trainer.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint, **state}))
             if final.exists():
                 shutil.rmtree(final)
@@ -86,6 +89,9 @@ class Checkpointer:
         trainer = torch.load(path / "trainer.pt", weights_only=True)
         optimizer.load_state_dict(trainer["optimizer"])
         torch.set_rng_state(trainer["torch_rng"])
+        cuda_rng = trainer.get("cuda_rng")
+        if cuda_rng is not None and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_rng)
         state = json.loads((path / "state.json").read_text())
         return int(state.pop("step")), {k: v for k, v in state.items() if k != "fingerprint"}
 

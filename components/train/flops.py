@@ -3,8 +3,8 @@ from __future__ import annotations
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (SXM parts), in FLOP/s.
 PEAK_BF16 = {
-    "H200": 989e12,
-    "H100": 989e12,
+    "H200": 989.4e12,
+    "H100": 989.4e12,
     "A100": 312e12,
     "L40S": 362e12,
     "L4": 121e12,

@@ -84,8 +84,10 @@ def fit(
     function of the step, which is what makes resuming O(1)); `evaluate(step)` runs every
     `eval_every` steps and at the end, and returns True to stop early. With a
     `checkpointer`, training resumes from its newest checkpoint and saves `state` (the
-    caller's JSON-able loop state) with each one. Returns {"steps", "seconds", "tokens",
-    "resumed_from"}.
+    caller's JSON-able loop state) with each one. A NaN or inf loss or gradient norm raises
+    FloatingPointError naming its step, and never reaches the weights or a checkpoint (on
+    CUDA it is read back at the next log, evaluation or checkpoint step: _FiniteGuard).
+    Returns {"steps", "seconds", "tokens", "resumed_from"}.
     """
     device = next(model.parameters()).device
     _, dtype = resolve_device_dtype(str(device), cfg.dtype)
@@ -102,6 +104,7 @@ def _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every
         first_step, saved = checkpointer.restore(model, optimizer)
         if state is not None:
             state.update(saved)
+    guard = _FiniteGuard(optimizer, checkpointer)
     model.train()
     start, tokens, step = time.perf_counter(), 0, first_step - 1
     window_t, window_tokens = start, 0
@@ -111,36 +114,37 @@ def _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every
         for group in optimizer.param_groups:
             group["lr"] = lr
         # Forward and backward over the micro-batches; loss scaled so gradients average.
-        loss_sum, n = _backward(model, cfg, step, next_batch, loss_fn, device, dtype, checkpointer)
+        loss_sum, n = _backward(model, cfg, step, next_batch, loss_fn, device, dtype, guard)
         tokens += n
         window_tokens += n
-        # Update: clip, step, clear.
+        # Update: clip, step (skipped on the device if anything was not finite), clear.
         grad_norm = torch.nn.utils.clip_grad_norm_(
             model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         )
-        # A finite loss can still overflow a gradient; stepping on it would poison the weights.
-        if not torch.isfinite(grad_norm):
-            raise FloatingPointError(f"gradient norm is {float(grad_norm)} at step {step}; lower the learning rate"
-                                     + _kept(checkpointer))
+        guard.grad_norm(step, grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        log_now = on_log is not None and ((step + 1) % log_every == 0 or step + 1 == total_steps)
+        eval_now = evaluate is not None and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == total_steps)
+        due = checkpointer is not None and checkpointer.due(step + 1, total_steps)
+        if log_now or eval_now or due or step + 1 == total_steps:
+            guard.check()  # the one host sync, so the window's clock reads finished work
         # Log: loss, lr, grad norm and throughput over the last window.
-        if on_log and ((step + 1) % log_every == 0 or step + 1 == total_steps):
+        if log_now:
             now = time.perf_counter()
             on_log(step + 1, {
-                "train_loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
+                "train_loss": float(loss_sum), "lr": lr, "grad_norm": float(grad_norm),
                 "tokens_per_s": window_tokens / max(now - window_t, 1e-9),
             })
             window_t, window_tokens = now, 0
         # Evaluate: periodically and at the end; the callback may stop training early.
-        if evaluate and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == total_steps):
+        stop = False
+        if eval_now:
             model.eval()
             stop = evaluate(step + 1)
             model.train()
-        else:
-            stop = False
         # Checkpoint: after evaluation, so the saved state includes it.
-        if checkpointer is not None and checkpointer.due(step + 1, total_steps) and is_main_process():
+        if due and is_main_process():
             checkpointer.save(step + 1, model, optimizer, state or {})
         if stop:
             break
@@ -148,20 +152,81 @@ def _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every
 
 
 def _backward(model, cfg: OptimConfig, step: int, next_batch, loss_fn, device, dtype,
-              checkpointer: Checkpointer | None) -> tuple[float, int]:
-    """Forward and backward over one step's micro-batches: (the step's loss, its tokens)."""
-    loss_sum, tokens = 0.0, 0
+              guard: _FiniteGuard) -> tuple[torch.Tensor, int]:
+    """Forward and backward over one step's micro-batches: (the step's loss, its tokens).
+
+    The loss is summed on the device in float64: the sum a Python float gave, with no sync."""
+    loss_sum, tokens = torch.zeros((), dtype=torch.float64, device=device), 0
     for micro in range(cfg.grad_accum):
         batch = next_batch(step, micro)
         with autocast(device, dtype):
             loss = loss_fn(model, batch) / cfg.grad_accum
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate"
-                                     + _kept(checkpointer))
+        guard.loss(step, loss)
         loss.backward()
-        loss_sum += loss.item()
+        loss_sum += loss.detach().double()
         tokens += int(batch["input_ids"].numel())
     return loss_sum, tokens
+
+
+class _FiniteGuard:
+    """Stops training on a NaN/inf loss or gradient norm before it reaches the weights.
+
+    With fused AdamW (CUDA) nothing is read back inside the step: a device flag, the
+    `found_inf` GradScaler hands the same optimiser, makes it skip the update (weights and
+    moments untouched) once any loss or norm was not finite, and stays set, so every later
+    step is skipped too; `check` (log, evaluation, checkpoint and last steps) reads the
+    values back and raises for the first bad step, before anything is saved. A CPU "sync"
+    costs nothing, so there (foreach AdamW, which has no such flag) each value is checked
+    at once, as soon as it exists.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, checkpointer: Checkpointer | None):
+        self.checkpointer = checkpointer
+        self.deferred = bool(optimizer.defaults.get("fused"))
+        self.pending: list[tuple[int, int, torch.Tensor]] = []  # (step, micro-batches, values)
+        self.losses: list[torch.Tensor] = []
+        if self.deferred:
+            device = optimizer.param_groups[0]["params"][0].device
+            self.found_inf = torch.zeros((), dtype=torch.float32, device=device)
+            optimizer.found_inf = self.found_inf
+
+    def loss(self, step: int, loss: torch.Tensor) -> None:
+        if self.deferred:
+            self.losses.append(loss.detach().double())
+        elif not torch.isfinite(loss):
+            self._raise("training loss", loss.item(), step)
+
+    def grad_norm(self, step: int, norm: torch.Tensor) -> None:
+        if not self.deferred:
+            if not torch.isfinite(norm):
+                self._raise("gradient norm", float(norm), step)
+            return
+        values = torch.stack([*self.losses, norm.detach().double()])
+        bad = (~torch.isfinite(values).all()).float()
+        torch.maximum(self.found_inf, bad, out=self.found_inf)
+        self.pending.append((step, len(self.losses), values))
+        self.losses = []
+        if len(self.pending) >= 1000:  # a loop that never logs still reads back now and then
+            self.check()
+
+    def check(self) -> None:
+        if not self.deferred:
+            return
+        pending, self.pending = self.pending, []
+        if not self.found_inf.item():
+            return
+        for step, n_losses, values in pending:
+            values = values.tolist()
+            for value in values[:n_losses]:
+                if not math.isfinite(value):
+                    self._raise("training loss", value, step)
+            if not math.isfinite(values[-1]):
+                self._raise("gradient norm", values[-1], step)
+        raise FloatingPointError("the optimiser skipped a step for a non-finite value that was not recorded")
+
+    def _raise(self, what: str, value: float, step: int):
+        kept = _kept(self.checkpointer)
+        raise FloatingPointError(f"{what} is {value} at step {step}; lower the learning rate{kept}")
 
 
 def _kept(checkpointer: Checkpointer | None) -> str:

@@ -53,7 +53,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk):
         w = weight.to(hidden.dtype)
-        count = max(int((targets != IGNORE_INDEX).sum()), 1)
+        count = (targets != IGNORE_INDEX).sum().clamp_min(1)  # a tensor: no host sync in the step
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)

@@ -35,8 +35,12 @@ class PretrainData:
 
     def batch(self, indices: np.ndarray, device: torch.device) -> dict:
         idx = np.sort(indices)  # sorted reads are friendlier to the page cache
-        out = {name: torch.from_numpy(np.asarray(arr[idx], dtype=np.int64)).to(device) for name, arr in self.arrays.items()}
-        return out
+        out = {name: torch.from_numpy(np.asarray(arr[idx], dtype=np.int64)) for name, arr in self.arrays.items()}
+        if device.type == "cuda":
+            # From pinned memory the copy is asynchronous: a pageable one waits for the GPU
+            # to drain its queue first, every batch.
+            return {name: t.pin_memory().to(device, non_blocking=True) for name, t in out.items()}
+        return {name: t.to(device) for name, t in out.items()}
 
 
 class CausalLMTraining:
