@@ -65,7 +65,8 @@ def main(argv=None) -> None:
         checkpointer = Checkpointer(paths.checkpoint_dir(objective), train_cfg.checkpoint_every,
                                     train_cfg.keep_checkpoints, run_fingerprint(objective, cfg, data_dir))
         main_process = is_main_process()
-        per_token = flops_per_token(count_parameters(model), model_cfg.n_layers, model_cfg.d_model, block_size)
+        per_token = flops_per_token(model, block_size, train_cfg.mlm_probability,
+                                    PretrainData(data_dir, "train").meta["splits"]["train"]["packing_efficiency"])
         peak = device_peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
         clock: dict = {}
 
