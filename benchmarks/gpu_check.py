@@ -133,12 +133,9 @@ def _bert_rows(next_sentence: bool, tokenizer, rng, n, block, topics, first_id) 
 
 
 def model_flops_per_token(objective: str, model, shapes: dict, mlm_probability: float) -> float:
-    """6N + 12·L·d·T, with the tied vocabulary head counted only on the rows it runs on
-    (all for clm; the masked share for mlm, whose head sees only masked positions)."""
-    m, n_params = shapes["model"], count_parameters(model)
-    if not isinstance(SPECS[objective], CausalLM):
-        n_params -= model.config.vocab_size * m["d_model"] * (1.0 - mlm_probability)
-    return flops_per_token(n_params, m["n_layers"], m["d_model"], shapes["block"])
+    """Useful FLOPs per token (components/train/flops.py): matmul weights without embedding
+    lookups, the MLM head on its masked share, attention's 12*L*d*T; synthetic rows have no padding."""
+    return flops_per_token(model, shapes["block"], mlm_probability)
 
 
 class _Interrupted(Exception):

@@ -253,7 +253,7 @@ def test_nsp_pairs_layout_and_sources():
     ids, types, labels = out["input_ids"], out["token_type_ids"], out["nsp_labels"]
     assert ids.shape[1] == types.shape[1] == block
     assert len(ids) == len(types) == len(labels) >= 300
-    assert abs(labels.mean() - 0.5) <= 0.05
+    _assert_fair_coin(list(plan_nsp_pairs(lambda d: [len(s) for s in docs[d]], len(docs), block, 0.1, 3)), 0.05)
     continuations = 0
     for row, row_types, label in zip(ids.tolist(), types.tolist(), labels.tolist()):
         a, b = _split_row(row, row_types)
@@ -270,11 +270,20 @@ def test_nsp_pairs_layout_and_sources():
     assert continuations > 50  # the untruncated check above really ran
 
 
+def _assert_fair_coin(pairs, tolerance: float) -> None:
+    """BERT flips a fair coin for chunks of two or more sentences; one-sentence chunks are NotNext."""
+    coin = [p.label for p in pairs if not p.single_sentence]
+    assert abs(np.mean(coin) - 0.5) <= tolerance
+    assert all(p.label == 1 for p in pairs if p.single_sentence)
+
+
 def test_nsp_label_share_on_a_large_set():
     docs, _ = _synthetic_docs(10_000, seed=1)
     labels = build_nsp_pairs(docs, 64, 0.1, seed=11, cls_id=CLS, sep_id=SEP, pad_id=PAD)["nsp_labels"]
     assert len(labels) > 20_000
-    assert abs(labels.mean() - 0.5) <= 0.02
+    pairs = list(plan_nsp_pairs(lambda d: [len(s) for s in docs[d]], len(docs), 64, 0.1, 11))
+    assert [p.label for p in pairs] == labels.tolist()
+    _assert_fair_coin(pairs, 0.02)
 
 
 def test_nsp_pairs_are_deterministic_for_a_seed():
@@ -293,8 +302,7 @@ def test_no_random_next_segment_comes_from_its_own_document_on_a_large_set():
     lengths = [[rng.randint(1, 30) for _ in range(rng.randint(1, 12))] for _ in range(20_000)]
     pairs = list(plan_nsp_pairs(lambda d: lengths[d], len(lengths), 128, 0.1, seed=4))
     assert len(pairs) > 20_000
-    labels = np.asarray([p.label for p in pairs])
-    assert abs(labels.mean() - 0.5) <= 0.02
+    _assert_fair_coin(pairs, 0.02)
     assert all((p.b_doc != p.a_doc) == bool(p.label) for p in pairs)
     assert all(p.a_end - p.a_start >= 1 and p.b_end - p.b_start >= 1 for p in pairs)
     assert all(p.a_end - p.a_start + p.b_end - p.b_start <= 125 for p in pairs)

@@ -1,9 +1,11 @@
 """BERT's next-sentence-prediction pairs, planned on sentence lengths and filled from disk.
 
-The recipe of the original BERT data builder: segments of whole sentences fill a target
-length (a shorter random one with `short_seq_prob`); half the time B is the true
-continuation (label 0), otherwise B is taken from a random *other* document (label 1)
-and the sentences of A's chunk that B would have used are put back. The plan only needs
+The recipe of the original BERT data builder (create_instances_from_document): segments of
+whole sentences fill a target length (a shorter random one with `short_seq_prob`); half the
+time B is the true continuation (label 0), otherwise B is taken from a random *other*
+document (label 1) and the sentences of A's chunk that B would have used are put back. A
+chunk of one sentence has no A/B boundary, so its B is always random: splitting the sentence
+would make "B starts mid-sentence" a cue for IsNext. The plan only needs
 sentence lengths, so a corpus of any size is tokenized once into flat files and each
 pair reads just the two documents it uses: memory does not grow with the corpus.
 """
@@ -28,7 +30,8 @@ def split_sentences(text: str) -> list[str]:
 
 
 class Pair(NamedTuple):
-    """Token spans [start, end) within documents; label 1 = B is a random other document."""
+    """Token spans [start, end) within documents; label 1 = B is a random other document
+    (always so when A's chunk was a single sentence: `single_sentence`)."""
 
     a_doc: int
     a_start: int
@@ -38,14 +41,16 @@ class Pair(NamedTuple):
     b_end: int
     label: int
     truncated: int
+    single_sentence: int = 0
 
 
-def _truncate(a0: int, a1: int, b0: int, b1: int, max_tokens: int, rng: random.Random):
-    """Trim the longer side until the pair fits, each cut split at random between its
-    front and back (BERT removes one token at a time from a random end; cutting in bulk
-    keeps this O(1) for a 30k-token 'sentence' of code)."""
-    while (a1 - a0) + (b1 - b0) > max_tokens:
-        la, lb = a1 - a0, b1 - b0
+def _truncate(a0: int, a1: int, b0: int, b1: int, max_tokens: int):
+    """Trim the longer side until the pair fits, as BERT does, but A only from its front and
+    B only from its back: the A|B junction stays where two sentences meet, for both labels.
+    (BERT trims a random end, so a truncated IsNext B could start mid-sentence.) Cutting in
+    bulk keeps this O(1) for a 30k-token 'sentence' of code."""
+    la, lb = a1 - a0, b1 - b0
+    while la + lb > max_tokens:
         excess = la + lb - max_tokens
         if la == lb:
             cut_a, cut_b = excess // 2, excess - excess // 2
@@ -53,11 +58,8 @@ def _truncate(a0: int, a1: int, b0: int, b1: int, max_tokens: int, rng: random.R
             cut_a, cut_b = min(excess, la - lb), 0
         else:
             cut_a, cut_b = 0, min(excess, lb - la)
-        front = rng.randint(0, cut_a)
-        a0, a1 = a0 + front, a1 - (cut_a - front)
-        front = rng.randint(0, cut_b)
-        b0, b1 = b0 + front, b1 - (cut_b - front)
-    return a0, a1, b0, b1
+        la, lb = la - cut_a, lb - cut_b
+    return a1 - la, a1, b0, b0 + lb
 
 
 def plan_nsp_pairs(sentence_lengths: Callable[[int], list[int]], n_docs: int, block_size: int,
@@ -85,14 +87,12 @@ def plan_nsp_pairs(sentence_lengths: Callable[[int], list[int]], n_docs: int, bl
                 i += 1
                 continue
             next_first = i + 1
-            if size >= 2:  # a chunk of one token cannot give both an A and a B: skip it unlabelled
-                is_random = n_docs > 1 and rng.random() < 0.5
-                if i > first:
-                    a_end_sentence = first + rng.randint(1, i - first)
-                    a0, a1, rest_end = offsets[first], offsets[a_end_sentence], offsets[i + 1]
-                else:  # one long sentence: its second half is its true continuation
-                    a_end_sentence = i + 1
-                    a0, a1, rest_end = offsets[first], offsets[first] + size // 2, offsets[i + 1]
+            one_sentence = i == first
+            if not (one_sentence and n_docs == 1):  # no boundary and no other document: no pair
+                # One sentence: A is all of it and B must be random (BERT's rule).
+                is_random = one_sentence or (n_docs > 1 and rng.random() < 0.5)
+                a_end_sentence = i + 1 if one_sentence else first + rng.randint(1, i - first)
+                a0, a1, rest_end = offsets[first], offsets[a_end_sentence], offsets[i + 1]
                 if is_random:
                     other = rng.randrange(n_docs - 1)
                     other += other >= d  # uniform over the other documents, never this one
@@ -109,8 +109,8 @@ def plan_nsp_pairs(sentence_lengths: Callable[[int], list[int]], n_docs: int, bl
                 else:
                     b_doc, b0, b1 = d, a1, rest_end
                 before = (a1 - a0) + (b1 - b0)
-                a0, a1, b0, b1 = _truncate(a0, a1, b0, b1, max_tokens, rng)
-                yield Pair(d, a0, a1, b_doc, b0, b1, int(is_random), before - (a1 - a0) - (b1 - b0))
+                a0, a1, b0, b1 = _truncate(a0, a1, b0, b1, max_tokens)
+                yield Pair(d, a0, a1, b_doc, b0, b1, int(is_random), before - (a1 - a0) - (b1 - b0), int(one_sentence))
             first = i = max(next_first, first + 1)
             target = new_target()
 

@@ -1,4 +1,4 @@
-"""Atomic training checkpoints: weights as safetensors, optimiser and RNG state, loop state.
+"""Atomic training checkpoints: weights as safetensors, optimiser and every device's RNG state, loop state.
 
 A checkpoint is a directory `step-XXXXXXXX` that appears in one rename, so a kill -9 at any
 moment leaves either the previous checkpoint or the new one, never half of one. Resuming is
@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,7 @@ class Checkpointer:
         final = self.directory / f"{PREFIX}{step:08d}"
         try:
             save_model(_unwrap(model), str(tmp / "model.safetensors"))  # handles tied embeddings
-            rng = {"torch_rng": torch.get_rng_state()}
-            if torch.cuda.is_initialized():  # dropout on a GPU draws from the CUDA generator
-                rng["cuda_rng"] = torch.cuda.get_rng_state_all()
-            torch.save({"optimizer": optimizer.state_dict(), **rng}, tmp / "trainer.pt")
+            torch.save({"optimizer": optimizer.state_dict(), **rng_states()}, tmp / "trainer.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint, **state}))
             if final.exists():
                 shutil.rmtree(final)
@@ -88,12 +86,30 @@ class Checkpointer:
         load_model(_unwrap(model), str(path / "model.safetensors"))
         trainer = torch.load(path / "trainer.pt", weights_only=True)
         optimizer.load_state_dict(trainer["optimizer"])
-        torch.set_rng_state(trainer["torch_rng"])
-        cuda_rng = trainer.get("cuda_rng")
-        if cuda_rng is not None and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_rng)
+        set_rng_states(trainer)
         state = json.loads((path / "state.json").read_text())
         return int(state.pop("step")), {k: v for k, v in state.items() if k != "fingerprint"}
+
+
+def rng_states() -> dict[str, Any]:
+    """Every generator a training step draws from: the CPU one and, once CUDA is in use, each
+    CUDA device's (dropout on a GPU draws there). Nothing in the loop draws from numpy's or
+    Python's global generators: batch order and masks use generators seeded per epoch and step.
+    While CUDA is uninitialised its generators are still at the seed a rerun sets again."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+def set_rng_states(saved: dict[str, Any]) -> None:
+    """Restore what `rng_states` saved (checkpoints from before CUDA states were kept have none)."""
+    torch.set_rng_state(saved["torch_rng"])
+    cuda = saved.get("cuda_rng", [])
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(cuda) > here:
+        warnings.warn(f"checkpoint holds the RNG state of {len(cuda)} CUDA devices, this machine has {here}: "
+                      "the resumed run is not bit-exact", stacklevel=2)
+    for device, state in enumerate(cuda[:here]):
+        torch.cuda.set_rng_state(state, device)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

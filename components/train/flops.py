@@ -1,4 +1,11 @@
-"""Model FLOPs utilisation: achieved training FLOP/s over the device's peak bf16 FLOP/s."""
+"""Model FLOPs utilisation: achieved training FLOP/s over the device's peak bf16 FLOP/s.
+
+The accounting is PaLM's (appendix B; nanoGPT's `estimate_mfu` uses the same): each matmul
+weight costs 6 FLOPs per token it is applied to (2 forward, 4 backward) and attention's
+score and value matmuls add 12 * L * d * T per token (4 * L * d * T forward, no discount for
+the causal mask). Only matmul weights count: embedding lookups (token, position, token
+type), biases and norms do not; a tied output projection does, where it runs.
+"""
 from __future__ import annotations
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (SXM parts), in FLOP/s.
@@ -11,11 +18,49 @@ PEAK_BF16 = {
     "A10": 125e12,
     "RTX 4090": 165e12,
 }
+MASKED_ONLY = ("predictions",)
+"""BERT's MLM head (transform + tied decoder): our MLM loss runs it on masked positions only."""
+ONCE_PER_SEQUENCE = ("pooler", "seq_relationship")
+"""BERT's pooler and NSP classifier: applied to the [CLS] position of each row."""
 
 
-def flops_per_token(n_params: int, n_layers: int, d_model: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the weights plus attention's 12·L·d·T (PaLM, app. B)."""
-    return 6.0 * n_params + 12.0 * n_layers * d_model * seq_len
+def _matmul_weights(model) -> tuple[int, int, int]:
+    """(per token, masked positions only, once per sequence) counts of matmul weights."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    every = masked = per_sequence = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, (torch.nn.Linear, Conv1D)):
+            continue  # nn.Embedding (a lookup) and norms carry no matmul
+        parts = set(name.split("."))
+        n = module.weight.numel()
+        if parts & set(MASKED_ONLY):
+            masked += n
+        elif parts & set(ONCE_PER_SEQUENCE):
+            per_sequence += n
+        else:
+            every += n
+    return every, masked, per_sequence
+
+
+def flops_per_token(model, seq_len: int, masked_fraction: float = 1.0, real_fraction: float = 1.0) -> float:
+    """Useful training FLOPs per position of a `seq_len`-long row of a transformers model.
+
+    `masked_fraction`: share of real tokens the MLM head runs on (pretrain.mlm_probability
+    for our MLM loss; 1.0 where the head sees every token, as with transformers' labels=).
+    `real_fraction`: share of positions that are real tokens, not padding (the tokenized
+    split's packing_efficiency). The training loop counts every position in tokens/s, so
+    padding is charged nothing here and MFU counts real tokens only.
+    """
+    if not 0.0 <= masked_fraction <= 1.0:
+        raise ValueError(f"flops_per_token: masked_fraction must be in [0, 1], got {masked_fraction}")
+    if not 0.0 < real_fraction <= 1.0:
+        raise ValueError(f"flops_per_token: real_fraction must be in (0, 1], got {real_fraction}")
+    every, masked, per_sequence = _matmul_weights(model)
+    attention = 12.0 * model.config.num_hidden_layers * model.config.hidden_size * seq_len
+    per_real_token = 6.0 * (every + masked_fraction * masked) + attention
+    return real_fraction * per_real_token + 6.0 * per_sequence / seq_len
 
 
 def device_peak_flops(device_name: str) -> float | None:

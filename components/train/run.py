@@ -23,9 +23,8 @@ from components.tokens.tokenization import load_tokenizer
 from components.train.checkpoint import Checkpointer
 from components.train.distributed import is_main_process
 from components.train.flops import device_peak_flops, flops_per_token, mfu
-from components.config import ModelConfig
+from components.config import ModelConfig, PretrainConfig
 from components.train.models import count_parameters
-from components.config import PretrainConfig
 from components.train.pretraining import PretrainData, pretrain
 
 
@@ -63,8 +62,9 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
                                                                             seed, data_dir))
     main_process = is_main_process()
     n_params = count_parameters(model)
+    real_fraction = PretrainData(data_dir, "train").meta["splits"]["train"]["packing_efficiency"]
     on_log = progress_log(objective.name, train_cfg.max_steps,
-                          flops_per_token(n_params, model_cfg.n_layers, model_cfg.d_model, block_size), log_metrics)
+                          flops_per_token(model, block_size, train_cfg.mlm_probability, real_fraction), log_metrics)
     with track(parameters=n_params) if main_process else contextlib.nullcontext():
         resume = checkpointer.latest() if main_process else None
         if resume is not None:
