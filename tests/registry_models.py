@@ -57,9 +57,16 @@ def trained_classifier(root: Path, tokenizer, steps: int, seed: int = 0) -> tupl
         optimizer.zero_grad()
     out = root / f"classifier-{steps}-{seed}"
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_classifier_tokenizer(tokenizer, out)
     test_texts, test_y = toy_task(128, seed=2)
     return out, evaluate(model, tokenizer, test_texts, test_y)
+
+
+def save_classifier_tokenizer(tokenizer, out: Path) -> None:
+    """Saved as the finetune stage saves it: `model_max_length` is the length it was trained at."""
+    import copy
+
+    ARCHITECTURES["bert"].prepare_classifier_tokenizer(copy.deepcopy(tokenizer), TINY.max_positions).save_pretrained(out)
 
 
 def saved_classifier(root: Path, seed: int, tokenizer) -> Path:

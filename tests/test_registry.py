@@ -264,3 +264,36 @@ def test_register_config_rejects_bad_values(field, value):
 
 def test_model_name_uses_the_prefix():
     assert model_name(RegisterConfig(model_prefix="acme.lm"), "mlm_nsp") == "acme.lm-mlm_nsp"
+
+
+def test_a_registered_classifier_answers_any_length_as_evaluation_did(mlflow_store, bert_tokenizer):
+    """pyfunc (what `mlflow models serve` runs), the transformers flavor (`lmforge predict`) and a
+    plain `transformers.pipeline(..., truncation=True)` on the logged files truncate to the trained
+    length, so texts far past the model's positions get the labels evaluation gives them."""
+    import mlflow
+    import torch
+    import transformers
+    from mlflow import MlflowClient
+    from transformers import AutoModelForSequenceClassification
+
+    from components.registry.models import load_version
+    from registry_models import LABELS, TINY, _encode, toy_task
+
+    model_dir, metrics = trained_classifier(mlflow_store, bert_tokenizer, steps=40)
+    register_classifier(NAME, model_dir, metrics, {}, RegisterConfig())
+    short, _ = toy_task(4, seed=3)
+    texts = [" ".join([short[0]] * 60), " ".join([short[1]] * 30), *short]
+    assert len(bert_tokenizer(texts[0])["input_ids"]) > 4 * TINY.max_positions
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        expected = [LABELS[i] for i in model(**_encode(bert_tokenizer, texts)).logits.argmax(-1).tolist()]
+
+    assert list(mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(texts)["label"]) == expected
+    version = MlflowClient().get_model_version_by_alias(NAME, CHAMPION)
+    assert [p["label"] for p in load_version(version)(texts)] == expected
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion"))
+    plain = transformers.pipeline("text-classification", model=str(local / "model"),
+                                  tokenizer=str(local / "components" / "tokenizer"), truncation=True)
+    assert [p["label"] for p in plain(texts)] == expected
+    info = mlflow.models.get_model_info(f"models:/{NAME}@champion")
+    assert info.signature is not None and info.saved_input_example_info is not None

@@ -144,13 +144,38 @@ def check_no_remote_code(model_dir: Path) -> None:
             raise RegistryError(f"{config}: declares auto_map (custom code); refusing to load it")
 
 
+def serving_config(model, tokenizer, task: str) -> tuple[dict[str, Any], list[str]]:
+    """(pyfunc model_config, input example) so every serving path encodes as evaluation did.
+
+    The tokenizer is set in place to the trained length (its `model_max_length`, never past the
+    model's positions), right padding and right truncation, and saved that way, so
+    `truncation=True` alone reproduces evaluation. MLflow passes `model_config` as keyword
+    arguments to each pipeline call of pyfunc predict (what `mlflow models serve` runs);
+    transformers tokenizers have no truncate-by-default setting, so it must be said there."""
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    length = min(int(tokenizer.model_max_length), int(positions or tokenizer.model_max_length))
+    tokenizer.model_max_length, tokenizer.padding_side, tokenizer.truncation_side = length, "right", "right"
+    if task == "text-classification":
+        return {"truncation": True, "max_length": length}, ["Return the number of items in the list."]
+    if task == "fill-mask":
+        return ({"tokenizer_kwargs": {"truncation": True, "max_length": length}},
+                [f"Return the number of {tokenizer.mask_token} in the list."])
+    return {}, ["Return the number of"]  # generation: the prompt is the user's; generate() bounds the length
+
+
 def load_version(version, return_type: str = "pipeline"):
-    """A registered version as a transformers pipeline (or its components), after the custom-code check."""
+    """A registered version as a transformers pipeline (or its components), after the custom-code check.
+    The pipeline carries the version's logged inference config (truncation to the trained length)."""
     import mlflow
+    import yaml
 
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}"))
     check_no_remote_code(local)
-    return mlflow.transformers.load_model(str(local), return_type=return_type)
+    if return_type != "pipeline":
+        return mlflow.transformers.load_model(str(local), return_type=return_type)
+    pyfunc = yaml.safe_load((local / "MLmodel").read_text())["flavors"].get("python_function", {})
+    config = dict(pyfunc.get("config") or {})  # pyfunc.add_to_model stores model_config as "config"
+    return mlflow.transformers.load_model(str(local), return_type=return_type, **config)
 
 
 def _existing_version(client, name: str, digest: str):
@@ -169,10 +194,13 @@ def _log_and_register(name: str, model_dir: Path, task: str, tags: dict[str, str
 
     model, tokenizer = _load_for_task(model_dir, task)
     card_text = redact(card)
+    inference_config, example = serving_config(model, tokenizer, task)
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",
         task=task,
+        model_config=inference_config,
+        input_example=example,
         pip_requirements=pip_requirements(),
         model_card=ModelCard(card_text),  # given, so MLflow does not try the hub for one
         metadata={"lmforge_task": task},
