@@ -355,7 +355,12 @@ class RegisterConfig:
     """Higher is better; compared with the current champion's on the same test split. For a base,
     the metric of the classifier fine-tuned from it."""
     min_improvement: float = 0.0
-    """A challenger must beat the champion by more than this to be promoted."""
+    """A challenger is promoted only when the lower bound of the paired-bootstrap CI of
+    (challenger - champion) on the gate metric, over one test split, exceeds this."""
+    confidence: float = 0.95
+    """Of that CI."""
+    bootstrap_samples: int = 1000
+    """Paired resamples of the test split for that CI."""
 
     def __post_init__(self):
         if not self.model_prefix or not all(c.isalnum() or c in "-_." for c in self.model_prefix):
@@ -364,6 +369,8 @@ class RegisterConfig:
             raise ValueError(f"register.gate_metric must be test_macro_f1 or test_accuracy, got {self.gate_metric!r}")
         if self.min_improvement < 0:
             raise ValueError(f"register.min_improvement must be >= 0, got {self.min_improvement}")
+        within(self, "confidence", "(0.5, 1)")
+        at_least(self, 100, "bootstrap_samples")
 
 
 SECTIONS: dict[str, type] = {

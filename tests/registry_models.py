@@ -87,3 +87,22 @@ def saved_pretrained(root: Path, objective: str, tokenizer, seed: int = 0) -> Pa
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def toy_test_predictions(model_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(texts, labels, predictions) of a saved toy classifier on the split its metrics come from."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts, y = toy_task(128, seed=2)
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        pred = model(**_encode(AutoTokenizer.from_pretrained(str(model_dir)), texts)).logits.argmax(-1).numpy()
+    return texts, y, pred
+
+
+def toy_evidence(model_dir: Path, cfg, pred: np.ndarray | None = None):
+    """The gate's evidence for a toy classifier on the toy test split (its own predictions unless given)."""
+    from components.registry.register import paired_evidence
+
+    texts, y, own = toy_test_predictions(model_dir)
+    return paired_evidence(own if pred is None else pred, texts, y, LABELS, cfg)

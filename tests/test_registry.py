@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from components.config import RegisterConfig
 from components.registry.models import (
     CHALLENGER,
     CHAMPION,
+    GATE_HISTORY_TAG,
     HISTORY_TAG,
     RegistryError,
     decide_promotion,
@@ -22,7 +24,8 @@ from components.registry.models import (
     rollback,
     weights_digest,
 )
-from registry_models import saved_classifier, trained_classifier
+from components.train.scores import macro_f1
+from registry_models import saved_classifier, toy_evidence, toy_test_predictions, trained_classifier
 
 NAME = "lmforge-mlm"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,7 +59,8 @@ def test_register_lifecycle_challenger_champion_and_no_duplicates(mlflow_store, 
     from mlflow import MlflowClient
 
     cfg = RegisterConfig()
-    first, second, third = (saved_classifier(mlflow_store, s, bert_tokenizer) for s in (1, 2, 3))
+    first, second = (saved_classifier(mlflow_store, s, bert_tokenizer) for s in (1, 2))
+    third, third_metrics = trained_classifier(mlflow_store, bert_tokenizer, steps=40)
     assert len({weights_digest(d) for d in (first, second, third)}) == 3
 
     # The first version has nobody to beat: challenger and champion.
@@ -70,7 +74,7 @@ def test_register_lifecycle_challenger_champion_and_no_duplicates(mlflow_store, 
 
     client = MlflowClient()
     v2 = client.get_model_version(NAME, "2")
-    assert v2.tags["lmforge.promotion"] == "0.5000 does not beat champion 0.6000 by more than 0.0"
+    assert v2.tags["lmforge.promotion"].startswith("no paired test predictions to compare with champion v1")
     assert v2.tags["lmforge.test_macro_f1"] == "0.500000"
     assert v2.tags["lmforge.weights_sha256"] == weights_digest(second)
     assert int(client.get_model_version_by_alias(NAME, CHAMPION).version) == 1
@@ -82,20 +86,23 @@ def test_register_lifecycle_challenger_champion_and_no_duplicates(mlflow_store, 
     assert "not gated again" in again["reason"]
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2
 
-    # A higher gate metric takes the champion alias; the old champion keeps no alias.
-    r3 = register_classifier(NAME, third, _metrics(0.8), {}, cfg)
+    # Clearly better on paired evidence takes the champion alias; the old champion keeps no alias.
+    r3 = register_classifier(NAME, third, third_metrics, {}, cfg, evidence=toy_evidence(third, cfg))
     assert (r3["version"], r3["aliases"], r3["promoted"]) == (3, [CHALLENGER, CHAMPION], True)
-    assert r3["reason"] == "0.8000 beats champion 0.6000 by more than 0.0"
+    assert r3["reason"].startswith("test_macro_f1 vs champion v1: +") and "lower bound above 0.0" in r3["reason"]
     assert client.get_model_version(NAME, "1").aliases == []
     assert client.get_model_version(NAME, "2").aliases == []
 
     # Re-registering the champion itself keeps it champion.
-    same = register_classifier(NAME, third, _metrics(0.8), {}, cfg)
+    same = register_classifier(NAME, third, third_metrics, {}, cfg)
     assert (same["version"], same["reason"], same["new_version"]) == (3, "already champion", False)
     assert len(client.search_model_versions(f"name='{NAME}'")) == 3
     # The gate's champion changes are in the history, oldest first.
     events = json.loads(client.get_registered_model(NAME).tags[HISTORY_TAG])
     assert [(e["action"], e["version"], e["previous"]) for e in events] == [("gate", "1", None), ("gate", "3", "1")]
+    gates = json.loads(client.get_registered_model(NAME).tags[GATE_HISTORY_TAG])
+    assert [(g["version"], g["champion"], g["promoted"]) for g in gates] == [("1", None, True), ("2", "1", False),
+                                                                             ("3", "1", True)]
 
 
 def test_an_under_trained_run_never_becomes_champion(mlflow_store, bert_tokenizer):
@@ -108,32 +115,55 @@ def test_an_under_trained_run_never_becomes_champion(mlflow_store, bert_tokenize
     for seed, steps in ((1, 0), (2, 1), (3, 2)):  # untrained, one step, two steps: each scored on the same split
         under, under_metrics = trained_classifier(mlflow_store, bert_tokenizer, steps=steps, seed=seed)
         assert under_metrics["test_macro_f1"] < trained_metrics["test_macro_f1"]
-        decision = register_classifier(NAME, under, under_metrics, {}, cfg)
+        decision = register_classifier(NAME, under, under_metrics, {}, cfg, evidence=toy_evidence(under, cfg))
         assert decision["new_version"] and not decision["promoted"]
         assert decision["aliases"] == [CHALLENGER]
-        tag = MlflowClient().get_model_version(NAME, str(decision["version"])).tags["lmforge.promotion"]
-        assert tag == (f"{under_metrics['test_macro_f1']:.4f} does not beat champion "
-                       f"{trained_metrics['test_macro_f1']:.4f} by more than 0.01")
+        tags = MlflowClient().get_model_version(NAME, str(decision["version"])).tags
+        assert tags["lmforge.promotion"].endswith("lower bound not above 0.01")
+        assert float(tags["lmforge.gate_diff"]) == pytest.approx(
+            under_metrics["test_macro_f1"] - trained_metrics["test_macro_f1"], abs=1e-6)
     assert str(MlflowClient().get_model_version_by_alias(NAME, CHAMPION).version) == "1"
 
 
-def test_the_gate_compares_on_one_test_split_rescoring_the_champion_when_it_can(mlflow_store, bert_tokenizer):
+def test_a_luckier_point_estimate_without_evidence_is_not_promoted(mlflow_store, bert_tokenizer):
+    """The champion's weights perturbed and re-registered with one more test example right: a
+    higher macro-F1 (today's point-estimate gate promotes it), but a paired CI that straddles 0."""
+    import torch
+    from mlflow import MlflowClient
+    from transformers import AutoModelForSequenceClassification
+
     cfg = RegisterConfig()
-    a, b, c, d = (saved_classifier(mlflow_store, s, bert_tokenizer) for s in (1, 2, 3, 4))
-    register_classifier(NAME, a, _metrics(0.5), {"test_split_sha256": "aaaa"}, cfg)
-    # Another split and no way to re-score the champion: not compared, not promoted.
-    decision = register_classifier(NAME, b, _metrics(0.9), {"test_split_sha256": "bbbb"}, cfg)
-    assert not decision["promoted"]
-    assert decision["reason"].startswith("not comparable: champion v1 was scored on test split aaaa, this version on bbbb")
-    lineage = {"test_split_sha256": "bbbb"}
-    assert not register_model(NAME, c, "text-classification", _metrics(0.9), lineage, cfg,
-                              rescore=lambda champion: None)["promoted"]
-    # The champion re-scored on the new split: the gate compares like with like.
-    rescored = []
-    decision = register_model(NAME, d, "text-classification", _metrics(0.6), lineage, cfg,
-                              rescore=lambda champion: rescored.append(champion.version) or 0.7)
-    assert (decision["promoted"], rescored) == (False, [1])
-    assert decision["reason"] == "0.6000 does not beat champion 0.7000 by more than 0.0 (champion v1 re-scored on test split bbbb)"
+    champion_dir, champion_metrics = trained_classifier(mlflow_store, bert_tokenizer, steps=5)
+    register_classifier(NAME, champion_dir, champion_metrics, {}, cfg)
+    _, y, pred = toy_test_predictions(champion_dir)
+    assert (pred != y).any()  # it has errors to fix
+    model = AutoModelForSequenceClassification.from_pretrained(str(champion_dir))
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-6)
+    lucky_dir = mlflow_store / "lucky"
+    model.save_pretrained(lucky_dir)
+    bert_tokenizer.__class__.from_pretrained(str(champion_dir)).save_pretrained(lucky_dir)
+    lucky = pred.copy()
+    lucky[int(np.flatnonzero(pred != y)[0])] = y[np.flatnonzero(pred != y)[0]]
+    lucky_f1 = macro_f1(y, lucky, 2)
+    assert lucky_f1 > champion_metrics["test_macro_f1"]
+    decision = register_classifier(NAME, lucky_dir, {"test_macro_f1": lucky_f1}, {}, cfg,
+                                   evidence=toy_evidence(lucky_dir, cfg, pred=lucky))
+    assert decision["new_version"] and not decision["promoted"]
+    tags = MlflowClient().get_model_version(NAME, str(decision["version"])).tags
+    assert float(tags["lmforge.gate_ci_low"]) <= 0.0 < float(tags["lmforge.gate_diff"]) <= float(tags["lmforge.gate_ci_high"])
+    assert tags["lmforge.gate_champion"] == "1" and tags["lmforge.promotion"].endswith("lower bound not above 0.0")
+
+    # Clearly better on the same split: promoted, the CI on its tags.
+    better_dir, better_metrics = trained_classifier(mlflow_store, bert_tokenizer, steps=40)
+    decision = register_classifier(NAME, better_dir, better_metrics, {}, cfg, evidence=toy_evidence(better_dir, cfg))
+    assert decision["promoted"] and decision["aliases"] == [CHALLENGER, CHAMPION]
+    tags = MlflowClient().get_model_version(NAME, str(decision["version"])).tags
+    assert 0.0 < float(tags["lmforge.gate_ci_low"]) <= float(tags["lmforge.gate_ci_high"])
+    # A champion that cannot be scored on this split (other labels): nothing is promoted.
+    other = register_classifier(NAME, saved_classifier(mlflow_store, 9, bert_tokenizer), better_metrics, {}, cfg,
+                                evidence=lambda champion: None)
+    assert not other["promoted"] and other["reason"].startswith("not comparable: champion v3")
 
 
 def test_rescoring_a_registered_classifier_reproduces_its_metric(mlflow_store, bert_tokenizer):

@@ -70,7 +70,8 @@ def score_run(run, test, labels: list[str], batch_size: int, device, dtype) -> t
     m = classification_metrics(test["label"].to_numpy(), pred, labels)
     entry = {"objective": run.report_objective, "run": run.name, "architecture": run.architecture.name,
              "pretrained": run.pretrained, "test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"],
-             "per_class": m["per_class"], "confusion_matrix": m["confusion_matrix"]}
+             "per_class": m["per_class"], "confusion_matrix": m["confusion_matrix"],
+             "test_predictions": pred.tolist()}  # the register gate's paired bootstrap needs them
     if run.pretrained:
         metrics = read_json(Path(paths.PRETRAIN_REPORTS) / run.objective.name / "metrics.json")
         entry["pretraining"], entry["pretraining_metric"] = run.objective.pretraining_summary(metrics)

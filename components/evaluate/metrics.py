@@ -27,18 +27,22 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[
     }
 
 
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> float:
+    return float(np.mean(y_true == y_pred)) if len(y_true) else 0.0
+
+
 def bootstrap_diff_ci(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_labels: int,
-                      samples: int, confidence: float, seed: int) -> dict:
-    """Paired bootstrap CI of macro-F1(a) - macro-F1(b) over test examples."""
+                      samples: int, confidence: float, seed: int, score=macro_f1) -> dict:
+    """Paired bootstrap CI of score(a) - score(b) over test examples (score: macro-F1 unless given)."""
     rng = np.random.default_rng(seed)
     n = len(y_true)
     diffs = np.empty(samples)
     for i in range(samples):
         idx = rng.integers(0, n, n)
-        diffs[i] = macro_f1(y_true[idx], pred_a[idx], n_labels) - macro_f1(y_true[idx], pred_b[idx], n_labels)
+        diffs[i] = score(y_true[idx], pred_a[idx], n_labels) - score(y_true[idx], pred_b[idx], n_labels)
     alpha = (1.0 - confidence) / 2
     return {
-        "diff": macro_f1(y_true, pred_a, n_labels) - macro_f1(y_true, pred_b, n_labels),
+        "diff": score(y_true, pred_a, n_labels) - score(y_true, pred_b, n_labels),
         "ci_low": float(np.quantile(diffs, alpha)),
         "ci_high": float(np.quantile(diffs, 1 - alpha)),
     }

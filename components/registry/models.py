@@ -26,6 +26,7 @@ __all__ = ["CHALLENGER", "CHAMPION", "RegistryError", "decide_promotion", "model
 CHALLENGER, CHAMPION = "challenger", "champion"
 TASKS = ("text-classification", "text-generation", "fill-mask")
 HISTORY_TAG = "lmforge.champion_history"
+GATE_HISTORY_TAG = "lmforge.gate_history"
 HISTORY_KEEP = 100  # events kept in the tag (registry tag values are bounded); manual ones are also MLflow runs
 AUDIT_EXPERIMENT = "lmforge-registry"
 
@@ -221,13 +222,14 @@ def _log_and_register(name: str, model_dir: Path, task: str, tags: dict[str, str
 
 def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, float], lineage: dict[str, str],
                    cfg: RegisterConfig, files: dict[str, str | Path] | None = None, card: str = "",
-                   rescore: Callable[[Any], float | None] | None = None) -> dict[str, Any]:
+                   evidence: Callable[[Any], dict | None] | None = None) -> dict[str, Any]:
     """Register `model_dir` as a new version of `name` (alias `challenger`) and run the gate.
 
     The same weights again return their existing version: no duplicate, and no new gate
-    decision (a version rolled back by hand is not promoted again by a rerun). When the
-    champion was scored on another test split, `rescore(champion_version)` gives its gate
-    metric on this version's split (None: it cannot be scored, so nothing is promoted)."""
+    decision (a version rolled back by hand is not promoted again by a rerun).
+    `evidence(champion_version)` gives the paired-bootstrap CI of (this version - champion) on
+    the gate metric over one test split ({"diff", "ci_low", "ci_high", ...}; None: the champion
+    cannot be scored there); without it, or without a CI, nothing replaces a champion."""
     if task not in TASKS:
         raise ValueError(f"register: task for {name} must be one of {', '.join(TASKS)}, got {task!r}")
     if cfg.gate_metric not in metrics:
@@ -245,47 +247,68 @@ def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, flo
         version = _log_and_register(name, Path(model_dir), task, tags, files or {}, card,
                                     f"{task} from {model_dir}: {metric_text}")
     client.set_registered_model_alias(name, CHALLENGER, version.version)
-    champion = alias_version(client, name, CHAMPION)
+    champion, ci = alias_version(client, name, CHAMPION), None
     if champion is not None and str(champion.version) == str(version.version):
         promoted, reason = True, "already champion"
     elif not new:
         promoted = False
         reason = f"existing version, not gated again (gate said: {version.tags.get('lmforge.promotion', '?')})"
     else:
-        promoted, reason = _gate(version, champion, cfg, rescore)
+        promoted, reason, ci = _gate(version, champion, cfg, evidence)
         if promoted:
             _move_champion(client, name, version.version, "gate", "register", reason)
         client.set_model_version_tag(name, version.version, "lmforge.promotion", reason)
+        _record_gate(client, name, version.version, champion, promoted, reason, ci)
     aliases = client.get_model_version(name, version.version).aliases
     return {"name": name, "version": int(version.version), "aliases": sorted(aliases), "promoted": promoted,
-            "reason": reason, "new_version": new}
+            "reason": reason, "new_version": new, "ci": ci}
 
 
-def _gate(version, champion, cfg: RegisterConfig, rescore=None) -> tuple[bool, str]:
-    def score(v) -> float | None:
-        value = v.tags.get(f"lmforge.{cfg.gate_metric}")
-        return float(value) if value is not None else None
-
+def _gate(version, champion, cfg: RegisterConfig, evidence=None) -> tuple[bool, str, dict | None]:
+    """(promoted, why, the CI or None). The first version has nothing to beat; after that only
+    a paired CI on one test split replaces the champion (a point estimate crowns the luckiest draw)."""
     if champion is None:
-        return decide_promotion(score(version), None, cfg.min_improvement)
-    champion_score, note = score(champion), ""
-    mine, theirs = version.tags.get("lmforge.test_split_sha256"), champion.tags.get("lmforge.test_split_sha256")
-    if mine and theirs and "unknown" not in (mine, theirs) and mine != theirs:
-        champion_score = rescore(champion) if rescore is not None else None
-        if champion_score is None:
-            return False, (f"not comparable: champion v{champion.version} was scored on test split {theirs}, "
-                           f"this version on {mine}; promote by hand after comparing on one split")
-        note = f" (champion v{champion.version} re-scored on test split {mine})"
-    if champion_score is None:
-        return False, f"champion v{champion.version} has no {cfg.gate_metric} tag; promote by hand"
-    promoted, reason = decide_promotion(score(version), champion_score, cfg.min_improvement)
-    return promoted, reason + note
+        value = version.tags.get(f"lmforge.{cfg.gate_metric}")
+        return (*decide_promotion(float(value) if value is not None else 0.0, None, cfg.min_improvement), None)
+    if evidence is None:
+        return False, (f"no paired test predictions to compare with champion v{champion.version}; "
+                       f"the gate needs both models scored on one test split; promote by hand"), None
+    ci = evidence(champion)
+    if ci is None:
+        return False, (f"not comparable: champion v{champion.version} cannot be scored on this test split "
+                       f"(other labels); promote by hand after comparing on one split"), None
+    promoted, reason = decide_paired(ci, cfg, champion.version)
+    return promoted, reason, ci
+
+
+def decide_paired(ci: dict, cfg: RegisterConfig, champion_version) -> tuple[bool, str]:
+    """The gate on evidence: promote when the CI's lower bound exceeds register.min_improvement."""
+    promoted = ci["ci_low"] > cfg.min_improvement
+    return promoted, (f"{cfg.gate_metric} vs champion v{champion_version}: {ci['diff']:+.4f}, "
+                      f"{cfg.confidence:.0%} paired-bootstrap CI [{ci['ci_low']:+.4f}, {ci['ci_high']:+.4f}]; "
+                      f"lower bound {'above' if promoted else 'not above'} {cfg.min_improvement}"
+                      f"{ci.get('note', '')}")
+
+
+def _record_gate(client, name: str, version, champion, promoted: bool, reason: str, ci: dict | None) -> None:
+    """The decision and its CI on the version's tags and in the model's `lmforge.gate_history`
+    (every gate decision; `lmforge.champion_history` keeps only champion changes)."""
+    event = {"version": str(version), "champion": str(champion.version) if champion else None,
+             "promoted": promoted, "at": _now(), "reason": reason[:300]}
+    if ci is not None:
+        for key in ("diff", "ci_low", "ci_high"):
+            client.set_model_version_tag(name, version, f"lmforge.gate_{key}", f"{ci[key]:.6f}")
+            event[key] = round(float(ci[key]), 6)
+    client.set_model_version_tag(name, version, "lmforge.gate_champion", event["champion"] or "none")
+    events = json.loads(client.get_registered_model(name).tags.get(GATE_HISTORY_TAG, "[]"))
+    client.set_registered_model_tag(name, GATE_HISTORY_TAG,
+                                    json.dumps([*events, event][-HISTORY_KEEP:], separators=(",", ":")))
 
 
 def register_classifier(name: str, model_dir: Path, metrics: dict[str, float], tags: dict[str, str],
-                        cfg: RegisterConfig) -> dict[str, Any]:
+                        cfg: RegisterConfig, evidence: Callable[[Any], dict | None] | None = None) -> dict[str, Any]:
     """A fine-tuned classifier (task text-classification, its label names in the config)."""
-    return register_model(name, model_dir, "text-classification", metrics, tags, cfg)
+    return register_model(name, model_dir, "text-classification", metrics, tags, cfg, evidence=evidence)
 
 
 def _version_or_error(client, name: str, version: str):

@@ -42,23 +42,25 @@ def register_run(run, entry: dict, report: dict, cfg: RegisterConfig, classifier
     """Register the classifier fine-tuned in `run`, or (with `classifier_version`) its pretrained base."""
     lineage = run_lineage(run, classifier=classifier_version is None)
     metrics = {k: entry[k] for k in CLASSIFIER_METRICS if k in entry}
-    gate = (f"Promotion: `champion` only if `{cfg.gate_metric}` beats the current champion's by more than "
-            f"{cfg.min_improvement} on the same test split; the version's `lmforge.promotion` tag says why.")
+    gate = (f"Promotion: `champion` only if the lower bound of the {cfg.confidence:.0%} paired-bootstrap CI of "
+            f"(this version - the champion) on `{cfg.gate_metric}`, over one test split, exceeds "
+            f"{cfg.min_improvement}; the version's `lmforge.promotion` and `lmforge.gate_ci_*` tags say why.")
     if classifier_version is None:
         name, task, model_dir = model_name(cfg, run.name), "text-classification", Path(paths.finetuned_dir(run.name))
         metrics["majority_baseline_macro_f1"] = report["majority_baseline"]["test_macro_f1"]
         labels = report["labels"]
-        rescore = rescore_on_test_split(labels, cfg.gate_metric)
+        evidence = test_split_evidence(entry, labels, cfg)
     else:
         name, task, model_dir = base_model_name(cfg, run.name), run.objective.registry_task, run.pretrained_dir()
         metrics.update(entry.get("pretraining", {}))
         lineage["gate_source"] = (f"{classifier_version['name']} v{classifier_version['version']}: "
                                   f"the classifier fine-tuned from this base")
-        gate += f" For a base, the metric is that of {lineage['gate_source'].split(':')[0]}."
-        labels = rescore = None
+        gate += f" For a base, the evidence is that of {lineage['gate_source'].split(':')[0]} against its champion."
+        labels = None
+        evidence = base_evidence(classifier_version, lineage["gate_source"].split(":")[0])
     card = render_model_card(name, task, run.description, metrics, lineage, labels, parameter_count(model_dir), gate)
     decision = register_model(name, model_dir, task, metrics, lineage, cfg, files=lineage_files(), card=card,
-                              rescore=rescore)
+                              evidence=evidence)
     print(f"register: {decision['name']} v{decision['version']} @{','.join(decision['aliases'])}"
           f"{' (new)' if decision['new_version'] else ''}: {decision['reason']}")
     return {"objective": run.name, "run": run.name, "task": task, **decision}
@@ -77,32 +79,66 @@ def run_lineage(run, classifier: bool) -> dict[str, str]:
     return lineage
 
 
-def rescore_on_test_split(labels: list[str], metric: str) -> Callable:
-    """The gate's `rescore(champion)`: a champion classifier's `metric` on this test split."""
+def test_split_evidence(entry: dict, labels: list[str], cfg: RegisterConfig) -> Callable:
+    """The gate's `evidence(champion)` for a classifier: its test predictions saved by evaluate
+    and the champion's, re-scored on the same test split, in a paired bootstrap."""
+    import numpy as np
 
-    def rescore(champion):
-        from components.train.finetuning import read_labelled
+    from components.train.finetuning import read_labelled
 
-        test = read_labelled(Path(paths.DOWNSTREAM_DIR) / "test.parquet", labels)
-        return rescore_classifier(champion, test["text"].tolist(), test["label"].to_numpy(), labels, metric)
+    test = read_labelled(Path(paths.DOWNSTREAM_DIR) / "test.parquet", labels)
+    pred = np.asarray(entry.get("test_predictions", []))
+    if len(pred) != len(test):
+        raise ValueError(f"{paths.COMPARISON_JSON}: {entry['run']} has {len(pred)} test predictions for "
+                         f"{len(test)} test examples; rerun the evaluate stage")
+    return paired_evidence(pred, test["text"].tolist(), test["label"].to_numpy(), labels, cfg)
 
-    return rescore
+
+def paired_evidence(pred, texts: list[str], y, labels: list[str], cfg: RegisterConfig) -> Callable:
+    """`evidence(champion)`: the paired-bootstrap CI of (pred - the champion's predictions on
+    `texts`) on the gate metric; None when the champion's labels differ."""
+    from components.evaluate.metrics import accuracy, bootstrap_diff_ci, macro_f1
+
+    score = {"test_macro_f1": macro_f1, "test_accuracy": accuracy}[cfg.gate_metric]
+
+    def evidence(champion):
+        theirs = classifier_predictions(champion, texts, labels)
+        if theirs is None:
+            return None
+        # A fixed seed: the same predictions always give the same decision.
+        return bootstrap_diff_ci(y, pred, theirs, len(labels), cfg.bootstrap_samples, cfg.confidence, 0, score)
+
+    return evidence
 
 
-def rescore_classifier(champion, texts: list[str], y, labels: list[str], metric: str) -> float | None:
-    """The champion classifier's gate metric on this test split (None if its labels differ)."""
-    from components.evaluate.metrics import classification_metrics
+def base_evidence(classifier_decision: dict, source: str) -> Callable:
+    """A base's `evidence(champion)`: the CI its classifier got against that classifier's champion."""
+    ci = classifier_decision.get("ci")
+    return lambda champion: None if ci is None else {**ci, "note": f" (evidence: {source})"}
+
+
+def classifier_predictions(version, texts: list[str], labels: list[str]):
+    """A registered classifier's label ids for `texts`, encoded as evaluate does (None if its labels differ)."""
     from components.registry.models import load_version
     from components.train.finetuning import encode_for_classifier, predict
     from components.train.loop import resolve_device_dtype
 
-    parts = load_version(champion, return_type="components")
+    parts = load_version(version, return_type="components")
     model, tokenizer = parts["model"], parts["tokenizer"]
     if [model.config.id2label[i] for i in range(model.config.num_labels)] != list(labels):
         return None
     device, dtype = resolve_device_dtype("auto", "auto")
     encoded = encode_for_classifier(tokenizer, texts, tokenizer.model_max_length)
-    pred = predict(model.to(device), encoded, tokenizer.pad_token_id, 64, device, dtype).argmax(-1)
+    return predict(model.to(device), encoded, tokenizer.pad_token_id, 64, device, dtype).argmax(-1)
+
+
+def rescore_classifier(champion, texts: list[str], y, labels: list[str], metric: str) -> float | None:
+    """A registered classifier's `metric` on these texts (None if its labels differ)."""
+    from components.evaluate.metrics import classification_metrics
+
+    pred = classifier_predictions(champion, texts, labels)
+    if pred is None:
+        return None
     m = classification_metrics(y, pred, list(labels))
     return {"test_macro_f1": m["macro_f1"], "test_accuracy": m["accuracy"]}[metric]
 
