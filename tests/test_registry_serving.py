@@ -183,3 +183,49 @@ def test_pipeline_versions_name_the_runs_that_made_their_weights(dvc_repo):
         assert match == "weights" and made_by.data.tags["lmforge.weights_sha256"] == tags["lmforge.weights_sha256"]
         assert made_by.data.tags["lmforge.objective"] == entry["run"]
         assert tags["lmforge.validation_success"] == "true" and tags["lmforge.corpus_md5"].endswith(".dir")
+
+
+def test_the_served_pipeline_champion_answers_every_test_text_as_evaluate_did(dvc_repo):
+    """Read-only, on the session's pipeline: `mlflow models serve` on the GPT-2 classifier
+    champion answers the whole test split, its longest docstrings (far past the trained
+    length) included, with the labels the evaluate stage predicted."""
+    from components.train.finetuning import read_labelled
+
+    report = json.loads((dvc_repo / paths.COMPARISON_JSON).read_text())
+    evaluated = next(r for r in report["runs"] if r["run"] == "clm")
+    version = next(m for m in json.loads((dvc_repo / paths.REGISTRY_JSON).read_text())["models"] if m["run"] == "clm")
+    assert "champion" in version["aliases"]
+    texts = read_labelled(dvc_repo / paths.DOWNSTREAM_DIR / "test.parquet", report["labels"])["text"].tolist()
+    longest = sorted(range(len(texts)), key=lambda i: -len(texts[i]))[:24]
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_dir = dvc_repo / paths.finetuned_dir("clm")
+    tokenizer, positions = AutoTokenizer.from_pretrained(str(model_dir)), AutoConfig.from_pretrained(str(model_dir)).n_positions
+    lengths = [len(tokenizer(texts[i])["input_ids"]) for i in longest]
+    assert max(lengths) > positions  # past the model's positions: untruncated, this raised IndexError
+    env = env_for(dvc_repo)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{version['name']}@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=dvc_repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, "mlflow models serve",
+                      lambda: server.stdout.read().decode()[-3000:])
+        served = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": [texts[i] for i in longest]})
+        assert len(served["predictions"]) == 24
+        answer = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": texts})
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    labels = [p["label"] for p in answer["predictions"]]
+    expected = [report["labels"][i] for i in evaluated["test_predictions"]]
+    print(f"served {len(labels)} test texts (24 longest: {min(lengths)}-{max(lengths)} tokens, trained at "
+          f"{tokenizer.model_max_length}, {positions} positions); "
+          f"agreement with evaluate {sum(a == b for a, b in zip(labels, expected))}/{len(expected)}")
+    assert [p["label"] for p in served["predictions"]] == [expected[i] for i in longest]
+    assert labels == expected
