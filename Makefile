@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test pipeline summary clean audit
+.PHONY: install demo test test-fast deps pipeline summary clean audit
 
 install: $(STAMP)
 
@@ -40,6 +40,15 @@ summary: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Everything but the end-to-end runs through DVC/Prefect (marked slow).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Rewrite dvc.yaml's code deps from what each stage imports (tests/test_dvc_deps.py checks them).
+deps:
+	test -x $(BIN)/python || $(MAKE) install
+	$(BIN)/python tests/code_deps.py --write
 
 # Known vulnerabilities in the installed dependencies (needs network: PyPI / OSV advisories).
 audit: install
