@@ -3,6 +3,10 @@ to the core modules, never up, and never in a cycle. Read from the source (tests
 lazy imports inside functions included."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -14,7 +18,7 @@ from code_deps import ROOT, imports, project_modules
 # components/ top level (and the `components` package itself).
 LAYERS = {
     "core": ("components", "components.config", "components.params", "components.profiles", "components.paths",
-             "components.io", "components.errors"),
+             "components.io", "components.errors", "components.exit_codes"),
     "data": ("components.data",),
     "tokens": ("components.tokens",),
     "train": ("components.train",),
@@ -119,3 +123,15 @@ def test_a_planted_cycle_fails(tmp_path):
     _plant_into = root / "components" / "paths.py"
     _plant_into.write_text(_plant_into.read_text() + "\n\ndef _back():\n    from components import io\n")
     assert ["components.io", "components.paths"] in cycles(root)
+
+
+def test_importing_components_changes_nothing_in_the_environment():
+    """No import-time side effects: settings such as MLflow's retries are made when a run starts."""
+    modules = [m for m in project_modules() if m.split(".")[0] == "components"]
+    code = ("import importlib, json, os, sys\nbefore = dict(os.environ)\n"
+            f"for m in {modules!r}:\n    importlib.import_module(m)\n"
+            "print(json.dumps(sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == [], "changed at import"

@@ -81,7 +81,7 @@ def test_predict_generates_and_fills_masks_according_to_the_task(store, capsys):
     (["predict", "toy-fill@champion", "no mask here"], "error: fill-mask: 'no mask here' has no [MASK]"),
     (["promote", "toy-clf", "9"], "error: toy-clf v9: no such version; known versions: 1"),
     (["rollback", "toy-gen"], "error: toy-gen v1: there was no champion before it to roll back to; use `lmforge promote"),
-    (["lineage", "toy-clf/4"], "error: toy-clf: no version 4"),
+    (["lineage", "toy-clf/4"], "error: toy-clf v4: no such version; known versions: 1"),
 ])
 def test_errors_are_one_line_naming_the_model_and_the_fix(store, capsys, args, message):
     rc, out, err = run_cli(store, capsys, *args)

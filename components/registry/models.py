@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from components.registry import tracking
-from components.registry.lineage import redact, weights_digest
+from components.registry.lineage import as_tags, from_tags, redact, tag, weights_digest
 
 __all__ = ["CHALLENGER", "CHAMPION", "RegisterConfig", "RegistryError", "decide_promotion", "model_name",
            "base_model_name", "register_model", "register_classifier", "promote", "rollback", "weights_digest",
-           "check_no_remote_code"]
+           "check_no_remote_code", "registered_version"]
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 TASKS = ("text-classification", "text-generation", "fill-mask")
-HISTORY_TAG = "lmforge.champion_history"
+HISTORY_TAG = tag("champion_history")
 HISTORY_KEEP = 100  # events kept in the tag (registry tag values are bounded); manual ones are also MLflow runs
 AUDIT_EXPERIMENT = "lmforge-registry"
 
@@ -177,7 +177,7 @@ def load_version(version, return_type: str = "pipeline"):
 
 def _existing_version(client, name: str, digest: str):
     for version in client.search_model_versions(f"name='{name}'"):
-        if version.tags.get("lmforge.weights_sha256") == digest:
+        if from_tags(version.tags).get("weights_sha256") == digest:
             return version
     return None
 
@@ -232,9 +232,8 @@ def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, flo
     version = _existing_version(client, name, digest)
     new = version is None
     if new:
-        tags = {"lmforge.weights_sha256": digest, "lmforge.task": task, "lmforge.gate_metric": cfg.gate_metric,
-                **{f"lmforge.{k}": f"{v:.6f}" for k, v in metrics.items()},
-                **{k if k.startswith("lmforge.") else f"lmforge.{k}": redact(str(v)) for k, v in lineage.items()}}
+        tags = as_tags({"weights_sha256": digest, "task": task, "gate_metric": cfg.gate_metric,
+                        **{k: f"{v:.6f}" for k, v in metrics.items()}, **lineage})
         metric_text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         version = _log_and_register(name, Path(model_dir), task, tags, files or {}, card,
                                     f"{task} from {model_dir}: {metric_text}")
@@ -244,12 +243,12 @@ def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, flo
         promoted, reason = True, "already champion"
     elif not new:
         promoted = False
-        reason = f"existing version, not gated again (gate said: {version.tags.get('lmforge.promotion', '?')})"
+        reason = f"existing version, not gated again (gate said: {from_tags(version.tags).get('promotion', '?')})"
     else:
         promoted, reason = _gate(version, champion, cfg, rescore)
         if promoted:
             _move_champion(client, name, version.version, "gate", "register", reason)
-        client.set_model_version_tag(name, version.version, "lmforge.promotion", reason)
+        client.set_model_version_tag(name, version.version, tag("promotion"), reason)
     aliases = client.get_model_version(name, version.version).aliases
     return {"name": name, "version": int(version.version), "aliases": sorted(aliases), "promoted": promoted,
             "reason": reason, "new_version": new}
@@ -257,13 +256,13 @@ def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, flo
 
 def _gate(version, champion, cfg: RegisterConfig, rescore=None) -> tuple[bool, str]:
     def score(v) -> float | None:
-        value = v.tags.get(f"lmforge.{cfg.gate_metric}")
+        value = from_tags(v.tags).get(cfg.gate_metric)
         return float(value) if value is not None else None
 
     if champion is None:
         return decide_promotion(score(version), None, cfg.min_improvement)
     champion_score, note = score(champion), ""
-    mine, theirs = version.tags.get("lmforge.test_split_sha256"), champion.tags.get("lmforge.test_split_sha256")
+    mine, theirs = (from_tags(v.tags).get("test_split_sha256") for v in (version, champion))
     if mine and theirs and "unknown" not in (mine, theirs) and mine != theirs:
         champion_score = rescore(champion) if rescore is not None else None
         if champion_score is None:
@@ -282,20 +281,31 @@ def register_classifier(name: str, model_dir: Path, metrics: dict[str, float], t
     return register_model(name, model_dir, "text-classification", metrics, tags, cfg)
 
 
-def _version_or_error(client, name: str, version: str):
+def _require_model(client, name: str) -> None:
     import mlflow
 
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        raise RegistryError(f"{name}: no such registered model; run the register stage (dvc repro) "
-                            f"or check the name (`mlflow ui` lists them)") from None
+        raise RegistryError(f"{name}: no such registered model in {redact(mlflow.get_tracking_uri())}; run the "
+                            f"register stage (dvc repro), or check the name and the store (lmforge --repo)") from None
+
+
+def registered_version(client, name: str, version: str | int | None = None, alias: str | None = None):
+    """`name` v`version`, or the version behind `name@alias`; else a RegistryError saying what
+    is missing and how to find what there is."""
+    import mlflow
+
+    _require_model(client, name)
     try:
-        return client.get_model_version(name, str(version))
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
     except mlflow.exceptions.MlflowException:
-        known = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
-        raise RegistryError(f"{name} v{version}: no such version; known versions: "
-                            f"{', '.join(map(str, known)) or 'none'}") from None
+        pass
+    if alias:
+        raise RegistryError(f"{name}: no alias @{alias}; `lmforge promote {name} <version>` sets the champion, "
+                            f"`lmforge lineage {name}/<version>` shows a version")
+    known = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    raise RegistryError(f"{name} v{version}: no such version; known versions: {', '.join(map(str, known)) or 'none'}")
 
 
 def _audit(action: str, name: str, version: str | None, by: str, reason: str, outcome: str) -> None:
@@ -304,8 +314,13 @@ def _audit(action: str, name: str, version: str | None, by: str, reason: str, ou
 
     experiment_id = tracking.setup(AUDIT_EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{action} {name}"):
-        mlflow.set_tags({"lmforge.action": action, "lmforge.model": name, "lmforge.version": str(version),
-                         "lmforge.by": by, "lmforge.reason": redact(reason), "lmforge.outcome": outcome})
+        mlflow.set_tags(as_tags({"action": action, "model": name, "version": str(version), "by": by,
+                                 "reason": reason, "outcome": outcome}))
+
+
+def _set_version_tags(client, name: str, version, record: dict[str, str]) -> None:
+    for key, value in as_tags(record).items():
+        client.set_model_version_tag(name, str(version), key, value)
 
 
 def promote(name: str, version: str | int, reason: str = "", by: str | None = None) -> dict[str, Any]:
@@ -315,15 +330,15 @@ def promote(name: str, version: str | int, reason: str = "", by: str | None = No
     client = _client()
     by = by or _user()
     reason = reason or "manual promotion"
-    target = _version_or_error(client, name, str(version))
+    target = registered_version(client, name, version)
     current = alias_version(client, name, CHAMPION)
     if current is not None and str(current.version) == str(target.version):
         outcome = f"{name} v{target.version} is already champion; nothing changed"
         changed = False
     else:
         event = _move_champion(client, name, target.version, "promote", by, reason)
-        for key, value in (("promoted_by", by), ("promoted_at", event["at"]), ("promotion", f"manual: {reason}")):
-            client.set_model_version_tag(name, target.version, f"lmforge.{key}", redact(value))
+        _set_version_tags(client, name, target.version,
+                          {"promoted_by": by, "promoted_at": event["at"], "promotion": f"manual: {reason}"})
         outcome = f"{name} v{target.version} is champion (was {f'v{current.version}' if current else 'none'})"
         changed = True
     _audit("promote", name, target.version, by, reason, outcome)
@@ -338,13 +353,8 @@ def rollback(name: str, reason: str = "", by: str | None = None) -> dict[str, An
     client = _client()
     by = by or _user()
     reason = reason or "manual rollback"
-    import mlflow
-
-    try:
-        events = history(client, name)
-    except mlflow.exceptions.MlflowException:
-        raise RegistryError(f"{name}: no such registered model; run the register stage (dvc repro) "
-                            f"or check the name") from None
+    _require_model(client, name)
+    events = history(client, name)
     current = alias_version(client, name, CHAMPION)
     if not events or current is None:
         raise RegistryError(f"{name}: no champion change recorded, nothing to roll back; "
@@ -362,10 +372,9 @@ def rollback(name: str, reason: str = "", by: str | None = None) -> dict[str, An
         raise RegistryError(f"{name} v{current.version}: there was no champion before it to roll back to; "
                             f"use `lmforge promote {name} <version>`")
     event = _move_champion(client, name, last["previous"], "rollback", by, reason)
-    client.set_model_version_tag(name, current.version, "lmforge.rolled_back",
-                                 redact(f"by {by} at {event['at']}: {reason}"))
-    client.set_model_version_tag(name, last["previous"], "lmforge.promotion",
-                                 redact(f"restored by rollback from v{current.version} ({by}, {event['at']}): {reason}"))
+    _set_version_tags(client, name, current.version, {"rolled_back": f"by {by} at {event['at']}: {reason}"})
+    _set_version_tags(client, name, last["previous"], {
+        "promotion": f"restored by rollback from v{current.version} ({by}, {event['at']}): {reason}"})
     outcome = f"{name} v{last['previous']} is champion again (rolled back from v{current.version})"
     _audit("rollback", name, last["previous"], by, reason, outcome)
     return {"name": name, "version": int(last["previous"]), "changed": True, "message": outcome}
