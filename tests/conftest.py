@@ -1,6 +1,7 @@
 """Shared test set-up: hermetic homes for Prefect/MLflow, no telemetry, tiny fixtures."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -38,6 +39,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def same_environment():
+    """Leave os.environ and MLflow's tracking URI as they were found. mlflow.set_tracking_uri also
+    writes MLFLOW_TRACKING_URI, behind monkeypatch's back: monkeypatch can "restore" a URI that
+    mlflow wrote mid-test (a closed port once reached `mlflow models serve` in a later test)."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        if "mlflow" in sys.modules:
+            import mlflow
+
+            mlflow.set_tracking_uri(None)  # it reads MLFLOW_TRACKING_URI again, as restored below
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _same_environment_after_each_test():
+    """Tests pass in any order and any subset: none sees what another left in the environment."""
+    with same_environment():
+        yield
 
 
 @pytest.fixture
