@@ -73,23 +73,49 @@ def repo_root() -> Path:
     return ROOT
 
 
+# The session's tokenizers, shared by many tests: a test that changes one (a call with
+# padding=True leaves padding on in its Rust backend) changes what every later test encodes.
+_SHARED_TOKENIZERS: dict[str, tuple] = {}
+
+
+def _tokenizer_state(tokenizer) -> tuple:
+    return (tokenizer.backend_tokenizer.to_str(), tokenizer.model_max_length, tokenizer.padding_side,
+            tokenizer.truncation_side, str(tokenizer.special_tokens_map))
+
+
+def _shared_tokenizer(architecture: str, tmp_path_factory):
+    from components.tokens.tokenization import TokenizerConfig, train_tokenizer, load_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / architecture
+    train_tokenizer(architecture, _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
+    tokenizer = load_tokenizer(out)
+    _SHARED_TOKENIZERS[architecture] = (tokenizer, _tokenizer_state(tokenizer))
+    return tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _shared_tokenizers_unchanged():
+    """Fail the test that changed a shared tokenizer, not a later one that trips over it."""
+    yield
+    changed = [name for name, (tokenizer, state) in _SHARED_TOKENIZERS.items() if _tokenizer_state(tokenizer) != state]
+    for name in changed:  # undo the usual changes, so one culprit fails one test
+        tokenizer, state = _SHARED_TOKENIZERS[name]
+        tokenizer.backend_tokenizer.no_padding()
+        tokenizer.backend_tokenizer.no_truncation()
+        tokenizer.model_max_length = state[1]
+    assert not changed, (f"this test changed the shared {' and '.join(changed)} tokenizer fixture (padding, "
+                         f"truncation, max length or special tokens); change a copy.deepcopy of it instead")
+
+
 @pytest.fixture(scope="session")
 def bert_tokenizer(tmp_path_factory):
     """A real WordPiece tokenizer trained on a little real prose (the module docstrings here)."""
-    from components.tokens.tokenization import TokenizerConfig, train_tokenizer, load_tokenizer
-
-    out = tmp_path_factory.mktemp("tok") / "bert"
-    train_tokenizer("bert", _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
-    return load_tokenizer(out)
+    return _shared_tokenizer("bert", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(tmp_path_factory):
-    from components.tokens.tokenization import TokenizerConfig, train_tokenizer, load_tokenizer
-
-    out = tmp_path_factory.mktemp("tok") / "gpt2"
-    train_tokenizer("gpt2", _prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
-    return load_tokenizer(out)
+    return _shared_tokenizer("gpt2", tmp_path_factory)
 
 
 def _prose() -> list[str]:

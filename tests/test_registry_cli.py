@@ -1,6 +1,7 @@
 """`lmforge predict | promote | rollback | lineage` on a SQLite store of tiny registered models."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -54,7 +55,7 @@ def test_predict_classifies_with_label_names(store, capsys, bert_tokenizer):
     assert (result["model"], result["version"], result["task"]) == ("toy-clf", 1, "text-classification")
     model = AutoModelForSequenceClassification.from_pretrained(str(store["classifier_dir"])).eval()
     with torch.no_grad():
-        logits = model(**bert_tokenizer(texts, padding=True, return_tensors="pt")).logits
+        logits = model(**copy.deepcopy(bert_tokenizer)(texts, padding=True, return_tensors="pt")).logits
     assert [p["label"] for p in result["predictions"]] == [LABELS[i] for i in logits.argmax(-1).tolist()]
     rc, out, _ = run_cli(store, capsys, "predict", "toy-clf", texts[0])  # a bare name means its champion
     assert rc == 0 and out.split("\t")[0] in LABELS
