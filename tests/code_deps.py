@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import re
 import sys
-from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

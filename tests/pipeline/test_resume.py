@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from components import paths
+from conftest import ROOT
 from components.tokens.tokenization import TokenizeConfig, TokenizerConfig, load_tokenizer, tokenize_corpus, train_tokenizer
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 PARAMS = """profile: tiny
 seed: 7
 model: {{dropout: {dropout}}}

@@ -24,7 +24,6 @@ from components.train.pretraining import Objective, PretrainData
 from components.tokens.tokenization import TokenizeConfig, tokenize_corpus
 from conftest import _prose
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
 CPU = {"device": "cpu", "dtype": "float32"}
 

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,9 +15,8 @@ import pytest
 
 from components import paths
 from components.tokens.tokenization import TokenizerConfig, train_tokenizer
-from conftest import _prose
+from conftest import ROOT, _prose
 
-ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["io", "text"]
 TEXTS = [f"Return the value number {i} of the container, as the docs say." for i in range(8)]
 
