@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test pipeline summary clean audit gpu-check
+.PHONY: install demo test test-fast deps pipeline summary clean audit gpu-check
 
 install: $(STAMP)
 
@@ -50,6 +50,16 @@ gpu-check:
 	@py=$$(for p in "$(BIN)/python" python3 python; do "$$p" -c 'import torch' 2>/dev/null && { echo "$$p"; break; }; done); \
 	test -n "$$py" || { echo "error: gpu-check: no python on PATH imports torch; install torch or put its python first on PATH" >&2; exit 1; }; \
 	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" PYTHONUNBUFFERED=1 "$$py" -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+
+# Everything but the end-to-end runs through DVC/Prefect (marked slow): 345 tests, 5-8 min on two
+# shared CPU cores (2m47s of CPU). `pytest tests/train` (or any folder) runs one area.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Rewrite dvc.yaml's code deps from what each stage imports (tests/test_dvc_deps.py checks them).
+deps:
+	test -x $(BIN)/python || $(MAKE) install
+	$(BIN)/python tests/code_deps.py --write
 
 # Known vulnerabilities in the installed dependencies (needs network: PyPI / OSV advisories).
 audit: install

@@ -10,7 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from components.registry.models import CHAMPION, RegistryError, load_version
+from components.registry import tracking
+from components.registry.lineage import version_chain
+from components.registry.models import CHAMPION, RegistryError, load_version, promote, registered_version, rollback
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
 
@@ -34,20 +36,8 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
 
 
 def resolve_version(client, ref: str):
-    import mlflow
-
     name, alias, version = parse_model_ref(ref)
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        raise RegistryError(f"{name}: no such registered model in {mlflow.get_tracking_uri()}; run the register "
-                            f"stage (dvc repro) or pass --repo") from None
-    try:
-        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except mlflow.exceptions.MlflowException:
-        what = f"alias @{alias}" if alias else f"version {version}"
-        raise RegistryError(f"{name}: no {what}; `lmforge promote {name} <version>` sets the champion, "
-                            f"`lmforge lineage {name}/<version>` shows a version") from None
+    return registered_version(client, name, version, alias)
 
 
 def load_pipeline(client, ref: str):
@@ -87,42 +77,11 @@ def predict(pipe, task: str, texts: list[str], max_new_tokens: int, top_k: int) 
 
 def version_lineage(client, version) -> dict:
     """The chain model version -> runs -> params -> tokenizer -> tokenized data -> corpus -> commit."""
-    tags = version.tags
-
-    def tag(key: str, default: str = "unknown") -> str:
-        return tags.get(f"lmforge.{key}", default)
-
     try:
         run = client.get_run(version.run_id) if version.run_id else None
     except Exception:  # the run was deleted: the version's own tags still hold the lineage
         run = None
-    metrics = {}
-    for key, value in tags.items():
-        key = key.removeprefix("lmforge.")
-        if key.startswith(("test_", "val_", "delta_", "majority_")) and not key.endswith(("_sha256", "_md5")):
-            metrics[key] = float(value)
-    commit = tag("git_commit")
-    return {
-        "model": version.name, "version": int(version.version), "aliases": sorted(version.aliases),
-        "task": tag("task"), "weights_sha256": tag("weights_sha256"), "promotion": tag("promotion", ""),
-        "run": {"id": version.run_id, "name": run.info.run_name if run else None,
-                "stage": run.data.tags.get("lmforge.stage") if run else None},
-        "finetune_run": {"id": tag("finetune_run_id", ""), "matched_by": tag("finetune_run_match", "")},
-        "pretrain_run": {"id": tag("pretrain_run_id", ""), "matched_by": tag("pretrain_run_match", "")},
-        "metrics": metrics,
-        "params": {"sha256": tag("params_sha256"), "artifact": "params.yaml"},
-        "tokenizer": {"md5": tag("tokenizer_md5")},
-        "tokenized": {"md5": tag("tokenized_md5", "n/a")},
-        "pretrained": {"md5": tag("pretrained_md5", "n/a")},
-        "corpus": {"md5": tag("corpus_md5"), "source": tag("data_source", "")},
-        "validation": {"md5": tag("validation_md5"), "success": tag("validation_success"),
-                       "expectations": f"{tag('validation_successful_expectations', '?')}/"
-                                       f"{tag('validation_evaluated_expectations', '?')}"},
-        "test_split_sha256": tag("test_split_sha256"),
-        "git": {"commit": commit, "dirty": tag("git_dirty") == "true",
-                "dvc_lock_committed": tag("dvc_lock_committed") == "true"},
-        "restore": f"git checkout {commit} && dvc checkout",
-    }
+    return version_chain(version, run)
 
 
 def format_lineage(ref: str, chain: dict) -> str:
@@ -156,8 +115,7 @@ def format_lineage(ref: str, chain: dict) -> str:
 
 def _use_repo_store(repo: str) -> None:
     """Every MLflow call below (and in components) reads the store of `--repo`."""
-    from components.registry import tracking
-
+    tracking.mlflow_defaults()
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(Path(repo)))
 
 
@@ -176,23 +134,17 @@ def _fail(e: Exception) -> int:
 
 
 def cmd_promote(args) -> int:
-    from components.registry.models import promote
-
-    _use_repo_store(args.repo)
-    try:
-        result = promote(args.model, args.version, args.reason)
-    except RegistryError as e:
-        return _fail(e)
-    print(result["message"])
-    return 0
+    return _move_champion(args, lambda: promote(args.model, args.version, args.reason))
 
 
 def cmd_rollback(args) -> int:
-    from components.registry.models import rollback
+    return _move_champion(args, lambda: rollback(args.model, args.reason))
 
+
+def _move_champion(args, change) -> int:
     _use_repo_store(args.repo)
     try:
-        result = rollback(args.model, args.reason)
+        result = change()
     except RegistryError as e:
         return _fail(e)
     print(result["message"])
@@ -236,15 +188,15 @@ def cmd_lineage(args) -> int:
 
 def add_registry_commands(sub) -> None:
     """Register the subcommands on `lmforge`'s subparsers."""
-    p = sub.add_parser("promote", help="make a model version the champion by hand (recorded; idempotent)")
-    p.add_argument("model", help="registered model name, e.g. lmforge-mlm")
-    p.add_argument("version", help="version number")
-    p.add_argument("--reason", default="", help="why (kept in the version's tags and the history)")
-    p.set_defaults(func=cmd_promote)
-    p = sub.add_parser("rollback", help="move champion back to the version the last change replaced (idempotent)")
-    p.add_argument("model", help="registered model name, e.g. lmforge-mlm")
-    p.add_argument("--reason", default="", help="why (kept in the version's tags and the history)")
-    p.set_defaults(func=cmd_rollback)
+    for name, func, summary in (
+            ("promote", cmd_promote, "make a model version the champion by hand (recorded; idempotent)"),
+            ("rollback", cmd_rollback, "move champion back to the version the last change replaced (idempotent)")):
+        p = sub.add_parser(name, help=summary)
+        p.add_argument("model", help="registered model name, e.g. lmforge-mlm")
+        if name == "promote":
+            p.add_argument("version", help="version number")
+        p.add_argument("--reason", default="", help="why (kept in the version's tags and the history)")
+        p.set_defaults(func=func)
     p = sub.add_parser("predict", help="classify, fill masks or generate with a registered model")
     p.add_argument("model", help="<name>@<alias> or <name>/<version>, e.g. lmforge-mlm@champion")
     p.add_argument("texts", nargs="+", help="input text(s); for fill-mask, with [MASK]")

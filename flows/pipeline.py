@@ -28,6 +28,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from components.objectives import OBJECTIVE_NAMES
+from components.exit_codes import EXIT_TRANSIENT
 from flows import report
 from flows.graph import dvc_graph, plan_stages
 from flows.workspace import workspace_lock
@@ -36,10 +37,8 @@ FLOW_NAME = "lmforge-pipeline"
 Objective = Literal[OBJECTIVE_NAMES]  # type: ignore[valid-type]  # the names from the specs
 Profile = Literal["tiny", "demo", "gpu-small"]
 
-# The exit-code contract of a stage (pipelines/_stage.py): 2 bad params, 1 bad data, and
-# EX_TEMPFAIL (sysexits.h) for a failure that may pass on its own. Only transient failures
-# are retried; see transient_reason for the others that count.
-EXIT_TRANSIENT = 75
+# A stage's exit code (components/exit_codes.py) says whether its failure may pass on its own.
+# Only transient failures are retried; see transient_reason for the others that count.
 _TRANSIENT_OUTPUT = {  # regex over the stage's output -> why it is transient
     r"Unable to acquire lock": "another DVC process held the repository lock",
     # pipelines/_stage.py's one line for it, or MLflow's own error when that line is absent

@@ -8,24 +8,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Iterator
 
 from components import paths
+from components.registry.lineage import redact
+from components.registry.tracking import mlflow_defaults, tracking_uri
 
 # What `mlflow ui --backend-store-uri sqlite:///mlflow.db` serves, for links into a SQLite store.
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
-
-
-def redact(text: str) -> str:
-    """Drop `user:password@` from any URL in `text`."""
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1", text)
-
-
-def tracking_uri(repo_dir: Path) -> str:
-    # The stages' rule (components/registry/tracking.py): MLFLOW_TRACKING_URI, else SQLite at the repo root.
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_dir / 'mlflow.db'}"
 
 
 @contextlib.contextmanager
@@ -34,6 +25,7 @@ def _bounded_mlflow_requests() -> Iterator[None]:
     added = {k: v for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"))
              if k not in os.environ}
     os.environ.update(added)
+    mlflow_defaults()  # the rest of lmforge's defaults, telemetry off; the bounds above win
     try:
         yield
     finally:

@@ -7,6 +7,7 @@ import sys
 from typing import Callable, NoReturn, Sequence
 
 from components.params import PARAMS_FILE, ConfigError, load_params
+from components.exit_codes import EXIT_TRANSIENT
 from components.io import DiskFullError
 
 
@@ -49,10 +50,6 @@ def run_stage(stage: str, body: Callable[[dict, str | None], None], item: str | 
         if message is None:
             raise
         _fail(stage, message, EXIT_TRANSIENT)
-
-
-EXIT_TRANSIENT = 75
-"""sysexits' EX_TEMPFAIL: the failure is outside the inputs (a server away); a retry may pass."""
 
 
 def _fail(stage: str, message: str, code: int = 1) -> NoReturn:

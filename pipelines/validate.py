@@ -6,6 +6,7 @@ from pathlib import Path
 
 from components import paths
 from components.registry import tracking
+from components.registry.lineage import tag
 from components.data.validation import failure_report, validate_corpus, write_validation_report
 from pipelines._stage import run_stage
 
@@ -18,7 +19,7 @@ def main(argv=None) -> None:
             import mlflow
 
             mlflow.log_artifacts(paths.VALIDATION_DIR, artifact_path="validation")
-            mlflow.set_tag("lmforge.validation_success", str(result["success"]).lower())
+            mlflow.set_tag(tag("validation_success"), str(result["success"]).lower())
             tracking.log_metrics({"validation_success": int(result["success"])})
         print(f"validate: {result['summary']}")
         if not result["success"]:

@@ -1,6 +1,7 @@
 """Shared test set-up: hermetic homes for Prefect/MLflow, no telemetry, tiny fixtures."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -40,32 +41,83 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def same_environment():
+    """Leave os.environ and MLflow's tracking URI as they were found. mlflow.set_tracking_uri also
+    writes MLFLOW_TRACKING_URI, behind monkeypatch's back: monkeypatch can "restore" a URI that
+    mlflow wrote mid-test (a closed port once reached `mlflow models serve` in a later test)."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        if "mlflow" in sys.modules:
+            import mlflow
+
+            mlflow.set_tracking_uri(None)  # it reads MLFLOW_TRACKING_URI again, as restored below
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _same_environment_after_each_test():
+    """Tests pass in any order and any subset: none sees what another left in the environment."""
+    with same_environment():
+        yield
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
 
 
+# The session's tokenizers, shared by many tests: a test that changes one (a call with
+# padding=True leaves padding on in its Rust backend) changes what every later test encodes.
+_SHARED_TOKENIZERS: dict[str, tuple] = {}
+
+
+def _tokenizer_state(tokenizer) -> tuple:
+    return (tokenizer.backend_tokenizer.to_str(), tokenizer.model_max_length, tokenizer.padding_side,
+            tokenizer.truncation_side, str(tokenizer.special_tokens_map))
+
+
+def _shared_tokenizer(architecture: str, tmp_path_factory):
+    from components.config import TokenizerConfig
+    from components.objectives import ARCHITECTURES
+    from components.tokens.tokenization import load_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / architecture
+    ARCHITECTURES[architecture].train_tokenizer(_prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
+    tokenizer = load_tokenizer(out)
+    _SHARED_TOKENIZERS[architecture] = (tokenizer, _tokenizer_state(tokenizer))
+    return tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _shared_tokenizers_unchanged():
+    """Fail the test that changed a shared tokenizer, not a later one that trips over it."""
+    yield
+    changed = [name for name, (tokenizer, state) in _SHARED_TOKENIZERS.items() if _tokenizer_state(tokenizer) != state]
+    for name in changed:  # undo the usual changes, so one culprit fails one test
+        tokenizer, state = _SHARED_TOKENIZERS[name]
+        tokenizer.backend_tokenizer.no_padding()
+        tokenizer.backend_tokenizer.no_truncation()
+        tokenizer.model_max_length = state[1]
+    assert not changed, (f"this test changed the shared {' and '.join(changed)} tokenizer fixture (padding, "
+                         f"truncation, max length or special tokens); change a copy.deepcopy of it instead")
+
+
 @pytest.fixture(scope="session")
 def bert_tokenizer(tmp_path_factory):
     """A real WordPiece tokenizer trained on a little real prose (the module docstrings here)."""
-    from components.objectives import ARCHITECTURES
-    from components.config import TokenizerConfig
-    from components.tokens.tokenization import load_tokenizer
-
-    out = tmp_path_factory.mktemp("tok") / "bert"
-    ARCHITECTURES["bert"].train_tokenizer(_prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
-    return load_tokenizer(out)
+    return _shared_tokenizer("bert", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(tmp_path_factory):
-    from components.objectives import ARCHITECTURES
-    from components.config import TokenizerConfig
-    from components.tokens.tokenization import load_tokenizer
-
-    out = tmp_path_factory.mktemp("tok") / "gpt2"
-    ARCHITECTURES["gpt2"].train_tokenizer(_prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
-    return load_tokenizer(out)
+    return _shared_tokenizer("gpt2", tmp_path_factory)
 
 
 def _prose() -> list[str]:

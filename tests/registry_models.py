@@ -5,6 +5,7 @@ learns in a few dozen steps, so "trained" and "under-trained" are real, measured
 """
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def evaluate(model, tokenizer, texts, y) -> dict[str, float]:
 
 def trained_classifier(root: Path, tokenizer, steps: int, seed: int = 0) -> tuple[Path, dict[str, float]]:
     """A tiny BERT classifier trained for `steps` steps on the toy task, saved, and its test metrics."""
+    tokenizer = copy.deepcopy(tokenizer)  # encoding with padding changes it, and it is saved so
     torch.manual_seed(seed)
     model = ARCHITECTURES["bert"].build_classifier(TINY, tokenizer, LABELS, None)
     texts, y = toy_task(256, seed=1)

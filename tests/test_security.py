@@ -110,3 +110,14 @@ def test_every_model_the_pipeline_writes_is_safetensors(dvc_repo):
                for p in (dvc_repo / root).rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
     assert pickled == []
     assert list((dvc_repo / "models").rglob("model.safetensors"))
+
+
+def test_one_redact_masks_environment_secrets_and_drops_url_credentials(monkeypatch):
+    """The flow's logs and report use the registry's redact: what one masks, the other masks."""
+    from components.registry import lineage
+    from flows import report
+
+    monkeypatch.setenv("LMFORGE_TEST_API_TOKEN", "tok-1234567890")
+    text = "source s3://AKIAEXAMPLE:pw@bucket/c.jsonl, header tok-1234567890, ui https://user@mlflow.example/x"
+    assert report.redact is lineage.redact
+    assert lineage.redact(text) == "source s3://bucket/c.jsonl, header ***, ui https://mlflow.example/x"

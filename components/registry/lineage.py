@@ -1,7 +1,8 @@
 """Lineage: which data, tokenizer, params and code a model came from, read from dvc.lock and git.
 
 Everything here is a plain record (strings and numbers), so it can be written as MLflow tags,
-as `lineage.json` next to a registered model, and printed by `lmforge lineage`.
+as `lineage.json` next to a registered model, and printed by `lmforge lineage`. This module
+owns the tag format (`lmforge.<field>`): the others write and read tags through it.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any, Mapping
 
 import yaml
 
@@ -18,16 +20,35 @@ from components import paths
 
 # Environment variables whose values must never reach a tag, a param or an artifact.
 _SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL", re.I)
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.I)
+# The user part of a URL, with or without a password: `https://token@host` carries a credential too.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.I)
+TAG_PREFIX = "lmforge."
+METRIC_PREFIXES = ("test_", "val_", "delta_", "majority_")
 
 
 def redact(text: str) -> str:
-    """`text` with credentials removed: values of secret-looking environment variables and
-    `user:password@` in URLs (a data source like `s3://key:secret@bucket` stays out of MLflow)."""
+    """`text` with credentials removed: values of secret-looking environment variables become
+    `***`, and `user:password@` goes from URLs, which stay usable as links (a data source like
+    `s3://key:secret@bucket` stays out of MLflow, a tracking server's password out of the logs)."""
     for name, value in os.environ.items():
         if _SECRET_NAME.search(name) and len(value) >= 8 and value in text:
             text = text.replace(value, "***")
-    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    return _URL_CREDENTIALS.sub(r"\g<scheme>", text)
+
+
+def tag(field: str) -> str:
+    """The MLflow tag of a lineage field: `git_commit` -> `lmforge.git_commit`."""
+    return field if field.startswith(TAG_PREFIX) else TAG_PREFIX + field
+
+
+def as_tags(record: Mapping[str, Any]) -> dict[str, str]:
+    """A record as MLflow tags, each value as text with credentials removed."""
+    return {tag(k): redact(str(v)) for k, v in record.items()}
+
+
+def from_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The lmforge fields of a run's or a model version's tags, by field name."""
+    return {k.removeprefix(TAG_PREFIX): v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
 
 
 def weights_digest(model_dir: str | Path) -> str:
@@ -138,3 +159,37 @@ def model_lineage(run: str, architecture: str, pretrained: bool, lock_path: str 
     test_split = Path(paths.DOWNSTREAM_DIR) / "test.parquet"
     lineage["test_split_sha256"] = file_digest(test_split)[:16] if test_split.exists() else "unknown"
     return lineage
+
+
+def version_chain(version, run=None) -> dict[str, Any]:
+    """The chain model version -> runs -> params -> tokenizer -> tokenized data -> corpus -> commit,
+    from a registered version's tags and the MLflow run that logged it (None once deleted)."""
+    record = from_tags(version.tags)
+
+    def field(key: str, default: str = "unknown") -> str:
+        return record.get(key, default)
+
+    metrics = {k: float(v) for k, v in record.items()
+               if k.startswith(METRIC_PREFIXES) and not k.endswith(("_sha256", "_md5"))}
+    commit = field("git_commit")
+    return {
+        "model": version.name, "version": int(version.version), "aliases": sorted(version.aliases),
+        "task": field("task"), "weights_sha256": field("weights_sha256"), "promotion": field("promotion", ""),
+        "run": {"id": version.run_id, "name": run.info.run_name if run else None,
+                "stage": from_tags(run.data.tags).get("stage") if run else None},
+        "finetune_run": {"id": field("finetune_run_id", ""), "matched_by": field("finetune_run_match", "")},
+        "pretrain_run": {"id": field("pretrain_run_id", ""), "matched_by": field("pretrain_run_match", "")},
+        "metrics": metrics,
+        "params": {"sha256": field("params_sha256"), "artifact": "params.yaml"},
+        "tokenizer": {"md5": field("tokenizer_md5")},
+        "tokenized": {"md5": field("tokenized_md5", "n/a")},
+        "pretrained": {"md5": field("pretrained_md5", "n/a")},
+        "corpus": {"md5": field("corpus_md5"), "source": field("data_source", "")},
+        "validation": {"md5": field("validation_md5"), "success": field("validation_success"),
+                       "expectations": f"{field('validation_successful_expectations', '?')}/"
+                                       f"{field('validation_evaluated_expectations', '?')}"},
+        "test_split_sha256": field("test_split_sha256"),
+        "git": {"commit": commit, "dirty": field("git_dirty") == "true",
+                "dvc_lock_committed": field("dvc_lock_committed") == "true"},
+        "restore": f"git checkout {commit} && dvc checkout",
+    }

@@ -17,16 +17,16 @@ from typing import Any, Callable
 
 from components.config import RegisterConfig
 from components.registry import tracking
-from components.registry.lineage import redact, weights_digest
+from components.registry.lineage import as_tags, from_tags, redact, tag, weights_digest
 
 __all__ = ["CHALLENGER", "CHAMPION", "RegistryError", "decide_promotion", "model_name",
            "base_model_name", "register_model", "register_classifier", "promote", "rollback", "weights_digest",
-           "check_no_remote_code"]
+           "check_no_remote_code", "registered_version"]
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 TASKS = ("text-classification", "text-generation", "fill-mask")
-HISTORY_TAG = "lmforge.champion_history"
-GATE_HISTORY_TAG = "lmforge.gate_history"
+HISTORY_TAG = tag("champion_history")
+GATE_HISTORY_TAG = tag("gate_history")
 HISTORY_KEEP = 100  # events kept in the tag (registry tag values are bounded); manual ones are also MLflow runs
 AUDIT_EXPERIMENT = "lmforge-registry"
 
@@ -181,7 +181,7 @@ def load_version(version, return_type: str = "pipeline"):
 
 def _existing_version(client, name: str, digest: str):
     for version in client.search_model_versions(f"name='{name}'"):
-        if version.tags.get("lmforge.weights_sha256") == digest:
+        if from_tags(version.tags).get("weights_sha256") == digest:
             return version
     return None
 
@@ -240,9 +240,8 @@ def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, flo
     version = _existing_version(client, name, digest)
     new = version is None
     if new:
-        tags = {"lmforge.weights_sha256": digest, "lmforge.task": task, "lmforge.gate_metric": cfg.gate_metric,
-                **{f"lmforge.{k}": f"{v:.6f}" for k, v in metrics.items()},
-                **{k if k.startswith("lmforge.") else f"lmforge.{k}": redact(str(v)) for k, v in lineage.items()}}
+        tags = as_tags({"weights_sha256": digest, "task": task, "gate_metric": cfg.gate_metric,
+                        **{k: f"{v:.6f}" for k, v in metrics.items()}, **lineage})
         metric_text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         version = _log_and_register(name, Path(model_dir), task, tags, files or {}, card,
                                     f"{task} from {model_dir}: {metric_text}")
@@ -252,12 +251,12 @@ def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, flo
         promoted, reason = True, "already champion"
     elif not new:
         promoted = False
-        reason = f"existing version, not gated again (gate said: {version.tags.get('lmforge.promotion', '?')})"
+        reason = f"existing version, not gated again (gate said: {from_tags(version.tags).get('promotion', '?')})"
     else:
         promoted, reason, ci = _gate(version, champion, cfg, evidence)
         if promoted:
             _move_champion(client, name, version.version, "gate", "register", reason)
-        client.set_model_version_tag(name, version.version, "lmforge.promotion", reason)
+        client.set_model_version_tag(name, version.version, tag("promotion"), reason)
         _record_gate(client, name, version.version, champion, promoted, reason, ci)
     aliases = client.get_model_version(name, version.version).aliases
     return {"name": name, "version": int(version.version), "aliases": sorted(aliases), "promoted": promoted,
@@ -268,7 +267,7 @@ def _gate(version, champion, cfg: RegisterConfig, evidence=None) -> tuple[bool, 
     """(promoted, why, the CI or None). The first version has nothing to beat; after that only
     a paired CI on one test split replaces the champion (a point estimate crowns the luckiest draw)."""
     if champion is None:
-        value = version.tags.get(f"lmforge.{cfg.gate_metric}")
+        value = from_tags(version.tags).get(cfg.gate_metric)
         return (*decide_promotion(float(value) if value is not None else 0.0, None, cfg.min_improvement), None)
     if evidence is None:
         return False, (f"no paired test predictions to compare with champion v{champion.version}; "
@@ -297,9 +296,9 @@ def _record_gate(client, name: str, version, champion, promoted: bool, reason: s
              "promoted": promoted, "at": _now(), "reason": reason[:300]}
     if ci is not None:
         for key in ("diff", "ci_low", "ci_high"):
-            client.set_model_version_tag(name, version, f"lmforge.gate_{key}", f"{ci[key]:.6f}")
+            client.set_model_version_tag(name, version, tag(f"gate_{key}"), f"{ci[key]:.6f}")
             event[key] = round(float(ci[key]), 6)
-    client.set_model_version_tag(name, version, "lmforge.gate_champion", event["champion"] or "none")
+    client.set_model_version_tag(name, version, tag("gate_champion"), event["champion"] or "none")
     events = json.loads(client.get_registered_model(name).tags.get(GATE_HISTORY_TAG, "[]"))
     client.set_registered_model_tag(name, GATE_HISTORY_TAG,
                                     json.dumps([*events, event][-HISTORY_KEEP:], separators=(",", ":")))
@@ -311,20 +310,31 @@ def register_classifier(name: str, model_dir: Path, metrics: dict[str, float], t
     return register_model(name, model_dir, "text-classification", metrics, tags, cfg, evidence=evidence)
 
 
-def _version_or_error(client, name: str, version: str):
+def _require_model(client, name: str) -> None:
     import mlflow
 
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        raise RegistryError(f"{name}: no such registered model; run the register stage (dvc repro) "
-                            f"or check the name (`mlflow ui` lists them)") from None
+        raise RegistryError(f"{name}: no such registered model in {redact(mlflow.get_tracking_uri())}; run the "
+                            f"register stage (dvc repro), or check the name and the store (lmforge --repo)") from None
+
+
+def registered_version(client, name: str, version: str | int | None = None, alias: str | None = None):
+    """`name` v`version`, or the version behind `name@alias`; else a RegistryError saying what
+    is missing and how to find what there is."""
+    import mlflow
+
+    _require_model(client, name)
     try:
-        return client.get_model_version(name, str(version))
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
     except mlflow.exceptions.MlflowException:
-        known = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
-        raise RegistryError(f"{name} v{version}: no such version; known versions: "
-                            f"{', '.join(map(str, known)) or 'none'}") from None
+        pass
+    if alias:
+        raise RegistryError(f"{name}: no alias @{alias}; `lmforge promote {name} <version>` sets the champion, "
+                            f"`lmforge lineage {name}/<version>` shows a version")
+    known = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    raise RegistryError(f"{name} v{version}: no such version; known versions: {', '.join(map(str, known)) or 'none'}")
 
 
 def _audit(action: str, name: str, version: str | None, by: str, reason: str, outcome: str) -> None:
@@ -333,8 +343,13 @@ def _audit(action: str, name: str, version: str | None, by: str, reason: str, ou
 
     experiment_id = tracking.setup(AUDIT_EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{action} {name}"):
-        mlflow.set_tags({"lmforge.action": action, "lmforge.model": name, "lmforge.version": str(version),
-                         "lmforge.by": by, "lmforge.reason": redact(reason), "lmforge.outcome": outcome})
+        mlflow.set_tags(as_tags({"action": action, "model": name, "version": str(version), "by": by,
+                                 "reason": reason, "outcome": outcome}))
+
+
+def _set_version_tags(client, name: str, version, record: dict[str, str]) -> None:
+    for key, value in as_tags(record).items():
+        client.set_model_version_tag(name, str(version), key, value)
 
 
 def promote(name: str, version: str | int, reason: str = "", by: str | None = None) -> dict[str, Any]:
@@ -344,15 +359,15 @@ def promote(name: str, version: str | int, reason: str = "", by: str | None = No
     client = _client()
     by = by or _user()
     reason = reason or "manual promotion"
-    target = _version_or_error(client, name, str(version))
+    target = registered_version(client, name, version)
     current = alias_version(client, name, CHAMPION)
     if current is not None and str(current.version) == str(target.version):
         outcome = f"{name} v{target.version} is already champion; nothing changed"
         changed = False
     else:
         event = _move_champion(client, name, target.version, "promote", by, reason)
-        for key, value in (("promoted_by", by), ("promoted_at", event["at"]), ("promotion", f"manual: {reason}")):
-            client.set_model_version_tag(name, target.version, f"lmforge.{key}", redact(value))
+        _set_version_tags(client, name, target.version,
+                          {"promoted_by": by, "promoted_at": event["at"], "promotion": f"manual: {reason}"})
         outcome = f"{name} v{target.version} is champion (was {f'v{current.version}' if current else 'none'})"
         changed = True
     _audit("promote", name, target.version, by, reason, outcome)
@@ -367,13 +382,8 @@ def rollback(name: str, reason: str = "", by: str | None = None) -> dict[str, An
     client = _client()
     by = by or _user()
     reason = reason or "manual rollback"
-    import mlflow
-
-    try:
-        events = history(client, name)
-    except mlflow.exceptions.MlflowException:
-        raise RegistryError(f"{name}: no such registered model; run the register stage (dvc repro) "
-                            f"or check the name") from None
+    _require_model(client, name)
+    events = history(client, name)
     current = alias_version(client, name, CHAMPION)
     if not events or current is None:
         raise RegistryError(f"{name}: no champion change recorded, nothing to roll back; "
@@ -391,10 +401,9 @@ def rollback(name: str, reason: str = "", by: str | None = None) -> dict[str, An
         raise RegistryError(f"{name} v{current.version}: there was no champion before it to roll back to; "
                             f"use `lmforge promote {name} <version>`")
     event = _move_champion(client, name, last["previous"], "rollback", by, reason)
-    client.set_model_version_tag(name, current.version, "lmforge.rolled_back",
-                                 redact(f"by {by} at {event['at']}: {reason}"))
-    client.set_model_version_tag(name, last["previous"], "lmforge.promotion",
-                                 redact(f"restored by rollback from v{current.version} ({by}, {event['at']}): {reason}"))
+    _set_version_tags(client, name, current.version, {"rolled_back": f"by {by} at {event['at']}: {reason}"})
+    _set_version_tags(client, name, last["previous"], {
+        "promotion": f"restored by rollback from v{current.version} ({by}, {event['at']}): {reason}"})
     outcome = f"{name} v{last['previous']} is champion again (rolled back from v{current.version})"
     _audit("rollback", name, last["previous"], by, reason, outcome)
     return {"name": name, "version": int(last["previous"]), "changed": True, "message": outcome}

@@ -6,21 +6,24 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from components.registry.lineage import git_state, redact
+from components.registry.lineage import as_tags, git_state, redact, tag
 
-# No network here or on many clusters: MLflow's telemetry must not try to phone home.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-# A tracking server that is down should fail a stage in seconds, not after MLflow's default
-# 7 retries with exponential backoff (minutes) and a 120 s timeout per try. Metrics are
-# logged synchronously, so a server lost mid-run fails the stage too: nothing is dropped
-# silently, and a rerun resumes from the last checkpoint. Set these to override.
-HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-for _key, _value in HTTP_RETRY_DEFAULTS.items():
-    os.environ.setdefault(_key, _value)
+# No network here or on many clusters: MLflow's telemetry must not try to phone home (mlflow
+# reads this switch when it is first imported). A tracking server that is down should fail a
+# stage in seconds, not after MLflow's default 7 retries with exponential backoff (minutes)
+# and a 120 s timeout per try. Metrics are logged synchronously, so a server lost mid-run
+# fails the stage too: nothing is dropped silently, and a rerun resumes from the last
+# checkpoint. Values already in the environment win.
+MLFLOW_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 EXPERIMENT = "lmforge"
+
+
+def mlflow_defaults() -> None:
+    """Set MLFLOW_DEFAULTS where the environment has no value; call before importing mlflow."""
+    for key, value in MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def tracking_uri(root: str | Path | None = None) -> str:
@@ -49,6 +52,7 @@ def unreachable_server(exc: BaseException) -> str | None:
 
 def setup(experiment_name: str = EXPERIMENT, root: str | Path | None = None) -> str:
     """Point MLflow at our store and experiment; returns the experiment id."""
+    mlflow_defaults()
     import mlflow
 
     uri = tracking_uri(root)
@@ -94,16 +98,15 @@ def stage_run(stage: str, config: dict[str, Any], objective: str | None = None,
               system_metrics: bool = False) -> Iterator[Any]:
     """One MLflow run per stage execution, tagged with stage, objective, git state and the
     DVC hashes of the data it descends from; optionally with CPU/GPU/memory sampling."""
+    experiment_id = setup()
     import mlflow
 
-    experiment_id = setup()
     name = f"{stage}@{objective}" if objective else stage
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, log_system_metrics=system_metrics) as run:
-        tags = {"lmforge.stage": stage, **{f"lmforge.{k}": v for k, v in git_state().items()},
-                **{f"lmforge.{k}": v for k, v in data_hashes(objective).items()}}
+        record = {"stage": stage, **git_state(), **data_hashes(objective)}
         if objective:
-            tags["lmforge.objective"] = objective
-        mlflow.set_tags(tags)
+            record["objective"] = objective
+        mlflow.set_tags(as_tags(record))
         mlflow.log_params({k: redact(str(v))[:500] for k, v in flatten("", config).items()})
         yield run
         _tag_model_weights(stage, objective)
@@ -124,21 +127,23 @@ def _tag_model_weights(stage: str, objective: str | None) -> None:
         return
     model_dir = Path(getattr(paths, _MODEL_OUTPUTS[stage])(objective))
     if any(model_dir.glob("*.safetensors")):
-        mlflow.set_tag("lmforge.weights_sha256", weights_digest(model_dir))
+        mlflow.set_tag(tag("weights_sha256"), weights_digest(model_dir))
 
 
 def find_stage_run(stage: str, objective: str, weights_sha256: str) -> tuple[str, str]:
     """(run id, how it was matched) of the finished `stage` run that wrote these weights:
     by the weights hash tag, else the newest finished run of that stage and objective
     ("latest", for runs made before the tag existed), else ("unknown", "none")."""
+    mlflow_defaults()
     import mlflow
 
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return "unknown", "none"
-    base = f"tags.`lmforge.stage` = '{stage}' AND tags.`lmforge.objective` = '{objective}' AND attributes.status = 'FINISHED'"
-    for query, how in ((f"{base} AND tags.`lmforge.weights_sha256` = '{weights_sha256}'", "weights"), (base, "latest")):
+    base = (f"tags.`{tag('stage')}` = '{stage}' AND tags.`{tag('objective')}` = '{objective}' "
+            f"AND attributes.status = 'FINISHED'")
+    for query, how in ((f"{base} AND tags.`{tag('weights_sha256')}` = '{weights_sha256}'", "weights"), (base, "latest")):
         runs = client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"],
                                   max_results=1)
         if runs:

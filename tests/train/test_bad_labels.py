@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,9 +16,8 @@ import pytest
 from components import paths
 from components.objectives import ARCHITECTURES
 from components.config import TokenizerConfig
-from conftest import _prose
+from conftest import ROOT, _prose
 
-ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["io", "text"]
 TEXTS = [f"Return the value number {i} of the container, as the docs say." for i in range(8)]
 

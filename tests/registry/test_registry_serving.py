@@ -3,6 +3,7 @@ and pyfunc, `mlflow models serve` answers a REST request with labels, and `git c
 <commit> && dvc checkout` restores the exact corpus its lineage names."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 import os
@@ -48,7 +49,7 @@ def served_store(tmp_path_factory, bert_tokenizer, one_thread):
 
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
     with torch.no_grad():
-        logits = model(**bert_tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+        logits = model(**copy.deepcopy(bert_tokenizer)(TEXTS, padding=True, return_tensors="pt")).logits
     expected = [LABELS[i] for i in logits.argmax(-1).tolist()]
     assert set(expected) == set(LABELS)  # a trained model: both labels appear, so labels are really checked
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

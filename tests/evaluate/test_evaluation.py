@@ -176,8 +176,9 @@ def test_finetune_learns_a_separable_task_and_restores_the_best_epoch(architectu
 
 def test_finetune_stops_early_after_patience(bert_tokenizer):
     torch.manual_seed(0)
-    model = ARCHITECTURES["bert"].build_classifier(TINY, bert_tokenizer, ["serialise", "filesystem"], None)
-    result = finetune(model, bert_tokenizer, _toy_task(64, 0), _toy_task(32, 1), 2,
+    tokenizer = copy.deepcopy(bert_tokenizer)  # encoding with truncation changes the shared one
+    model = ARCHITECTURES["bert"].build_classifier(TINY, tokenizer, ["serialise", "filesystem"], None)
+    result = finetune(model, tokenizer, _toy_task(64, 0), _toy_task(32, 1), 2,
                       _cfg(epochs=10, patience=1), seed=0)
     epochs = [h["epoch"] for h in result["history"]]
     assert epochs == list(range(1, result["epochs_run"] + 1))

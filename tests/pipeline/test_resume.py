@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from components import paths
+from conftest import ROOT
 from components.objectives import ARCHITECTURES, OBJECTIVES
 from components.config import TokenizeConfig, TokenizerConfig
 from components.tokens.tokenization import load_tokenizer, tokenize_corpus
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 PARAMS = """profile: tiny
 seed: 7
 model: {{dropout: {dropout}}}

@@ -1,6 +1,7 @@
 """`lmforge predict | promote | rollback | lineage` on a SQLite store of tiny registered models."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -55,7 +56,7 @@ def test_predict_classifies_with_label_names(store, capsys, bert_tokenizer):
     assert (result["model"], result["version"], result["task"]) == ("toy-clf", 1, "text-classification")
     model = AutoModelForSequenceClassification.from_pretrained(str(store["classifier_dir"])).eval()
     with torch.no_grad():
-        logits = model(**bert_tokenizer(texts, padding=True, return_tensors="pt")).logits
+        logits = model(**copy.deepcopy(bert_tokenizer)(texts, padding=True, return_tensors="pt")).logits
     assert [p["label"] for p in result["predictions"]] == [LABELS[i] for i in logits.argmax(-1).tolist()]
     rc, out, _ = run_cli(store, capsys, "predict", "toy-clf", texts[0])  # a bare name means its champion
     assert rc == 0 and out.split("\t")[0] in LABELS
@@ -82,7 +83,7 @@ def test_predict_generates_and_fills_masks_according_to_the_task(store, capsys):
     (["predict", "toy-fill@champion", "no mask here"], "error: fill-mask: 'no mask here' has no [MASK]"),
     (["promote", "toy-clf", "9"], "error: toy-clf v9: no such version; known versions: 1"),
     (["rollback", "toy-gen"], "error: toy-gen v1: there was no champion before it to roll back to; use `lmforge promote"),
-    (["lineage", "toy-clf/4"], "error: toy-clf: no version 4"),
+    (["lineage", "toy-clf/4"], "error: toy-clf v4: no such version; known versions: 1"),
 ])
 def test_errors_are_one_line_naming_the_model_and_the_fix(store, capsys, args, message):
     rc, out, err = run_cli(store, capsys, *args)

@@ -2,7 +2,7 @@
 and the deployment files (prefect.yaml, deploy/*.json).
 
 The flow against a real Prefect server (deploy, worker, retries, two runs at once) is in
-tests/test_prefect_server.py.
+tests/flows/test_prefect_server.py.
 """
 from __future__ import annotations
 

@@ -28,7 +28,6 @@ from components.config import TokenizeConfig
 from components.tokens.tokenization import tokenize_corpus
 from conftest import _prose
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
 CPU = {"device": "cpu", "dtype": "float32"}
 
@@ -255,13 +254,15 @@ def test_metrics_are_not_dropped_when_the_server_goes_away_mid_run(tmp_path, mon
 
     from components.registry import tracking
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     down = f"http://127.0.0.1:{_closed_port()}"
+    # Before any mlflow.set_tracking_uri, which writes this variable too: set after it,
+    # monkeypatch would restore the URI mlflow wrote, not the session's (issue 13).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
         with mlflow.start_run():
             mlflow.set_tracking_uri(down)  # the server "goes away" under the open run
-            monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
             with pytest.raises(mlflow.exceptions.MlflowException) as err:
                 tracking.log_metrics({"train_loss": 1.0}, step=1)
             assert tracking.unreachable_server(err.value).startswith(f"MLflow tracking server {down} unreachable")

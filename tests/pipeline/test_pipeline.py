@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,6 @@ from components.objectives import ARCHITECTURE_NAMES, FINETUNE_RUN_NAMES, OBJECT
 from pipeline_repo import dvc, env_for
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tokenizers_and_models_load_with_auto_classes(dvc_repo):
