@@ -2,6 +2,8 @@
 promote / rollback, and what a version carries (model card, lineage, params, no secrets)."""
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 
@@ -300,6 +302,7 @@ def test_a_registered_classifier_answers_any_length_as_evaluation_did(mlflow_sto
     """pyfunc (what `mlflow models serve` runs), the transformers flavor (`lmforge predict`) and a
     plain `transformers.pipeline(..., truncation=True)` on the logged files truncate to the trained
     length, so texts far past the model's positions get the labels evaluation gives them."""
+    bert_tokenizer = copy.deepcopy(bert_tokenizer)  # registering truncates it: keep the shared one intact
     import mlflow
     import torch
     import transformers
