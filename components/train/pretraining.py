@@ -45,7 +45,27 @@ class PretrainData:
 
 class CausalLMTraining:
     """Next-token prediction (GPT-2): batches are the blocks as they are; every position
-    predicts the token after it."""
+    predicts the token after it.
+
+    A block packs several documents joined by EOS. With `eos_id` None a token attends to
+    every earlier token of its block, across document boundaries (GPT-2's and most packed
+    pretraining's choice: no mask to build, the fused causal kernel). With `eos_id` set it
+    attends only within its own document (a block-diagonal causal mask; an EOS belongs to
+    the document it closes); positions still count from the block's start."""
+
+    def __init__(self, eos_id: int | None = None):
+        self.eos_id = eos_id
+
+    def attention_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The (batch, 1, T, T) boolean mask (True = may attend) of within-document
+        attention; None for cross-document attention (the model's own causal mask)."""
+        if self.eos_id is None:
+            return None
+        closes = input_ids == self.eos_id
+        document = closes.cumsum(1) - closes.long()
+        length = input_ids.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
+        return ((document[:, :, None] == document[:, None, :]) & causal)[:, None]
 
     def prepare(self, raw: dict, generator: torch.Generator) -> dict:
         return {"input_ids": raw["input_ids"]}
@@ -59,7 +79,11 @@ class CausalLMTraining:
         """Loss plus the counts evaluation needs (sums, so batches add up)."""
         # Next-token loss with the head fused into it (components/train/losses.py): the same
         # number transformers' labels= path gives, without its full fp32 logits.
-        hidden = model.transformer(input_ids=batch["input_ids"])[0][:, :-1]
+        mask = self.attention_mask(batch["input_ids"])
+        if mask is None:
+            hidden = model.transformer(input_ids=batch["input_ids"])[0][:, :-1]
+        else:
+            hidden = model.transformer(input_ids=batch["input_ids"], attention_mask=mask)[0][:, :-1]
         targets = batch["input_ids"][:, 1:].reshape(-1)
         loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, targets)
         n = targets.numel()
