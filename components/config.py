@@ -295,6 +295,9 @@ class PretrainConfig(OptimConfig):
     mlm_probability: float = 0.15
     whole_word_masking: bool = False
     """MLM: choose whole words (the tokenizer's own word ids, stored at tokenize time), not single tokens."""
+    clm_document_attention: str = "cross"
+    """clm: `cross` lets a token attend to earlier documents packed into its block (GPT-2's
+    choice, the fused causal kernel); `within` masks attention to its own document."""
     checkpoint_every: int = 150
     """Steps between checkpoints (and one at the end); a rerun resumes from the newest."""
     keep_checkpoints: int = 2
@@ -308,6 +311,9 @@ class PretrainConfig(OptimConfig):
         at_least(self, 1, "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
                  "keep_checkpoints", "nproc_per_node")
         within(self, "mlm_probability", "(0, 1)")
+        if self.clm_document_attention not in ("cross", "within"):
+            raise ValueError(f"pretrain.clm_document_attention must be cross or within, "
+                             f"got {self.clm_document_attention!r}")
 
 
 @dataclass(frozen=True)

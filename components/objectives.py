@@ -174,7 +174,8 @@ class CausalLM(Objective):
     def training(self, tokenizer, cfg):
         from components.train.pretraining import CausalLMTraining
 
-        return CausalLMTraining()
+        within = cfg.clm_document_attention == "within"
+        return CausalLMTraining(tokenizer.eos_token_id if within else None)
 
     def summary_line(self, metrics):
         return f"perplexity {metrics['val_perplexity']:.1f}"

@@ -49,7 +49,10 @@ class Checkpointer:
     def due(self, step: int, total_steps: int) -> bool:
         return self.every > 0 and (step % self.every == 0 or step == total_steps)
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+             rank_rngs: list[dict[str, Any]] | None = None) -> Path:
+        """`rank_rngs`: every rank's `rng_states()` in rank order, under torchrun (rank 0,
+        the caller, is also kept at the top level, which is all a plain run has)."""
         from safetensors.torch import save_model
 
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -58,7 +61,9 @@ class Checkpointer:
         final = self.directory / f"{PREFIX}{step:08d}"
         try:
             save_model(_unwrap(model), str(tmp / "model.safetensors"))  # handles tied embeddings
-            torch.save({"optimizer": optimizer.state_dict(), **rng_states()}, tmp / "trainer.pt")
+            ranks = {"rank_rng": rank_rngs} if rank_rngs and len(rank_rngs) > 1 else {}
+            own = rank_rngs[0] if rank_rngs else rng_states()
+            torch.save({"optimizer": optimizer.state_dict(), **own, **ranks}, tmp / "trainer.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint, **state}))
             if final.exists():
                 shutil.rmtree(final)
@@ -86,7 +91,7 @@ class Checkpointer:
         load_model(_unwrap(model), str(path / "model.safetensors"))
         trainer = torch.load(path / "trainer.pt", weights_only=True)
         optimizer.load_state_dict(trainer["optimizer"])
-        set_rng_states(trainer)
+        set_rng_states(_this_rank(trainer))
         state = json.loads((path / "state.json").read_text())
         return int(state.pop("step")), {k: v for k, v in state.items() if k != "fingerprint"}
 
@@ -110,6 +115,20 @@ def set_rng_states(saved: dict[str, Any]) -> None:
                       "the resumed run is not bit-exact", stacklevel=2)
     for device, state in enumerate(cuda[:here]):
         torch.cuda.set_rng_state(state, device)
+
+
+def _this_rank(trainer: dict[str, Any]) -> dict[str, Any]:
+    """This process's saved RNG states; rank 0's (with a warning) when the checkpoint was
+    written by another number of processes."""
+    from components.train.distributed import world
+
+    rank, size = world()
+    ranks = trainer.get("rank_rng", [trainer])
+    if len(ranks) == size:
+        return ranks[rank]
+    warnings.warn(f"checkpoint was written by {len(ranks)} process(es), this run has {size}: every rank resumes "
+                  "rank 0's RNG state, so dropout is not bit-exact with an uninterrupted run", stacklevel=3)
+    return trainer
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -44,6 +44,35 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed this process's generators (CPU and CUDA) for dropout: rank 0 gets `seed` itself,
+    so a single process draws what it always drew, and every other rank its own stream."""
+    torch.manual_seed(seed + rank)
+
+
+def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of `value` over all processes (a collective: every rank must call it); the
+    value itself in a plain run."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
+
+
+def gather_objects(obj) -> list:
+    """`obj` from every rank, in rank order (a collective); [obj] in a plain run."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 
 from components.config import OptimConfig
-from components.train.checkpoint import Checkpointer
-from components.train.distributed import is_main_process
+from components.train import distributed
+from components.train.checkpoint import Checkpointer, rng_states
 from components.train.models import fast_cpu_attention
 
 
@@ -133,7 +133,7 @@ def _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every
         if log_now:
             now = time.perf_counter()
             on_log(step + 1, {
-                "train_loss": float(loss_sum), "lr": lr, "grad_norm": float(grad_norm),
+                "train_loss": float(distributed.mean_across_ranks(loss_sum)), "lr": lr, "grad_norm": float(grad_norm),
                 "tokens_per_s": window_tokens / max(now - window_t, 1e-9),
             })
             window_t, window_tokens = now, 0
@@ -143,9 +143,12 @@ def _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every
             model.eval()
             stop = evaluate(step + 1)
             model.train()
-        # Checkpoint: after evaluation, so the saved state includes it.
-        if due and is_main_process():
-            checkpointer.save(step + 1, model, optimizer, state or {})
+        # Checkpoint: after evaluation, so the saved state includes it; every rank's RNG
+        # state goes in (a collective), so each resumes its own dropout stream.
+        if due:
+            rank_rngs = distributed.gather_objects(rng_states())
+            if distributed.is_main_process():
+                checkpointer.save(step + 1, model, optimizer, state or {}, rank_rngs)
         if stop:
             break
     return {"steps": step + 1, "seconds": time.perf_counter() - start, "tokens": tokens, "resumed_from": first_step}

@@ -45,16 +45,45 @@ class PretrainData:
 
 class CausalLMTraining:
     """Next-token prediction (GPT-2): batches are the blocks as they are; every position
-    predicts the token after it."""
+    predicts the token after it.
+
+    A block packs several documents joined by EOS. With `eos_id` None a token attends to
+    every earlier token of its block, across document boundaries (GPT-2's and most packed
+    pretraining's choice: no mask to build, the fused causal kernel). With `eos_id` set it
+    attends only within its own document (a block-diagonal causal mask; an EOS belongs to
+    the document it closes); positions still count from the block's start."""
+
+    def __init__(self, eos_id: int | None = None):
+        self.eos_id = eos_id
+
+    def attention_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The (batch, 1, T, T) boolean mask (True = may attend) of within-document
+        attention; None for cross-document attention (the model's own causal mask)."""
+        if self.eos_id is None:
+            return None
+        closes = input_ids == self.eos_id
+        document = closes.cumsum(1) - closes.long()
+        length = input_ids.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
+        return ((document[:, :, None] == document[:, None, :]) & causal)[:, None]
 
     def prepare(self, raw: dict, generator: torch.Generator) -> dict:
         return {"input_ids": raw["input_ids"]}
+
+    def loss_denominators(self, batch: dict, world_size: int) -> dict:
+        """Every rank predicts the same number of tokens, so the mean of the ranks' means
+        DDP forms is already the global mean: nothing to add."""
+        return {}
 
     def forward(self, model, batch: dict) -> dict:
         """Loss plus the counts evaluation needs (sums, so batches add up)."""
         # Next-token loss with the head fused into it (components/train/losses.py): the same
         # number transformers' labels= path gives, without its full fp32 logits.
-        hidden = model.transformer(input_ids=batch["input_ids"])[0][:, :-1]
+        mask = self.attention_mask(batch["input_ids"])
+        if mask is None:
+            hidden = model.transformer(input_ids=batch["input_ids"])[0][:, :-1]
+        else:
+            hidden = model.transformer(input_ids=batch["input_ids"], attention_mask=mask)[0][:, :-1]
         targets = batch["input_ids"][:, 1:].reshape(-1)
         loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, targets)
         n = targets.numel()
@@ -95,6 +124,18 @@ class MaskedLMTraining:
             batch["nsp_labels"] = raw["nsp_labels"]
         return batch
 
+    def loss_denominators(self, batch: dict, world_size: int) -> dict:
+        """Under DDP, what each rank divides its summed losses by, from the global batch: the
+        global count over the world size. DDP averages the ranks' gradients, so they add up
+        to the gradient of the global mean, the single-process one; dividing by a rank's own
+        masked count would average means of unequal counts instead."""
+        device = batch["labels"].device
+        masked = max(1, int((batch["labels"] != IGNORE_INDEX).sum()))
+        out = {"mlm_denominator": torch.tensor(masked / world_size, device=device)}
+        if self.next_sentence:
+            out["nsp_denominator"] = torch.tensor(len(batch["nsp_labels"]) / world_size, device=device)
+        return out
+
     def forward(self, model, batch: dict) -> dict:
         """Loss plus the counts evaluation needs. The vocabulary head runs only on masked
         positions (as MosaicBERT and Cramming do): ~7x fewer head FLOPs at 15%."""
@@ -110,7 +151,8 @@ class MaskedLMTraining:
         head = model.cls.predictions if self.next_sentence else model.cls
         logits = head(hidden[chosen])
         # Sum over count, not mean: a batch that drew no masked token scores 0, not NaN.
-        mlm_loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(1, targets.numel())
+        mlm_loss = F.cross_entropy(logits.float(), targets, reduction="sum") / batch.get(
+            "mlm_denominator", max(1, targets.numel()))
         result = {
             "loss": mlm_loss,
             "loss_sum": mlm_loss.detach() * targets.numel(),
@@ -119,7 +161,11 @@ class MaskedLMTraining:
         }
         if self.next_sentence:
             nsp_logits = model.cls.seq_relationship(bert_out[1])
-            nsp_loss = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"])
+            if "nsp_denominator" in batch:
+                nsp_loss = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"],
+                                           reduction="sum") / batch["nsp_denominator"]
+            else:
+                nsp_loss = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"])
             result["loss"] = mlm_loss + nsp_loss
             result["nsp_loss_sum"] = nsp_loss.detach() * len(nsp_logits)
             result["nsp_correct"] = (nsp_logits.argmax(-1) == batch["nsp_labels"]).sum()
@@ -168,9 +214,12 @@ class _Trainable(torch.nn.Module):
         return self.training_objective.forward(self.inner, batch)["loss"]
 
 
-def _rows(batch: dict, rank: int, world_size: int) -> dict:
-    """This rank's share of a global batch: every world_size-th row, equal for all ranks."""
-    return batch if world_size == 1 else {k: v[rank::world_size] for k, v in batch.items()}
+def _rows(training, batch: dict, rank: int, world_size: int) -> dict:
+    """This rank's share of a global batch: every world_size-th row, equal for all ranks,
+    with the denominators that make its loss a share of the global mean."""
+    if world_size == 1:
+        return batch
+    return {**{k: v[rank::world_size] for k, v in batch.items()}, **training.loss_denominators(batch, world_size)}
 
 
 def _batches(training, train: PretrainData, cfg: PretrainConfig, seed: int, device: torch.device, rank: int,
@@ -190,7 +239,8 @@ def _batches(training, train: PretrainData, cfg: PretrainConfig, seed: int, devi
         # Masks are drawn for the whole global batch, then sliced: every world size sees
         # exactly the inputs a single process would.
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
-        return _rows(training.prepare(train.batch(np.asarray(idx), device), generator), rank, world_size)
+        return _rows(training, training.prepare(train.batch(np.asarray(idx), device), generator), rank,
+                     world_size)
 
     return next_batch
 
@@ -201,8 +251,10 @@ def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
     objective spec's `training(tokenizer, cfg)`); returns final validation metrics and timing.
 
     Under torchrun each rank takes an equal slice of the same global batch (so no rank
-    runs out of data before another), DDP averages gradients, and only rank 0 evaluates,
-    logs and checkpoints.
+    runs out of data before another) and divides its loss by the global counts, DDP
+    averages gradients (so they equal one process's), each rank draws its own dropout
+    masks, the logged loss is the mean over ranks, and only rank 0 evaluates, logs and
+    checkpoints (with every rank's RNG state).
     """
     from components.train import distributed
 
@@ -213,6 +265,9 @@ def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
         raise ValueError(f"pretrain.batch_size ({cfg.batch_size}) must be divisible by the {world_size} processes")
     model.to(device)
     trainable = distributed.wrap(_Trainable(model, training), device)
+    # After the model is built (identically on every rank; DDP broadcast rank 0's weights
+    # anyway): each rank its own dropout stream, rank 0 the single-process one.
+    distributed.seed_rank(seed, rank)
     if cfg.compile:
         trainable = torch.compile(trainable)
     train, val = PretrainData(data_dir, "train"), PretrainData(data_dir, "validation")

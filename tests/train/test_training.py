@@ -251,3 +251,26 @@ def test_clm_objective_loss_equals_the_models_own_labels_loss(tokenized):
         ours = objective.forward(model, batch)["loss"]
         theirs = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["within", "cross"])
+def test_clm_document_attention_within_ignores_the_previous_document(gpt2_tokenizer, mode):
+    """Within: the next document's predictions do not depend on the document before it in the
+    block; cross (GPT-2's packing) they do."""
+    training = OBJECTIVES["clm"].training(gpt2_tokenizer, PretrainConfig(clm_document_attention=mode))
+    model = _model("clm", gpt2_tokenizer).eval()
+    eos = gpt2_tokenizer.eos_token_id
+    first, second = list(range(10, 20)), list(range(30, 45))
+    ids = torch.tensor([first + [eos] + second, list(range(50, 60)) + [eos] + second])
+    with torch.no_grad():
+        logits = model.lm_head(model.transformer(input_ids=ids, attention_mask=training.attention_mask(ids))[0])
+    nxt = slice(len(first) + 1, None)
+    same = torch.allclose(logits[0, nxt], logits[1, nxt], atol=1e-5)
+    assert same == (mode == "within")
+    # The first document itself is causal either way: its last token's logits see all of it.
+    assert not torch.allclose(logits[0, len(first) - 1], logits[1, len(first) - 1])
+
+
+def test_clm_document_attention_is_checked():
+    with pytest.raises(ValueError, match="pretrain.clm_document_attention must be cross or within"):
+        PretrainConfig(clm_document_attention="document")
