@@ -36,6 +36,9 @@ class Architecture:
     """A pad token added to a brought tokenizer without one (or padding with EOS)."""
     classifier_class: str
     """The transformers class of a scratch classifier."""
+    classifier_head: tuple[str, ...]
+    """The classifier's head, as submodule paths: what runs in fp32 under bf16 autocast
+    (components.train.models.fp32_head)."""
     scratch_description: str
     """The model card's line for the scratch baseline."""
 
@@ -252,7 +255,7 @@ GPT2 = GPT2Architecture(
     name="gpt2", tokenizer_kind="byte-level BPE",
     specials={"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"},
     required_specials=("eos_token", "pad_token"), pad_if_missing="<|pad|>",
-    classifier_class="GPT2ForSequenceClassification",
+    classifier_class="GPT2ForSequenceClassification", classifier_head=("score",),
     scratch_description="none: a randomly initialised GPT-2 classifier (the baseline for clm)",
 )
 BERT = BertArchitecture(
@@ -260,7 +263,7 @@ BERT = BertArchitecture(
     specials={"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
               "mask_token": "[MASK]"},
     required_specials=("cls_token", "sep_token", "mask_token", "pad_token"), pad_if_missing=None,
-    classifier_class="BertForSequenceClassification",
+    classifier_class="BertForSequenceClassification", classifier_head=("bert.pooler", "classifier"),
     scratch_description="none: a randomly initialised BERT classifier (the baseline for mlm and mlm_nsp)",
 )
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, BERT)}

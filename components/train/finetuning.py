@@ -6,7 +6,7 @@ import copy
 import math
 import sys
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,7 @@ from components.io import atomic_dir, read_json, write_json_atomic
 from components.tokens.tokenization import load_tokenizer
 from components.config import FinetuneConfig
 from components.train.loop import autocast, fit, resolve_device_dtype
+from components.train.models import fp32_head
 from components.train.scores import macro_f1
 
 
@@ -66,25 +67,30 @@ def collate(encoded: list[list[int]], pad_id: int, device: torch.device) -> dict
 
 
 @torch.no_grad()
-def predict(model, encoded: list[list[int]], pad_id: int, batch_size: int, device, dtype) -> np.ndarray:
-    """Class probabilities for each encoded text, batch by batch (sorted by length for speed)."""
+def predict(model, encoded: list[list[int]], pad_id: int, batch_size: int, device, dtype,
+            head: Sequence[str] = ()) -> np.ndarray:
+    """Class probabilities for each encoded text, batch by batch (sorted by length for speed).
+
+    `head` (the architecture's `classifier_head`) runs in fp32, as in fine-tuning."""
     model.eval()
     order = np.argsort([len(x) for x in encoded], kind="stable")
     probs = np.zeros((len(encoded), model.config.num_labels), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate([encoded[i] for i in idx], pad_id, device)
-        with autocast(device, dtype):
-            logits = model(**batch).logits
-        probs[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
+    with fp32_head(model, head, device, dtype):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = collate([encoded[i] for i in idx], pad_id, device)
+            with autocast(device, dtype):
+                logits = model(**batch).logits
+            probs[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
     return probs
 
 
 def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels: int,
-             cfg: FinetuneConfig, seed: int, on_log=None) -> dict:
+             cfg: FinetuneConfig, seed: int, on_log=None, head: Sequence[str] = ()) -> dict:
     """Fine-tune with early stopping on validation macro-F1; the best epoch's weights are kept.
 
-    `tokenizer` must have been through its architecture's `prepare_classifier_tokenizer`."""
+    `tokenizer` must have been through its architecture's `prepare_classifier_tokenizer`;
+    `head` (its `classifier_head`) trains and predicts in fp32 under bf16 autocast."""
     torch.manual_seed(seed)
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     model.to(device)
@@ -134,8 +140,9 @@ def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels:
                         state=copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
         return epoch - best["epoch"] >= cfg.patience
 
-    timing = fit(model, cfg, cfg.epochs * steps_per_epoch, next_batch, loss_fn,
-                 evaluate=evaluate, eval_every=steps_per_epoch, on_log=on_log, log_every=max(1, steps_per_epoch // 4))
+    with fp32_head(model, head, device, dtype):
+        timing = fit(model, cfg, cfg.epochs * steps_per_epoch, next_batch, loss_fn, evaluate=evaluate,
+                     eval_every=steps_per_epoch, on_log=on_log, log_every=max(1, steps_per_epoch // 4))
     model.load_state_dict(best["state"])
     return {"best_epoch": best["epoch"], "val_macro_f1": best["val_macro_f1"], "val_accuracy": best["val_accuracy"],
             "epochs_run": history[-1]["epoch"], "seconds": timing["seconds"], "history": history}
@@ -170,7 +177,8 @@ def finetune_run(run, model_cfg, cfg: FinetuneConfig, seed: int, track: Callable
               file=sys.stderr, flush=True)
 
     with track():
-        result = finetune(model, tokenizer, train, val, len(labels), cfg, seed, on_log)
+        result = finetune(model, tokenizer, train, val, len(labels), cfg, seed, on_log,
+                          head=run.architecture.classifier_head)
         with atomic_dir(paths.finetuned_dir(run.name)) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from components.config import ModelConfig
 
@@ -67,6 +67,49 @@ def fast_cpu_attention(model, device, dtype):
         yield
     finally:
         hf[0].set_attn_implementation("sdpa")
+
+
+def _in_fp32(forward, device_type: str):
+    import torch
+
+    def run(*args, **kwargs):
+        def up(x):
+            return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+        with torch.autocast(device_type, enabled=False):
+            return forward(*map(up, args), **{k: up(v) for k, v in kwargs.items()})
+
+    run.lmforge_fp32 = True
+    return run
+
+
+@contextlib.contextmanager
+def fp32_head(model, head: Sequence[str], device, dtype):
+    """Run the classifier head (`head`: its submodule paths, the architecture spec's
+    `classifier_head`) in fp32 inside a low-precision autocast region.
+
+    Why: BERT's pooler is tanh on [CLS], which saturates once its inputs grow. Under autocast
+    its output is bf16, where every |y| > ~0.998 rounds to exactly 1.0, so tanh's backward
+    (1 - y^2) passes exactly zero gradient through those units; in fp32 it passes a small
+    one that AdamW scales to a full-size update (tests/test_precision.py).
+    The head is a few small matmuls next to the encoder's (not timed at demo size yet).
+    Wraps each module's forward for the duration (an instance attribute, removed on exit,
+    so weights and saved models are untouched); re-entrant. No-op in fp32.
+    """
+    import torch
+
+    wrapped = []
+    if dtype != torch.float32:
+        for path in head:
+            module = model.get_submodule(path)
+            if not getattr(module.forward, "lmforge_fp32", False):
+                module.forward = _in_fp32(module.forward, device.type)
+                wrapped.append(module)
+    try:
+        yield
+    finally:
+        for module in wrapped:
+            del module.forward
 
 
 def build_classifier(classifier_class: str, make_config: Callable[..., Any], labels: list[str],
