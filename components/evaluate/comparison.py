@@ -66,7 +66,8 @@ def score_run(run, test, labels: list[str], batch_size: int, device, dtype) -> t
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).to(device)
     tokenizer = load_tokenizer(model_dir)
     encoded = encode_for_classifier(tokenizer, test["text"].tolist(), tokenizer.model_max_length)
-    pred = predict(model, encoded, tokenizer.pad_token_id, batch_size, device, dtype).argmax(-1)
+    pred = predict(model, encoded, tokenizer.pad_token_id, batch_size, device, dtype,
+                   head=run.architecture.classifier_head).argmax(-1)
     m = classification_metrics(test["label"].to_numpy(), pred, labels)
     entry = {"objective": run.report_objective, "run": run.name, "architecture": run.architecture.name,
              "pretrained": run.pretrained, "test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"],

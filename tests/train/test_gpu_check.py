@@ -22,7 +22,7 @@ from components.train.checkpoint import Checkpointer
 from components.train.loop import fit
 from components.train.pretraining import CausalLMTraining, PretrainData
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BLOCKED = ("mlflow", "prefect", "dvc", "great_expectations", "datasets")
 # A None entry in sys.modules is how "not installed" looks to both `import x` (ImportError)
 # and importlib.util.find_spec (None), which transformers uses to probe optional packages;
