@@ -15,7 +15,7 @@ import pytest
 
 from components import paths
 from conftest import ROOT
-from components.objectives import ARCHITECTURES, OBJECTIVES
+from components.objectives import OBJECTIVES
 from components.config import TokenizeConfig, TokenizerConfig
 from components.tokens.tokenization import load_tokenizer, tokenize_corpus
 
