@@ -85,6 +85,12 @@ def predict(model, encoded: list[list[int]], pad_id: int, batch_size: int, devic
     return probs
 
 
+def class_weights(labels: np.ndarray, n_labels: int, device) -> torch.Tensor:
+    """Inverse class frequency, so every class weighs the same in the loss (the built-in task is imbalanced)."""
+    counts = np.bincount(labels, minlength=n_labels).astype(np.float64)
+    return torch.tensor(counts.sum() / (n_labels * np.maximum(counts, 1.0)), dtype=torch.float32, device=device)
+
+
 def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels: int,
              cfg: FinetuneConfig, seed: int, on_log=None, head: Sequence[str] = ()) -> dict:
     """Fine-tune with early stopping on validation macro-F1; the best epoch's weights are kept.
@@ -99,11 +105,7 @@ def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels:
     train_y = torch.tensor(train["label"].to_numpy(), dtype=torch.long)
     val_x = encode_for_classifier(tokenizer, val["text"].tolist(), cfg.max_length)
     val_y = val["label"].to_numpy()
-    counts = np.bincount(train_y.numpy(), minlength=n_labels).astype(np.float64)
-    weights = None
-    if cfg.class_weighting:
-        w = counts.sum() / (n_labels * np.maximum(counts, 1.0))
-        weights = torch.tensor(w, dtype=torch.float32, device=device)
+    weights = class_weights(train_y.numpy(), n_labels, device) if cfg.class_weighting else None
 
     steps_per_epoch = math.ceil(len(train_x) / (cfg.batch_size * cfg.grad_accum))
     orders: dict[int, np.ndarray] = {}
