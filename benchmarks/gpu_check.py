@@ -147,8 +147,8 @@ class _StopAfter(Checkpointer):
         super().__init__(*args, **kwargs)
         self.stop_at = stop_at
 
-    def save(self, step, model, optimizer, state):
-        path = super().save(step, model, optimizer, state)
+    def save(self, step, model, optimizer, state, *args, **kwargs):
+        path = super().save(step, model, optimizer, state, *args, **kwargs)
         if step == self.stop_at:
             raise _Interrupted(step)
         return path

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 BUILTIN_CORPUS = "builtin:stdlib-docs"
 BUILTIN_TASK = "builtin:stdlib-chapters"
+# Its classes (components/data/stdlib_docs.py LABELS; tests/data/test_corpus.py checks they agree):
+# config sits below data, so it may not import them.
+BUILTIN_TASK_CLASSES = 9
 HF_PREFIX = "hf:"
 TXT_MODES = ("file", "paragraph")
 DTYPES = ("auto", "float32", "bfloat16")
@@ -126,15 +129,11 @@ class DownstreamConfig:
         if self.max_examples_per_split < 0:
             raise ValueError(f"downstream.max_examples_per_split must be 0 (all) or positive, "
                              f"got {self.max_examples_per_split}")
-        if self.task == BUILTIN_TASK and self.max_examples_per_split:
-            # The built-in task's chapters live with its data (stdlib imports only).
-            from components.data.stdlib_docs import LABELS
-
-            if self.max_examples_per_split < len(LABELS):
-                raise ValueError(
-                    f"downstream.max_examples_per_split must be 0 (all) or >= {len(LABELS)} "
-                    f"(one per class), got {self.max_examples_per_split}"
-                )
+        if self.task == BUILTIN_TASK and 0 < self.max_examples_per_split < BUILTIN_TASK_CLASSES:
+            raise ValueError(
+                f"downstream.max_examples_per_split must be 0 (all) or >= {BUILTIN_TASK_CLASSES} "
+                f"(one per class), got {self.max_examples_per_split}"
+            )
 
 
 @dataclass(frozen=True)

@@ -325,3 +325,9 @@ def test_split_modules_spreads_a_class_with_one_huge_module():
     counts = Counter(split_of.values())
     assert counts["test"] >= 3 and counts["validation"] >= 3
     assert split_of == stdlib_docs.split_modules(dict(reversed(sizes.items())), 0.15, 0.15, seed=0)
+
+
+def test_config_knows_the_builtin_task_class_count():
+    from components.config import BUILTIN_TASK_CLASSES
+
+    assert BUILTIN_TASK_CLASSES == len(stdlib_docs.LABELS)

@@ -88,7 +88,7 @@ def test_bf16_and_fp32_fine_tuning_reach_the_same_validation_macro_f1(architectu
     # The toy task is separable: a run that learns reaches 1.0, one that does not stays at
     # chance (~0.33). 0.1 is three validation examples of 32 (bf16 rounding may flip one or
     # two), far below that 0.67 gap. Today's bf16 head leaves seed 1 of the saturated BERT at chance.
-    from tests.test_evaluation import _cfg, _toy_task
+    from tests.evaluate.test_evaluation import _cfg, _toy_task
     from components.train.finetuning import finetune
 
     spec = ARCHITECTURES[architecture]
