@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 # Before anything imports prefect: results and the test database live in a throwaway home,
-# so nothing cached leaks between test runs (shared/NOTES.md).
+# so nothing cached leaks between test runs (a second run once reused the first's results).
 _HOME = tempfile.mkdtemp(prefix="lmforge-tests-")
 os.environ["PREFECT_HOME"] = str(Path(_HOME) / "prefect")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
