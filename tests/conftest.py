@@ -146,3 +146,34 @@ def dvc_run(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def dvc_repo(dvc_run) -> Path:
     return dvc_run[0]
+
+
+@pytest.fixture(scope="module")
+def clm(tmp_path_factory, gpt2_tokenizer):
+    """(tokenizer, training blocks): a little prose packed into 32-token CLM blocks."""
+    from components.config import TokenizeConfig
+    from components.objectives import OBJECTIVES
+    from components.tokens.tokenization import tokenize_corpus
+    from components.train.pretraining import PretrainData
+
+    out = tmp_path_factory.mktemp("clm")
+    tokenize_corpus(OBJECTIVES["clm"], gpt2_tokenizer, {"train": _prose(), "validation": _prose()[:4]},
+                    TokenizeConfig(block_size=32), 0, out)
+    return gpt2_tokenizer, PretrainData(out, "train")
+
+
+def inf_grad(x):
+    """0 in the forward pass, an infinite gradient for `x` in the backward: a poisoned step."""
+    import torch
+
+    class InfGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.new_zeros(())
+
+        @staticmethod
+        def backward(ctx, grad):
+            return torch.full_like(ctx.saved_tensors[0], float("inf"))
+
+    return InfGrad.apply(x)

@@ -19,27 +19,14 @@ import torch
 from components.train.checkpoint import Checkpointer
 from components.io import DiskFullError, atomic_dir, write_json_atomic, write_text_atomic
 from components.objectives import OBJECTIVES
-from components.config import ModelConfig
-from components.config import OptimConfig
+from components.config import ModelConfig, OptimConfig, PretrainConfig
 from components.train.loop import fit
-from components.config import PretrainConfig
-from components.train.pretraining import PretrainData
-from components.config import TokenizeConfig
-from components.tokens.tokenization import tokenize_corpus
-from conftest import _prose
+from conftest import inf_grad
 
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32)
 CPU = {"device": "cpu", "dtype": "float32"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def clm(tmp_path_factory, gpt2_tokenizer):
-    out = tmp_path_factory.mktemp("clm")
-    tokenize_corpus(OBJECTIVES["clm"], gpt2_tokenizer, {"train": _prose(), "validation": _prose()[:4]},
-                    TokenizeConfig(block_size=32), 0, out)
-    return gpt2_tokenizer, PretrainData(out, "train")
 
 
 def _trainer(clm, poison_at: int | None = None, value: float = float("nan")):
@@ -173,28 +160,12 @@ def test_an_infinite_gradient_with_a_finite_loss_never_reaches_the_weights(clm):
     objective = OBJECTIVES["clm"].training(tokenizer, PretrainConfig())
 
     def loss_fn(m, batch):  # a finite loss whose gradient is infinite
-        return objective.forward(m, batch)["loss"] + _inf_grad(m.transformer.wte.weight)
+        return objective.forward(m, batch)["loss"] + inf_grad(m.transformer.wte.weight)
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(FloatingPointError, match="gradient norm is (inf|nan) at step 0"):
         fit(model, OptimConfig(lr=1e-3, batch_size=4, **CPU), 3, next_batch, loss_fn)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-
-
-class _InfGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.new_zeros(())
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return torch.full_like(x, float("inf"))
-
-
-def _inf_grad(x: torch.Tensor) -> torch.Tensor:
-    return _InfGrad.apply(x)
 
 
 @pytest.mark.slow

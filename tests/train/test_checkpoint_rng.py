@@ -7,26 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import ModelConfig, OptimConfig, PretrainConfig, TokenizeConfig
+from components.config import ModelConfig, OptimConfig, PretrainConfig
 from components.objectives import OBJECTIVES
-from components.tokens.tokenization import tokenize_corpus
 from components.train.checkpoint import Checkpointer
 from components.train.loop import fit
-from components.train.pretraining import PretrainData
-from conftest import _prose
 
 TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32, dropout=0.2)
 STEPS, STOP_AT = 8, 4
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def clm(tmp_path_factory, gpt2_tokenizer):
-    out = tmp_path_factory.mktemp("clm")
-    tokenize_corpus(OBJECTIVES["clm"], gpt2_tokenizer, {"train": _prose(), "validation": _prose()[:4]},
-                    TokenizeConfig(block_size=32), 0, out)
-    return gpt2_tokenizer, PretrainData(out, "train")
 
 
 def _losses(clm, device: str, checkpointer: Checkpointer | None = None, stop_at: int | None = None) -> list[float]:

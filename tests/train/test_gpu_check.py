@@ -21,6 +21,7 @@ from components.train import loop
 from components.train.checkpoint import Checkpointer
 from components.train.loop import fit
 from components.train.pretraining import CausalLMTraining, PretrainData
+from conftest import inf_grad
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKED = ("mlflow", "prefect", "dvc", "great_expectations", "datasets")
@@ -154,23 +155,13 @@ def test_device_side_guard_catches_an_infinite_gradient_behind_a_finite_loss(syn
     torch.manual_seed(0)
     before = {k: v.clone() for k, v in OBJECTIVES["clm"].build_model(TINY, tokenizer).state_dict().items()}
 
-    class InfGrad(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return x.new_zeros(())
-
-        @staticmethod
-        def backward(ctx, grad):
-            return torch.full_like(ctx.saved_tensors[0], float("inf"))
-
     data, objective = PretrainData(path, "train"), CausalLMTraining()
     torch.manual_seed(0)
     model = OBJECTIVES["clm"].build_model(TINY, tokenizer)
     with pytest.raises(FloatingPointError, match="gradient norm is (inf|nan) at step 0"):
         fit(model, OptimConfig(lr=1e-3, batch_size=4, **CPU), 3,
             lambda s, m: objective.prepare(data.batch(np.arange(4), torch.device("cpu")), torch.Generator()),
-            lambda m, b: objective.forward(m, b)["loss"] + InfGrad.apply(m.transformer.wte.weight))
+            lambda m, b: objective.forward(m, b)["loss"] + inf_grad(m.transformer.wte.weight))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
