@@ -54,6 +54,29 @@ def run_pretrain(workdir: Path, objective: str = "clm", **kw) -> subprocess.Pope
                             env=env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def run_bounded(workdir: Path, objective: str, timeout: float) -> tuple[str, int]:
+    """Run the stage; past `timeout`, every process in its group (torchrun's workers too)
+    prints its Python stacks (faulthandler, on SIGABRT) before it dies, so a hang says where."""
+    e = env(workdir)
+    e["PYTHONFAULTHANDLER"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.pretrain", "--objective", objective], cwd=workdir,
+                            env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        return proc.communicate(timeout=timeout)[0], proc.returncode
+    except subprocess.TimeoutExpired:
+        import psutil  # torchrun starts its workers in sessions of their own: walk the tree
+
+        tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        for p in tree:
+            p.send_signal(signal.SIGABRT)
+        time.sleep(3)
+        for p in tree:
+            if p.is_running():
+                p.kill()
+        out = proc.communicate()[0]
+        pytest.fail(f"{objective} pretraining hung past {timeout}s; stacks of every process:\n{out[-20000:]}")
+
+
 def result(workdir: Path, objective: str = "clm") -> tuple[dict, list[str]]:
     metrics = json.loads((workdir / paths.PRETRAIN_REPORTS / objective / "metrics.json").read_text())
     curve = (workdir / paths.PRETRAIN_REPORTS / objective / "train_loss.csv").read_text().splitlines()
@@ -114,9 +137,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path, objective):
     single = prepare(tmp_path / "one", 8, dropout=0.0, nproc=1, objective=objective)
     double = prepare(tmp_path / "two", 8, dropout=0.0, nproc=2, objective=objective)
     for work in (single, double):
-        proc = run_pretrain(work, objective)
-        out = proc.communicate(timeout=600)[0]
-        assert proc.returncode == 0, out[-3000:]
+        out, code = run_bounded(work, objective, timeout=240)  # ~15 s each on 2 cores
+        assert code == 0, out[-3000:]
     (a, curve_a), (b, curve_b) = result(single, objective), result(double, objective)
     assert b["world_size"] == 2 and a["world_size"] == 1
     assert np.isfinite(b["val_loss"])
