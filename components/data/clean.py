@@ -9,6 +9,7 @@ from typing import Iterable, Iterator, NamedTuple
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _TRAILING = re.compile(r"[ \t]+$", re.MULTILINE)
 _BLANK_RUNS = re.compile(r"\n{3,}")
+_NOT_LETTERS = re.compile(r"[\W\d_]+")
 
 
 def clean_text(s: str) -> str:
@@ -19,6 +20,25 @@ def clean_text(s: str) -> str:
     s = _CONTROL.sub("", s)
     s = _TRAILING.sub("", s)
     return _BLANK_RUNS.sub("\n\n", s).strip()
+
+
+def match_text(s: str) -> str:
+    """What near-duplicates share: NFKC, case-folded, every run of punctuation, symbols,
+    digits and whitespace made one space, trimmed.
+
+    Two texts that differ only in case, spacing, punctuation or numbers ("Returns 2 items."
+    and "returns 3 items") are the same example for the leak checks: a model that saw one
+    has seen the other. A text with no letters at all keeps its case-folded words instead,
+    so such texts do not all collide on "".
+    """
+    s = unicodedata.normalize("NFKC", s).casefold()
+    words = _NOT_LETTERS.sub(" ", s).split() or s.split()
+    return " ".join(words)
+
+
+def match_key(s: str) -> str:
+    """A short hash of `match_text(s)`: equal for near-duplicates, 16 bytes to keep in a set."""
+    return hashlib.blake2b(match_text(s).encode("utf-8"), digest_size=16).hexdigest()
 
 
 class Document(NamedTuple):

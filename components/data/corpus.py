@@ -9,6 +9,13 @@ The corpus is streamed through four steps, each in its own module: ``sources.py`
 documents one at a time, ``clean.py`` cleans and names them, ``dedup.py`` sorts them by
 doc_id out of core and drops exact duplicates, ``split.py`` routes them to train or
 validation a row group at a time. Memory holds one sort run, not the corpus.
+
+No downstream validation or test text reaches the corpus (pretraining on it would leak
+into model choice and the final score): the built-in corpus leaves out the test-split
+modules and every docstring or topic holding a validation or test text (near-duplicates,
+as ``clean.match_text`` compares, included); another corpus loses each document that, or
+one of whose paragraphs or lines, equals such a text after ``match_text``. Counted in
+``held_out_excluded``.
 """
 from __future__ import annotations
 
@@ -16,11 +23,11 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from components.config import BUILTIN_CORPUS, BUILTIN_TASK, DataConfig, DownstreamConfig
 from components.data import stdlib_docs
-from components.data.clean import Document, clean_documents, clean_text, new_counts
+from components.data.clean import Document, clean_documents, clean_text, match_key, new_counts
 from components.data.dedup import sort_unique
 from components.data.rows import DOWNSTREAM_SCHEMA, write_parquet
 from components.data.sources import read_documents
@@ -42,7 +49,8 @@ def prepare_documents(
 
 def _stats(counts: dict[str, int], corpus: dict, task: dict, excluded: int, n_classes: int) -> dict:
     """Flat, JSON-able numbers; documents_read counts what reached cleaning (test-split
-    modules are left out before that, and counted in excluded_test_documents)."""
+    modules and documents holding a held-out text are left out before that, and counted in
+    excluded_test_documents and held_out_excluded)."""
     return {
         **counts,
         **corpus,
@@ -52,6 +60,32 @@ def _stats(counts: dict[str, int], corpus: dict, task: dict, excluded: int, n_cl
         "downstream_classes": n_classes,
         "excluded_test_documents": excluded,
     }
+
+
+def held_out_texts(full_task: dict) -> set[str]:
+    """The validation and test texts of a task, before any subsampling: none may be pretrained on."""
+    return {text for split in ("validation", "test") for text, _, _ in full_task[split]}
+
+
+def _parts(text: str) -> Iterator[str]:
+    yield text
+    for paragraph in text.split("\n\n"):
+        yield paragraph
+        yield from paragraph.split("\n")
+
+
+def without_held_out(raw: Iterable[tuple[str, str | None]], held_out: set[str],
+                     counts: dict) -> Iterator[tuple[str, str | None]]:
+    """`raw` less each document that equals a held-out text, or whose paragraph or line
+    does, compared by `match_key` (so case, spacing, punctuation and numbers do not hide
+    a copy). Equality, not containment: a streamed corpus cannot afford a substring search
+    for every held-out text in every document. Counted in counts["held_out_excluded"]."""
+    keys = {match_key(t) for t in held_out}
+    for source, text in raw:
+        if keys and text and any(match_key(part) in keys for part in _parts(text) if part.strip()):
+            counts["held_out_excluded"] += 1
+            continue
+        yield source, text
 
 
 def build_corpus(
@@ -65,17 +99,20 @@ def build_corpus(
     builtin = data.source == BUILTIN_CORPUS
     task = excluded = None
     labels = list(stdlib_docs.LABELS)
+    counts = {**new_counts(), "held_out_excluded": 0, "downstream_overlap_removed": 0}
     if downstream.task != BUILTIN_TASK:
         # A user's task is read (and its labels checked) before any corpus work.
-        task, labels = read_downstream(downstream, seed)
+        task, labels, held_out = read_downstream(downstream, seed, counts)
         excluded = 0
     if builtin and task is None:
-        task, raw, excluded = _builtin_task_and_corpus(downstream, seed)
-    elif builtin:  # the built-in corpus with a user's task: nothing of the task to leave out
-        raw = stdlib_docs.builtin_documents(stdlib_docs.cleaned_modules(clean_text), set(), set(), clean_text)
+        task, raw, excluded = _builtin_task_and_corpus(downstream, seed, counts)
+    elif builtin:  # the built-in corpus with a user's task: its held-out texts left out
+        raw = stdlib_docs.builtin_documents(stdlib_docs.cleaned_modules(clean_text), set(), held_out,
+                                            clean_text, counts)
     else:
         raw = read_documents(data.source, data.text_column, data.txt_mode)
-    counts = new_counts()
+        if task is not None:
+            raw = without_held_out(raw, held_out, counts)
     with atomic_dir(corpus_dir) as tmp:
         work = tmp / ".sort"
         docs = sort_unique(clean_documents(raw, data.min_chars, counts), work, counts)
@@ -99,19 +136,24 @@ def build_corpus(
         f"corpus: {stats['documents']} documents ({stats['train_documents']} train / "
         f"{stats['validation_documents']} validation), {stats['characters']:,} characters; "
         f"{stats['duplicates_removed']} duplicates and {stats['short_removed']} short documents removed; "
-        f"{excluded} test-split modules left out",
+        f"{excluded} test-split modules and {stats['held_out_excluded']} holding a downstream validation/test "
+        f"text left out; {stats['downstream_overlap_removed']} downstream texts dropped from a later split "
+        "that repeated an earlier one",
         file=sys.stderr,
     )
     return stats
 
 
-def read_downstream(downstream: DownstreamConfig, seed: int) -> tuple[dict, list[str]]:
-    """A user's task as {split: [(text, label id, origin)]} and its label names, capped per split."""
+def read_downstream(downstream: DownstreamConfig, seed: int,
+                    counts: dict | None = None) -> tuple[dict, list[str], set[str]]:
+    """A user's task as {split: [(text, label id, origin)]} capped per split, its label
+    names, and its validation and test texts before the cap (kept out of the corpus)."""
     from components.data.downstream import read_task
 
     task, labels = read_task(downstream.task, downstream.text_column, downstream.label_column, downstream.labels,
-                             downstream.validation_fraction, downstream.test_fraction, seed)
-    return {s: stdlib_docs.subsample(rows, downstream.max_examples_per_split, seed) for s, rows in task.items()}, labels
+                             downstream.validation_fraction, downstream.test_fraction, seed, counts)
+    capped = {s: stdlib_docs.subsample(rows, downstream.max_examples_per_split, seed) for s, rows in task.items()}
+    return capped, labels, held_out_texts(task)
 
 
 def _task(modules: list[stdlib_docs.ModuleDocs], downstream: DownstreamConfig, seed: int) -> tuple[dict, dict]:
@@ -122,12 +164,11 @@ def _task(modules: list[stdlib_docs.ModuleDocs], downstream: DownstreamConfig, s
     return {s: stdlib_docs.subsample(rows, downstream.max_examples_per_split, seed) for s, rows in full.items()}, full
 
 
-def _builtin_task_and_corpus(downstream: DownstreamConfig, seed: int):
-    """The task first: the built-in corpus leaves out every module with a test example
-    (even one that subsampling dropped)."""
+def _builtin_task_and_corpus(downstream: DownstreamConfig, seed: int, counts: dict):
+    """The task first: the built-in corpus leaves out every module with a test example and
+    every docstring holding a validation or test example (even one that subsampling dropped)."""
     modules = stdlib_docs.cleaned_modules(clean_text)
     task, full = _task(modules, downstream, seed)
     test_modules = {module for _, _, module in full["test"]}
-    test_texts = {text for text, _, _ in full["test"]}
-    raw = stdlib_docs.builtin_documents(modules, test_modules, test_texts, clean_text)
+    raw = stdlib_docs.builtin_documents(modules, test_modules, held_out_texts(full), clean_text, counts)
     return task, raw, sum(m.name in test_modules for m in modules)

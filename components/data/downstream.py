@@ -16,6 +16,13 @@ a string, an integer, or a ``ClassLabel`` id whose names are used). The label se
 ``downstream.labels`` (comma-separated, in order) when given, else the ``ClassLabel`` names,
 else the sorted labels of the training split. A missing or empty text, a missing or
 wrong-typed label, or a label outside the set is a one-line error naming the file and line.
+
+No text is in two splits, compared as ``clean.match_text`` does (case, spacing,
+punctuation and numbers ignored). Splits the task gives keep priority test, then
+validation, then train: a text of a later split that repeats one of an earlier split is
+dropped from the later one (the test set is the benchmark, so it stays whole; training
+loses the copies), counted in ``downstream_overlap_removed``. Carved splits take
+near-duplicates as one group, so a group never straddles two.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from components.data import hub, sources
+from components.data.clean import match_key
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
@@ -33,15 +41,26 @@ Row = tuple[str, str, str]
 """(where, text, label name) as read, before labels become ids."""
 
 
+PRIORITY = ("test", "validation", "train")
+"""Which split keeps a text that two given splits share: the first here."""
+
+
 def read_task(task: str, text_column: str, label_column: str, labels_param: str,
-              validation_fraction: float, test_fraction: float, seed: int) -> tuple[dict[str, list], list[str]]:
-    """({split: [(text, label id, origin)]}, label names) for `task`; see the module doc."""
+              validation_fraction: float, test_fraction: float, seed: int,
+              counts: dict | None = None) -> tuple[dict[str, list], list[str]]:
+    """({split: [(text, label id, origin)]}, label names) for `task`; see the module doc.
+
+    The rows dropped for repeating an earlier split's text are added to
+    counts["downstream_overlap_removed"] when `counts` is given."""
     raw, class_names = _read_splits(task, text_column, label_column)
     if not raw.get("train"):
         raise ValueError(f"downstream.task {task!r}: no training rows; give a train split or a single file")
     labels = _label_set(labels_param, class_names, raw["train"])
     for split_rows in raw.values():
         _check_labels(split_rows, labels, labels_param)
+    removed = _drop_overlaps(raw)
+    if counts is not None:
+        counts["downstream_overlap_removed"] = counts.get("downstream_overlap_removed", 0) + removed
     fractions = {"validation": validation_fraction, "test": test_fraction}
     missing = [s for s in ("validation", "test") if s not in raw]
     if missing:
@@ -146,27 +165,49 @@ def _check_labels(rows: list[Row], labels: list[str], labels_param: str) -> None
             raise ValueError(f"{where}: label {label!r} is not in the label set ({shown}); {fix}")
 
 
+def _drop_overlaps(raw: dict[str, list[Row]]) -> int:
+    """Drop from each given split the rows whose text an earlier split (PRIORITY) holds; the count."""
+    seen: set[str] = set()
+    removed = 0
+    for split in PRIORITY:
+        if split not in raw:
+            continue
+        keys = [match_key(text) for _, text, _ in raw[split]]
+        kept = [row for row, key in zip(raw[split], keys) if key not in seen]
+        removed += len(raw[split]) - len(kept)
+        raw[split] = kept
+        seen.update(keys)
+    return removed
+
+
 def _carve(rows: list[Row], fractions: dict[str, float], seed: int) -> tuple[list[Row], dict[str, list[Row]]]:
-    """Hold out `fractions` of `rows` per label, chosen by a seeded hash (so a row's split does
-    not depend on the file order), keeping the original order within each split."""
-    by_label: dict[str, list[int]] = {}
-    for i, (_where, text, label) in enumerate(rows):
-        by_label.setdefault(label, []).append(i)
+    """Hold out `fractions` of `rows` per label, keeping the original order within each split.
+
+    The unit is a group of near-duplicates (equal `match_key`), counted under its first
+    row's label, so copies never straddle splits. Groups are taken in the order of a seeded
+    hash of their key (a row's split does not depend on the file order), each into the
+    first held-out split with room for all of it, else train.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, (_where, text, _label) in enumerate(rows):
+        groups.setdefault(match_key(text), []).append(i)
+    by_label: dict[str, list[str]] = {}
+    for key, members in groups.items():
+        by_label.setdefault(rows[members[0]][2], []).append(key)
     assigned: dict[int, str] = {}
-    for members in by_label.values():
-        ranked = sorted(members, key=lambda i: _rank(seed, rows[i][1], i))
-        start = 0
-        for split, fraction in fractions.items():
-            take = round(len(ranked) * fraction)
-            for i in ranked[start:start + take]:
-                assigned[i] = split
-            start += take
+    for keys in by_label.values():
+        room = {split: round(sum(len(groups[k]) for k in keys) * f) for split, f in fractions.items()}
+        for key in sorted(keys, key=lambda k: _rank(seed, k)):
+            split = next((s for s in room if room[s] >= len(groups[key])), None)
+            if split is not None:
+                room[split] -= len(groups[key])
+                assigned.update(dict.fromkeys(groups[key], split))
     carved = {split: [r for i, r in enumerate(rows) if assigned.get(i) == split] for split in fractions}
     return [r for i, r in enumerate(rows) if i not in assigned], carved
 
 
-def _rank(seed: int, text: str, i: int) -> bytes:
-    return hashlib.blake2b(f"{seed}\0{text}\0{i}".encode(), digest_size=8).digest()
+def _rank(seed: int, key: str) -> bytes:
+    return hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest()
 
 
 def _read_dataset(task: str, text_column: str, label_column: str) -> tuple[dict[str, list[Row]], list[str] | None]:

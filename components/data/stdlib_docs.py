@@ -5,7 +5,9 @@ importing has side effects (``antigravity`` opens a browser, ``this`` prints). T
 import is ``pydoc_data.topics``, a plain dict of help texts.
 
 The same docstrings give the built-in downstream task, ``stdlib-chapters``: name the
-Library Reference chapter a docstring's module is documented in.
+Library Reference chapter a docstring's module is documented in. It is split by top-level
+package (all of ``email.*`` in one split) and near-duplicate docstrings are kept once, so
+no split holds text another split was trained or tuned on.
 """
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ import itertools
 import os
 import sysconfig
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
+
+from components.data.clean import match_text
 
 # Directories that hold tests, demos, tools or third-party code rather than library docs.
 SKIPPED_DIRS = frozenset(
@@ -88,7 +93,7 @@ CHAPTERS: dict[str, tuple[str, ...]] = {
 LABELS: tuple[str, ...] = tuple(CHAPTERS)
 _LABEL_OF_TOP = {top: i for i, tops in enumerate(CHAPTERS.values()) for top in tops}
 SPLITS = ("train", "validation", "test")
-MIN_HELD_OUT_MODULES = 3
+MIN_HELD_OUT_PACKAGES = 3
 
 
 @dataclass(frozen=True)
@@ -99,9 +104,14 @@ class ModuleDocs:
     docstrings: tuple[str, ...]
 
 
+def package_of(module: str) -> str:
+    """The top-level package of a dotted module name: the unit the task is split by."""
+    return module.split(".")[0]
+
+
 def label_of(module: str) -> int | None:
     """Chapter index of a dotted module name, or None when it is not in the task."""
-    return _LABEL_OF_TOP.get(module.split(".")[0])
+    return _LABEL_OF_TOP.get(package_of(module))
 
 
 def _is_public(part: str) -> bool:
@@ -155,18 +165,23 @@ def cleaned_modules(clean: Callable[[str], str]) -> list[ModuleDocs]:
 
 
 def builtin_documents(
-    modules: list[ModuleDocs], test_modules: set[str], test_texts: set[str], clean: Callable[[str], str]
+    modules: list[ModuleDocs], test_modules: set[str], held_out_texts: set[str], clean: Callable[[str], str],
+    counts: dict | None = None,
 ) -> Iterator[tuple[str, str]]:
     """The built-in corpus: one document per module (test-split modules left out) and one
     per pydoc topic.
 
-    A docstring or topic that holds a test example is left out too: docstrings are shared
-    and quoted across modules (posixpath and ntpath, multiprocessing.context).
+    A docstring or topic that holds a downstream validation or test text (`held_out_texts`),
+    near-duplicates included (`texts_quoting`), is left out too: docstrings are shared and
+    quoted across modules (posixpath and ntpath, multiprocessing.context). How many is
+    counted in counts["held_out_excluded"].
     """
     kept = [m for m in modules if m.name not in test_modules]
     topics = [(f"pydoc-topic:{name}", clean(text)) for name, text in pydoc_topics()]
     units = [d for m in kept for d in m.docstrings] + [text for _, text in topics]
-    leaked = texts_containing(units, test_texts)
+    leaked = texts_quoting(units, held_out_texts)
+    if counts is not None:
+        counts["held_out_excluded"] = counts.get("held_out_excluded", 0) + sum(u in leaked for u in units)
     for m in kept:
         yield m.name, "\n\n".join(d for d in m.docstrings if d not in leaked)
     yield from ((source, text) for source, text in topics if text not in leaked)
@@ -186,20 +201,20 @@ def _rank(seed: int, key: str) -> str:
 def _fill_held_out(
     ranked: list[str], sizes: dict[str, int], targets: dict[str, float]
 ) -> dict[str, str]:
-    """Deal one class's hash-ordered modules into held-out splits up to `targets` examples."""
+    """Deal one class's hash-ordered packages into held-out splits up to `targets` examples."""
     room, count = dict(targets), dict.fromkeys(targets, 0)
     split_of = {}
-    for module in ranked:
-        # Until a split has MIN_HELD_OUT_MODULES, a module may use only an even share of
-        # what is left of its room, so one big module cannot fill it alone.
-        fits = [s for s in room if sizes[module] <= room[s] / max(1, MIN_HELD_OUT_MODULES - count[s])]
+    for package in ranked:
+        # Until a split has MIN_HELD_OUT_PACKAGES, a package may use only an even share of
+        # what is left of its room, so one big package cannot fill it alone.
+        fits = [s for s in room if sizes[package] <= room[s] / max(1, MIN_HELD_OUT_PACKAGES - count[s])]
         # The split with most room left (relative to its target) takes it, so small
-        # modules spread over both instead of all landing in the first.
+        # packages spread over both instead of all landing in the first.
         split = max(fits, key=lambda s: room[s] / targets[s]) if fits else "train"
         if split != "train":
-            room[split] -= sizes[module]
+            room[split] -= sizes[package]
             count[split] += 1
-        split_of[module] = split
+        split_of[package] = split
     return split_of
 
 
@@ -208,35 +223,43 @@ def split_modules(
 ) -> dict[str, str]:
     """Module -> split, given each labelled module's example count.
 
-    Per class, modules are taken in the order of a hash of (seed, module name); test and
+    The unit is the top-level package: every module of ``email`` (or ``asyncio``, ``xml``)
+    lands in the same split, because a package's modules share vocabulary, names and
+    quoted docstrings, so splitting by module tested on near-copies of training text. Per
+    class, packages are taken in the order of a hash of (seed, package name); test and
     validation each fill up to their fraction of the class's examples, the rest is train.
-    Filling by examples rather than by module count keeps one huge module (tkinter) from
+    Filling by examples rather than by package count keeps one huge package (tkinter) from
     being a whole split on its own.
     """
+    package_sizes: Counter[str] = Counter()
+    for module, size in sizes.items():
+        package_sizes[package_of(module)] += size
     by_label: dict[int, list[str]] = {}
-    for module in sorted(sizes):
-        by_label.setdefault(label_of(module), []).append(module)
+    for package in sorted(package_sizes):
+        by_label.setdefault(label_of(package), []).append(package)
     split_of = {}
     for label, members in sorted(by_label.items()):
-        total = sum(sizes[m] for m in members)
+        total = sum(package_sizes[p] for p in members)
         targets = {"test": test_fraction * total, "validation": validation_fraction * total}
-        ranked = sorted(members, key=lambda m: _rank(seed, m))
-        split_of.update(_fill_held_out(ranked, sizes, targets))
-        missing = set(SPLITS) - {split_of[m] for m in members}
+        ranked = sorted(members, key=lambda p: _rank(seed, p))
+        split_of.update(_fill_held_out(ranked, package_sizes, targets))
+        missing = set(SPLITS) - {split_of[p] for p in members}
         if missing:
             raise ValueError(
-                f"downstream class '{LABELS[label]}' has no module for {sorted(missing)}: too few "
-                "modules for downstream.validation_fraction/test_fraction (or lower downstream.min_chars)"
+                f"downstream class '{LABELS[label]}' has no top-level package for {sorted(missing)}: too few "
+                "packages for downstream.validation_fraction/test_fraction (or lower downstream.min_chars)"
             )
-    return split_of
+    return {module: split_of[package_of(module)] for module in sizes}
 
 
-def texts_containing(texts: list[str], needles: set[str]) -> set[str]:
-    """The texts that contain any of `needles` (cleaned text, so no NUL) as a substring."""
-    joined = "\0".join(texts)
-    starts = list(itertools.accumulate((len(t) + 1 for t in texts[:-1]), initial=0))
+def texts_quoting(texts: list[str], needles: Iterable[str]) -> set[str]:
+    """The texts that hold any of `needles`, compared as `match_text` (so a near-duplicate,
+    differing only in case, spacing, punctuation or numbers, counts), word-aligned."""
+    padded = [f" {match_text(t)} " for t in texts]
+    joined = "\0".join(padded)
+    starts = list(itertools.accumulate((len(t) + 1 for t in padded[:-1]), initial=0))
     found = set()
-    for needle in needles:
+    for needle in {f" {match_text(n)} " for n in needles}:
         pos = joined.find(needle)
         while pos != -1:
             found.add(texts[bisect.bisect_right(starts, pos) - 1])
@@ -250,9 +273,10 @@ def chapter_examples(
 ) -> dict[str, list[tuple[str, int, str]]]:
     """Split -> [(text, label, module)] from already-cleaned docstrings.
 
-    A text shared by two modules is kept once, in the first of test, validation, train;
-    a train or validation text that quotes a test text is dropped, so nothing tested on
-    was trained on.
+    Near-duplicates (equal `match_text`) form one group, kept once, in the first of test,
+    validation, train that holds a member; a text that quotes a text of an earlier split
+    (train quoting validation or test, validation quoting test) is dropped, so nothing
+    tested or tuned on was trained on.
     """
     usable = {}
     for m in modules:
@@ -260,16 +284,19 @@ def chapter_examples(
         if docs and label_of(m.name) is not None:
             usable[m.name] = docs
     split_of = split_modules({n: len(d) for n, d in usable.items()}, validation_fraction, test_fraction, seed)
-    test_texts = {t for n, docs in usable.items() if split_of[n] == "test" for t in docs}
-    others = [t for n, docs in usable.items() if split_of[n] != "test" for t in docs]
-    seen = texts_containing(others, test_texts) - test_texts
+    texts = {s: [t for n in sorted(usable) if split_of[n] == s for t in usable[n]] for s in SPLITS}
+    quoting = {"test": set(), "validation": texts_quoting(texts["validation"], texts["test"]),
+               "train": texts_quoting(texts["train"], texts["test"] + texts["validation"])}
+    seen = set()
     examples: dict[str, list[tuple[str, int, str]]] = {s: [] for s in SPLITS}
     for split in ("test", "validation", "train"):
         for name in sorted(usable):
             for text in usable[name] if split_of[name] == split else ():
-                if text not in seen:
-                    seen.add(text)
-                    examples[split].append((text, label_of(name), name))
+                key = match_text(text)
+                if key in seen or text in quoting[split]:
+                    continue
+                seen.add(key)
+                examples[split].append((text, label_of(name), name))
     return examples
 
 

@@ -15,8 +15,14 @@ from components.data.downstream import read_task
 TEXTS = {"pos": "a fine and pleasant thing number {}", "neg": "an awful and gloomy thing number {}"}
 
 
-def rows(n: int, labels=("pos", "neg")) -> list[dict]:
-    return [{"text": TEXTS[labels[i % len(labels)]].format(i), "label": labels[i % len(labels)]} for i in range(n)]
+def spelled(i: int) -> str:
+    """The number in words: texts that differ only in digits are near-duplicates (clean.match_text)."""
+    return " ".join("zero one two three four five six seven eight nine".split()[int(d)] for d in str(i))
+
+
+def rows(n: int, labels=("pos", "neg"), start: int = 0) -> list[dict]:
+    return [{"text": TEXTS[labels[i % len(labels)]].format(spelled(i)), "label": labels[i % len(labels)]}
+            for i in range(start, start + n)]
 
 
 def write_jsonl(path, records):
@@ -59,7 +65,7 @@ def test_parquet_with_explicit_label_order_and_carved_validation(tmp_path):
     d = tmp_path / "pq"
     d.mkdir()
     pd.DataFrame(rows(40)).to_parquet(d / "train.parquet")
-    pd.DataFrame(rows(10)).to_parquet(d / "test.parquet")
+    pd.DataFrame(rows(10, start=40)).to_parquet(d / "test.parquet")
     task, labels = read(d, labels="pos, neg")
     assert labels == ["pos", "neg"]
     assert len(task["test"]) == 10 and len(task["validation"]) == 8 and len(task["train"]) == 32
@@ -70,7 +76,7 @@ def test_saved_datasetdict_uses_its_classlabel_names(tmp_path):
     datasets = pytest.importorskip("datasets")
     features = datasets.Features({"text": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["sports", "science"])})
-    data = [{"text": f"story {i} about {'goals' if i % 2 else 'atoms'}", "label": i % 2} for i in range(30)]
+    data = [{"text": f"story {spelled(i)} about {'goals' if i % 2 else 'atoms'}", "label": i % 2} for i in range(30)]
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(data[:20], features=features),
                                "test": datasets.Dataset.from_list(data[20:], features=features)})
     dd.save_to_disk(str(tmp_path / "saved"))
@@ -84,7 +90,7 @@ def test_hf_prefix_reads_a_local_dataset_directory_offline(tmp_path):
     d = tmp_path / "hub-like"
     d.mkdir()
     pd.DataFrame(rows(30)).to_csv(d / "train.csv", index=False)
-    pd.DataFrame(rows(10)).to_csv(d / "test.csv", index=False)
+    pd.DataFrame(rows(10, start=30)).to_csv(d / "test.csv", index=False)
     task, labels = read(f"hf:{d}")
     assert labels == ["neg", "pos"] and len(task["test"]) == 10 and len(task["train"]) == 24
 
@@ -175,3 +181,65 @@ def test_build_corpus_writes_a_users_task_and_labels_and_refuses_bad_ones_whole(
     with pytest.raises(ValueError, match=r"bad.csv, line 3: missing label"):
         build_corpus(data, DownstreamConfig(task=str(bad)), 3, fresh / "corpus", fresh / "downstream")
     assert not fresh.exists() or not any(fresh.iterdir())  # nothing half-written
+
+
+def test_given_splits_that_share_texts_keep_each_in_the_first_of_test_validation_train(tmp_path):
+    d = tmp_path / "t"
+    d.mkdir()
+    train, validation, test = rows(40), rows(10, start=40), rows(10, start=50)
+    train[3]["text"] = test[0]["text"].upper()  # the same text but for case: still a copy
+    train[5]["text"] = validation[1]["text"] + " (2)"  # ... or punctuation and digits
+    validation[2]["text"] = " ".join(test[4]["text"].split()[::-1])  # other words: not a copy
+    validation[6]["text"] = test[7]["text"]
+    for name, split in (("train", train), ("dev", validation), ("test", test)):
+        write_jsonl(d / f"{name}.jsonl", split)
+    counts = {}
+    task, _ = read_task(str(d), "text", "label", "", 0.2, 0.2, 7, counts)
+    assert counts == {"downstream_overlap_removed": 3}
+    assert [len(task[s]) for s in ("train", "validation", "test")] == [38, 9, 10]
+    assert_no_text_in_two_splits(task)
+
+
+def assert_no_text_in_two_splits(task):
+    from components.data.clean import match_text
+
+    keys = {s: {match_text(t) for t, _, _ in split} for s, split in task.items()}
+    assert not (keys["train"] & keys["validation"] or keys["train"] & keys["test"]
+                or keys["validation"] & keys["test"])
+
+
+def test_carved_splits_take_near_duplicates_as_one_group(tmp_path):
+    path = tmp_path / "task.jsonl"
+    records = rows(60)
+    for i in range(0, 60, 3):  # every third text twice more, in other case, spacing and digits
+        records += [{"text": records[i]["text"].upper() + " 1", "label": records[i]["label"]},
+                    {"text": "  " + records[i]["text"] + "!! 22", "label": records[i]["label"]}]
+    write_jsonl(path, records)
+    for seed in range(4):
+        task, _ = read_task(str(path), "text", "label", "", 0.2, 0.2, seed)
+        assert sum(map(len, task.values())) == 100
+        assert_no_text_in_two_splits(task)
+        assert all(len(task[s]) >= 15 for s in ("validation", "test"))
+
+
+def test_a_users_validation_and_test_texts_are_kept_out_of_the_corpus(tmp_path):
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    train, validation, test = rows(40), rows(10, start=40), rows(10, start=50)
+    for name, split in (("train", train), ("validation", validation), ("test", test)):
+        write_jsonl(task_dir / f"{name}.jsonl", split)
+    prose = "Some words of prose here that are long enough to keep. " * 3
+    corpus = [{"text": f"{prose} {spelled(i)}"} for i in range(20)]
+    corpus += [{"text": test[0]["text"].title() + " 7"},  # a test text, near-duplicate
+               {"text": prose + "\n\n" + validation[3]["text"]},  # a validation text as a paragraph
+               {"text": "Intro line.\n" + test[2]["text"] + "\nOutro line."},  # ... as a line
+               {"text": train[0]["text"]},  # a training text may be pretrained on
+               {"text": prose + " and " + test[5]["text"]}]  # inside a line: not caught (equality only)
+    write_jsonl(tmp_path / "corpus.jsonl", corpus)
+    out = tmp_path / "out"
+    stats = build_corpus(DataConfig(source=str(tmp_path / "corpus.jsonl"), min_chars=10),
+                         DownstreamConfig(task=str(task_dir)), 3, out / "corpus", out / "downstream")
+    assert stats["held_out_excluded"] == 3 and stats["documents"] == 22
+    texts = [t for s in ("train", "validation") for t in pq.read_table(out / "corpus" / f"{s}.parquet")["text"].to_pylist()]
+    assert train[0]["text"] in texts
+    assert not any(t["text"] in doc for t in (test[0], validation[3], test[2]) for doc in texts)
