@@ -89,7 +89,9 @@ def _shared_tokenizer(architecture: str, tmp_path_factory):
     from components.tokens.tokenization import load_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / architecture
-    ARCHITECTURES[architecture].train_tokenizer(_prose(), TokenizerConfig(vocab_size=400, min_frequency=1), out)
+    # BERT's byte alphabet alone takes 322 entries (components/tokens/tokenization.py).
+    vocab_size = 700 if architecture == "bert" else 400
+    ARCHITECTURES[architecture].train_tokenizer(_prose(), TokenizerConfig(vocab_size=vocab_size, min_frequency=1), out)
     tokenizer = load_tokenizer(out)
     _SHARED_TOKENIZERS[architecture] = (tokenizer, _tokenizer_state(tokenizer))
     return tokenizer

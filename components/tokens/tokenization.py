@@ -1,6 +1,6 @@
 """Tokenizers (trained or a local pretrained one) and the tokenize stage's arrays.
 
-Training: byte-level BPE (GPT-2) or WordPiece (BERT), saved so
+Training: byte-level BPE (GPT-2) or byte-level WordPiece (BERT), saved so
 `AutoTokenizer.from_pretrained(dir)` works; which architecture trains which is in its spec
 (components.objectives). Tokenizing streams the corpus through `components.tokens.packing`
 (fixed blocks) or `components.tokens.nsp` (sentence pairs) into numpy arrays (uint16 when
@@ -40,30 +40,48 @@ def train_byte_level_bpe(texts: Iterable[str], cfg: TokenizerConfig, out_dir: Pa
 
 
 def train_wordpiece(texts: Iterable[str], cfg: TokenizerConfig, out_dir: Path, specials: dict[str, str]) -> dict:
-    """BERT's tokenizer: WordPiece with `specials` (pad, unk, cls, sep, mask) adding
-    [CLS] ... [SEP] around each text, saved for AutoTokenizer."""
+    """BERT's tokenizer: WordPiece over bytes with `specials` (pad, unk, cls, sep, mask)
+    adding [CLS] ... [SEP] around each text, saved for AutoTokenizer.
+
+    BERT's words (its normaliser and pre-tokenizer, so whole-word masking is unchanged),
+    each spelled in GPT-2's 256 byte characters before WordPiece sees it, with every byte
+    in the vocabulary both as a word start and as a '##' continuation. So any text in any
+    script, digits and emoji included, has a spelling: [UNK] is never emitted. WordPiece
+    over characters left every character the corpus lacked unknown (6.5% of held-out
+    tokens on a small synthetic Chinese corpus, digits among them). The decoder undoes it: WordPiece
+    joins the pieces, its inter-word spaces become the byte alphabet's 'Ġ', and ByteLevel
+    turns the bytes back into text.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.WordPiece(unk_token=specials["unk_token"]))
     tok.normalizer = normalizers.BertNormalizer(lowercase=cfg.lowercase, strip_accents=cfg.lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    if iter(texts) is texts:  # one pass for the alphabet, one for training
-        texts = list(texts)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.BertPreTokenizer(),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),  # spell each word in bytes
+    ])
+    tok.decoder = decoders.Sequence([decoders.WordPiece(), decoders.Replace(" ", "Ġ"), decoders.ByteLevel()])
+    # The alphabet as special tokens: every byte gets a piece, and fixed numbers. The trainer
+    # numbers pieces in hash-map order and breaks ties between equally frequent merges by
+    # those numbers, so two runs on the same corpus learned different vocabularies (seen:
+    # 12 of 400 tokens on the test prose) until the alphabet was given first.
     trainer = trainers.WordPieceTrainer(
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
-        special_tokens=[*specials.values(), *_continuation_alphabet(texts, tok.normalizer, tok.pre_tokenizer)],
+        special_tokens=[*specials.values(), *_byte_alphabet()],
     )
     tok.train_from_iterator(texts, trainer)
     # Ids carry no meaning for WordPiece (it matches greedily by string), so renumber
     # canonically, special tokens then sorted, and rebuild the tokenizer without the
-    # '##' alphabet registered as special tokens (it was only there to fix tie order).
+    # alphabet registered as special tokens (it was there for coverage and tie order).
     vocab = tok.get_vocab()
     special = list(specials.values())
     ordered = special + sorted(t for t in vocab if t not in special)
     trained = tok
-    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(ordered)}, unk_token=specials["unk_token"]))
+    # A word longer than 1,000 bytes (WordPiece's default: 100 characters) alone is still
+    # [UNK]: matching is quadratic in the word's length.
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(ordered)}, unk_token=specials["unk_token"],
+                                     max_input_chars_per_word=1000))
     tok.normalizer, tok.pre_tokenizer, tok.decoder = trained.normalizer, trained.pre_tokenizer, trained.decoder
     tok.add_special_tokens(special)
     cls, sep = specials["cls_token"], specials["sep_token"]
@@ -75,6 +93,28 @@ def train_wordpiece(texts: Iterable[str], cfg: TokenizerConfig, out_dir: Path, s
     return _save_fast_tokenizer(tok, cfg, out_dir, specials)
 
 
+def _byte_alphabet() -> list[str]:
+    """Every byte piece a BERT word spelled in UTF-8 can need, in GPT-2's byte characters:
+    as a word start, a printable ASCII character or a UTF-8 lead byte; as a '##'
+    continuation, an ASCII letter or digit (BERT splits punctuation and whitespace off
+    into words of their own), a UTF-8 continuation or lead byte. Bytes UTF-8 never uses
+    (C0, C1, F5-FF) are left out: 322 pieces where all 256 twice would take 512
+    of the vocabulary."""
+    spelled = _gpt2_byte_chars()
+    lead = [*range(0xC2, 0xF5)]
+    starts = [*range(0x21, 0x7F), *lead]
+    continues = [b for b in range(0x30, 0x7B) if chr(b).isalnum()] + [*range(0x80, 0xC0), *lead]
+    return [spelled[b] for b in starts] + [f"##{spelled[b]}" for b in continues]
+
+
+def _gpt2_byte_chars() -> dict[int, str]:
+    """GPT-2's byte -> character table (ByteLevel's): printable Latin-1 bytes stand for
+    themselves, the others take U+0100 on, in byte order."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    extra = iter(range(0x100, 0x200))
+    return {b: chr(b) if b in printable else chr(next(extra)) for b in range(256)}
+
+
 def _save_fast_tokenizer(tok, cfg: TokenizerConfig, out_dir: Path, specials: dict[str, str]) -> dict:
     from transformers import PreTrainedTokenizerFast
 
@@ -82,28 +122,6 @@ def _save_fast_tokenizer(tok, cfg: TokenizerConfig, out_dir: Path, specials: dic
     with atomic_dir(out_dir) as tmp:
         fast.save_pretrained(tmp)
     return {"vocab_size": tok.get_vocab_size()}
-
-
-def _continuation_alphabet(texts: Iterable[str], normalizer, pre_tokenizer) -> list[str]:
-    """'##c' for every normalised character c that can continue a word, sorted.
-
-    The WordPiece trainer numbers '##c' pieces in hash-map order and breaks ties between
-    equally frequent merges by those numbers, so two runs on the same corpus learned
-    different vocabularies (seen: 12 of 400 tokens on the test prose, 2 of 875 on the
-    built-in corpus). Given to the trainer first, the pieces get fixed numbers and every
-    tie breaks the same way. Characters the pre-tokenizer always isolates (punctuation,
-    CJK) never continue a word, so they get no '##' piece to waste vocabulary on.
-    """
-    raw: set[str] = set()
-    for text in texts:
-        raw.update(text)
-    chars = set("".join(normalizer.normalize_str(c) for c in raw))
-
-    def continues_a_word(c: str) -> bool:
-        pieces = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str("a" + c))
-        return [w for w, _ in pieces] == ["a" + c]
-
-    return sorted(f"##{c}" for c in chars if continues_a_word(c))
 
 
 def check_pretrained_dir(architecture: str, cfg: TokenizerConfig) -> None:

@@ -452,3 +452,30 @@ def test_tokenize_stage_writes_metrics_and_a_pretrained_dir_error_is_one_line(gp
     assert exit_.value.code == 2 and len(err.splitlines()) == 1
     assert err.startswith("error: params.yaml: tokenizer.pretrained_bert: no directory 'no/such/dir'")
     assert not (tmp_path / "data" / "tokenizers" / "bert").exists()
+
+
+def _chinese(n: int, seed: int) -> list[str]:
+    """Zipf-distributed CJK sentences with numbers: a held-out sample holds rare characters
+    (and digit strings) the training sample never had."""
+    rng = random.Random(seed)
+    chars = [chr(0x4E00 + 7 * k) for k in range(2500)]
+    weights = [1 / (k + 1) for k in range(len(chars))]
+    out = []
+    for _ in range(n):
+        s = "".join(rng.choices(chars, weights, k=rng.randint(8, 30)))
+        out.append(f"{s[:5]}{rng.randint(0, 9999)}年{s[5:]}，{rng.choice(chars)}{rng.randint(10, 99)}。")
+    return out
+
+
+@pytest.mark.parametrize("corpus, held_out", [
+    (_prose, ["机器学习是人工智能的一个分支。", "مرحبا بالعالم ١٢٣", "emoji 🤖🎉 👩‍👩‍👧", "digits 0123456789 ٣٤ ４５ x²"]),
+    (lambda: _chinese(400, 1), _chinese(100, 2)),  # character WordPiece: 6.5% [UNK] here
+])
+def test_bert_tokenizer_never_emits_unk_on_unseen_scripts_or_digits(tmp_path, corpus, held_out):
+    ARCHITECTURES["bert"].train_tokenizer(corpus(), TokenizerConfig(vocab_size=1000), tmp_path / "bert")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "bert"))
+    for text in held_out:
+        ids = tok(text)["input_ids"]
+        assert tok.unk_token_id not in ids, (text, tok.convert_ids_to_tokens(ids))
+        normalised = tok.backend_tokenizer.normalizer.normalize_str(text)
+        assert "".join(tok.decode(ids, skip_special_tokens=True).split()) == "".join(normalised.split())
