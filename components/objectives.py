@@ -189,8 +189,10 @@ class CausalLM(Objective):
     def summary_line(self, metrics):
         text = f"perplexity {metrics['val_perplexity']:.1f}"
         if "val_unigram_perplexity" in metrics:
-            unigram = metrics["val_unigram_perplexity"]
-            text += f" (unigram {unigram:.1f}: {unigram / metrics['val_perplexity']:.2f}x lower)"
+            unigram, perplexity = metrics["val_unigram_perplexity"], metrics["val_perplexity"]
+            versus = (f"{unigram / perplexity:.2f}x lower" if perplexity <= unigram
+                      else f"{perplexity / unigram:.2f}x higher: not yet past the unigram model")
+            text += f" (unigram {unigram:.1f}: {versus})"
         return text
 
     def samples(self, model_dir):

@@ -38,6 +38,11 @@ def test_the_summary_line_puts_each_metric_beside_its_baseline(name):
         assert metric in kept and baseline in kept
 
 
+def test_a_perplexity_above_the_unigram_one_says_so():
+    line = OBJECTIVES["clm"].summary_line({"val_perplexity": 554.1, "val_unigram_perplexity": 211.7})
+    assert line == "perplexity 554.1 (unigram 211.7: 2.62x higher: not yet past the unigram model)"
+
+
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_metrics_from_before_the_baselines_still_summarise(name):
     old = {k: v for k, v in METRICS[name].items() if k not in OBJECTIVES[name].baselines.values()}
