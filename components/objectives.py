@@ -136,6 +136,10 @@ class Objective:
     """The model card's line for it."""
     report_metrics: tuple[str, ...]
     """Validation metrics the comparison report and the registry keep."""
+    baselines: Mapping[str, str]
+    """Each shown validation metric -> its trivial baseline's metric, computed on the same
+    validation targets (components.train.pretraining.TokenBaseline): what the model card
+    puts side by side. Every key and value is in `report_metrics`."""
 
     def build_model(self, cfg, tokenizer):
         """The pretraining model at `cfg`'s (params `model`) shape, randomly initialised, SDPA attention."""
@@ -158,6 +162,8 @@ class Objective:
         raise NotImplementedError
 
     def summary_line(self, metrics: dict) -> str:
+        """The report's, the summary's and the progress line's one line: every metric next
+        to its trivial baseline (where metrics.json has it) and how far it is from it."""
         raise NotImplementedError
 
     def samples(self, model_dir: Path) -> list[dict]:
@@ -181,7 +187,13 @@ class CausalLM(Objective):
         return CausalLMTraining(tokenizer.eos_token_id if within else None)
 
     def summary_line(self, metrics):
-        return f"perplexity {metrics['val_perplexity']:.1f}"
+        text = f"perplexity {metrics['val_perplexity']:.1f}"
+        if "val_unigram_perplexity" in metrics:
+            unigram, perplexity = metrics["val_unigram_perplexity"], metrics["val_perplexity"]
+            versus = (f"{unigram / perplexity:.2f}x lower" if perplexity <= unigram
+                      else f"{perplexity / unigram:.2f}x higher: not yet past the unigram model")
+            text += f" (unigram {unigram:.1f}: {versus})"
+        return text
 
     def samples(self, model_dir):
         from components.evaluate.report import generation_samples
@@ -211,8 +223,15 @@ class MaskedLM(Objective):
 
     def summary_line(self, metrics):
         text = f"MLM acc {metrics['val_mlm_accuracy']:.3f}"
+        if "val_mlm_baseline_accuracy" in metrics:
+            baseline = metrics["val_mlm_baseline_accuracy"]
+            ratio = f"{metrics['val_mlm_accuracy'] / baseline:.2f}x" if baseline else "n/a"
+            text += (f" (most-frequent token {baseline:.3f}: {ratio}), MLM loss {metrics['val_mlm_loss']:.2f} "
+                     f"(unigram {metrics['val_mlm_unigram_loss']:.2f})")
         if self.next_sentence:
             text += f", NSP acc {metrics['val_nsp_accuracy']:.3f}"
+            if "val_nsp_baseline_accuracy" in metrics:
+                text += f" (majority class {metrics['val_nsp_baseline_accuracy']:.3f})"
         return text
 
     def samples(self, model_dir):
@@ -272,17 +291,24 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     CausalLM(
         name="clm", architecture=GPT2, model_class="GPT2LMHeadModel", registry_task="text-generation",
         description="causal language modelling (GPT-2 style: predict the next token)",
-        report_metrics=("val_loss", "val_perplexity"),
+        report_metrics=("val_loss", "val_perplexity", "val_unigram_perplexity"),
+        baselines={"val_perplexity": "val_unigram_perplexity"},
     ),
     MaskedLM(
         name="mlm", architecture=BERT, model_class="BertForMaskedLM", registry_task="fill-mask",
         description="masked language modelling (BERT style: 15% of tokens masked, 80/10/10)",
-        report_metrics=("val_loss", "val_mlm_accuracy"),
+        report_metrics=("val_loss", "val_mlm_accuracy", "val_mlm_baseline_accuracy", "val_mlm_loss",
+                        "val_mlm_unigram_loss"),
+        baselines={"val_mlm_accuracy": "val_mlm_baseline_accuracy", "val_mlm_loss": "val_mlm_unigram_loss"},
     ),
     MaskedLM(
         name="mlm_nsp", architecture=BERT, model_class="BertForPreTraining", registry_task="fill-mask",
         description="masked language modelling plus next-sentence prediction (BERT's original recipe)",
-        report_metrics=("val_loss", "val_mlm_accuracy", "val_nsp_accuracy"), next_sentence=True,
+        report_metrics=("val_loss", "val_mlm_accuracy", "val_mlm_baseline_accuracy", "val_mlm_loss",
+                        "val_mlm_unigram_loss", "val_nsp_accuracy", "val_nsp_baseline_accuracy"),
+        baselines={"val_mlm_accuracy": "val_mlm_baseline_accuracy", "val_mlm_loss": "val_mlm_unigram_loss",
+                   "val_nsp_accuracy": "val_nsp_baseline_accuracy"},
+        next_sentence=True,
     ),
 )}
 

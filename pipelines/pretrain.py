@@ -31,8 +31,8 @@ def main(argv=None) -> None:
             return
         print(f"pretrain: {name}: validation loss {metrics['val_loss']:.4f} after {metrics['steps']} steps "
               f"({metrics['seconds']:.0f} s, {metrics['tokens_per_s']:,.0f} tok/s, {metrics['dtype']}"
-              f"{', resumed from step %d' % metrics['resumed_from'] if metrics['resumed_from'] else ''}) "
-              f"-> {paths.pretrained_dir(name)}")
+              f"{', resumed from step %d' % metrics['resumed_from'] if metrics['resumed_from'] else ''}; "
+              f"{OBJECTIVES[name].summary_line(metrics)}) -> {paths.pretrained_dir(name)}")
 
     run_stage("pretrain", body, item="objective", choices=OBJECTIVE_NAMES, argv=argv)
 

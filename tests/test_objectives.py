@@ -80,8 +80,10 @@ def test_each_objective_builds_its_model_and_summarises_its_metrics(name, reques
     metrics = {"val_loss": 3.0, "val_perplexity": 20.1, "val_mlm_accuracy": 0.25, "val_nsp_accuracy": 0.6,
                "steps": 8}
     kept, line = spec.pretraining_summary(metrics)
-    assert list(kept) == list(spec.report_metrics) and "steps" not in kept
+    assert list(kept) == [k for k in spec.report_metrics if k in metrics] and "steps" not in kept
     assert line in ("perplexity 20.1", "MLM acc 0.250", "MLM acc 0.250, NSP acc 0.600")
+    # Each shown metric's baseline is kept with it (tests/evaluate/test_baselines_shown.py: the lines).
+    assert set(spec.baselines) | set(spec.baselines.values()) <= set(spec.report_metrics) and spec.baselines
     assert spec.registry_task in ("text-generation", "fill-mask")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from components import paths
 from components.config import EvaluateConfig
 from components.evaluate.metrics import bootstrap_diff_ci, classification_metrics, majority_baseline, markdown_table
-from components.evaluate.report import plot_loss_curves, plot_macro_f1, read_curve, samples_markdown
+from components.evaluate.report import BASELINES_NOTE, plot_loss_curves, plot_macro_f1, read_curve, samples_markdown
 from components.io import read_json, write_json_atomic, write_text_atomic
 from components.tokens.tokenization import load_tokenizer
 from components.train.finetuning import encode_for_classifier, predict, read_labelled
@@ -95,7 +95,8 @@ def write_report(report: dict, objectives: Sequence) -> str:
         f"macro-F1 (95% CI {r['delta_ci_low']:+.3f} to {r['delta_ci_high']:+.3f})"
         for r in runs if r["pretrained"])
     write_text_atomic(paths.COMPARISON_MD, f"# Objective comparison ({report['test_examples']} test examples)\n\n"
-                      f"{table}\n{verdicts}\n\n![macro-F1](comparison.png)\n![loss](pretraining_loss.png)\n\n"
+                      f"{table}\n{BASELINES_NOTE}\n\n{verdicts}\n\n"
+                      "![macro-F1](comparison.png)\n![loss](pretraining_loss.png)\n\n"
                       f"{samples_markdown(report['samples'])}")
     plot_macro_f1(runs, Path(paths.COMPARISON_PNG))
     plot_loss_curves({o.name: read_curve(Path(paths.PRETRAIN_REPORTS) / o.name / "train_loss.csv")

@@ -12,6 +12,13 @@ FILL_MASK_PROMPTS = (
     "Raise an [MASK] if the file does not exist.",
 )
 
+BASELINES_NOTE = (
+    "Each pretraining metric (validation split) stands beside its trivial baseline on the same targets: "
+    "always guessing the most frequent training token (at the same masked positions), a unigram model of "
+    "the training tokens (add-one smoothing) and, for NSP, always guessing the majority class of the "
+    "validation pairs (not 0.5: one-sentence chunks are always NotNext, as in BERT; 0.5 is the balanced "
+    "ideal). A model at its baseline has learned nothing from context.")
+
 
 def _save(fig, out: Path) -> None:
     import matplotlib.pyplot as plt

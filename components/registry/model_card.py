@@ -2,7 +2,7 @@
 lineage, intended use and limitations, in the Hugging Face card layout."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -31,14 +31,27 @@ def _front_matter(name: str, task: str, metrics: dict[str, float], lineage: dict
                            "model-index": index}, sort_keys=False)
 
 
+def metric_rows(metrics: dict[str, float], baselines: Mapping[str, str]) -> str:
+    """The evaluation table's rows: each metric with its trivial baseline beside it
+    (`baselines`: metric -> the baseline's metric), a baseline on no row of its own."""
+    paired = {m: b for m, b in baselines.items() if m in metrics and b in metrics}
+
+    def baseline(k: str) -> str:
+        return f"{metrics[paired[k]]:.4f} (`{paired[k]}`)" if k in paired else ""
+
+    return "\n".join(f"| {k} | {v:.4f} | {baseline(k)} |" for k, v in metrics.items() if k not in paired.values())
+
+
 def render_model_card(name: str, task: str, objective: str, metrics: dict[str, float], lineage: dict[str, str],
-                      labels: list[str] | None = None, parameters: int | None = None, gate: str = "") -> str:
+                      labels: list[str] | None = None, parameters: int | None = None, gate: str = "",
+                      baselines: Mapping[str, str] | None = None) -> str:
     """Markdown with YAML front matter (library, pipeline tag, metrics) a hub or a person can read;
-    `objective` describes the pretraining (its spec's description)."""
+    `objective` describes the pretraining (its spec's description); `baselines` maps a metric
+    to the metric of its trivial baseline, shown beside it."""
     front = _front_matter(name, task, metrics, lineage)
     label_line = f"Labels ({len(labels)}): {', '.join(f'`{x}`' for x in labels)}.\n" if labels else ""
     size = f" ({parameters:,} parameters)" if parameters else ""
-    metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+    rows = metric_rows(metrics, baselines or {})
     return f"---\n{front}---" + f"""
 
 # {name}
@@ -57,9 +70,9 @@ A `{task}` model{size} trained by lmforge. Pretraining objective: {objective}.
 
 ## Evaluation
 
-| metric | value |
-|---|---|
-{metric_rows}
+| metric | value | trivial baseline (same data) |
+|---|---|---|
+{rows}
 
 {gate}
 

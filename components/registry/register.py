@@ -48,17 +48,20 @@ def register_run(run, entry: dict, report: dict, cfg: RegisterConfig, classifier
     if classifier_version is None:
         name, task, model_dir = model_name(cfg, run.name), "text-classification", Path(paths.finetuned_dir(run.name))
         metrics["majority_baseline_macro_f1"] = report["majority_baseline"]["test_macro_f1"]
+        baselines = {"test_macro_f1": "majority_baseline_macro_f1"}
         labels = report["labels"]
         evidence = test_split_evidence(entry, labels, cfg)
     else:
         name, task, model_dir = base_model_name(cfg, run.name), run.objective.registry_task, run.pretrained_dir()
         metrics.update(entry.get("pretraining", {}))
+        baselines = dict(run.objective.baselines)
         lineage["gate_source"] = (f"{classifier_version['name']} v{classifier_version['version']}: "
                                   f"the classifier fine-tuned from this base")
         gate += f" For a base, the evidence is that of {lineage['gate_source'].split(':')[0]} against its champion."
         labels = None
         evidence = base_evidence(classifier_version, lineage["gate_source"].split(":")[0])
-    card = render_model_card(name, task, run.description, metrics, lineage, labels, parameter_count(model_dir), gate)
+    card = render_model_card(name, task, run.description, metrics, lineage, labels, parameter_count(model_dir), gate,
+                             baselines)
     decision = register_model(name, model_dir, task, metrics, lineage, cfg, files=lineage_files(), card=card,
                               evidence=evidence)
     print(f"register: {decision['name']} v{decision['version']} @{','.join(decision['aliases'])}"

@@ -1,12 +1,12 @@
 """Pretraining: memory-mapped tokenized data, the objectives' batches, losses and validation
-metrics (which objective uses which is in its spec, components.objectives), and `pretrain`,
-which drives the shared loop (components.train.loop)."""
+metrics with their trivial baselines (which objective uses which is in its spec,
+components.objectives), and `pretrain`, which drives the shared loop (components.train.loop)."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ class PretrainData:
             p.name.split(".")[1]: np.load(p, mmap_mode="r") for p in sorted(data_dir.glob(f"{split}.*.npy"))
         }
         self.n = len(self.arrays["input_ids"])
+        self.split = split
 
     def batch(self, indices: np.ndarray, device: torch.device) -> dict:
         idx = np.sort(indices)  # sorted reads are friendlier to the page cache
@@ -43,6 +44,52 @@ class PretrainData:
         return {name: t.to(device) for name, t in out.items()}
 
 
+def token_counts(data: PretrainData, vocab_size: int, excluded: Sequence[int] = (),
+                 chunk_tokens: int = 1 << 22) -> np.ndarray:
+    """How often each token id occurs in `data`'s input_ids (`excluded` ids set to 0).
+
+    Counted in chunks of rows: np.bincount widens uint16 to int64, so a whole split at once
+    would cost 4x its size in memory; a chunk costs 32 MB."""
+    ids = data.arrays["input_ids"]
+    rows = max(1, chunk_tokens // max(1, ids.shape[1]))
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, len(ids), rows):
+        chunk = np.bincount(np.asarray(ids[start:start + rows]).reshape(-1), minlength=vocab_size)
+        if len(chunk) > vocab_size:
+            raise ValueError(f"{data.split}.input_ids.npy: token id {len(chunk) - 1} is outside the "
+                             f"{vocab_size}-token vocabulary of meta.json; re-run the tokenize stage")
+        counts += chunk
+    counts[list(excluded)] = 0
+    return counts
+
+
+class TokenBaseline:
+    """The trivial baselines of the token metrics, from the train split's token counts:
+    always predicting the most frequent token (what an accuracy must beat), and a unigram
+    model, the counts with add-one smoothing over the vocabulary (the cross-entropy of a
+    model that ignores context: the plateau a masked model sits on until it uses context).
+
+    Counted at pretrain start rather than at tokenize time: one bincount over the
+    memory-mapped train split takes well under a second at the demo size, and the tokenized
+    data (and so every cached tokenize output and checkpoint fingerprint) stays as it was."""
+
+    def __init__(self, counts: np.ndarray):
+        counts = np.asarray(counts, dtype=np.float64)
+        self.most_frequent = int(counts.argmax())
+        self.log_probs = torch.from_numpy(np.log((counts + 1.0) / (counts.sum() + len(counts))))
+
+    @classmethod
+    def of(cls, data: PretrainData, excluded: Sequence[int] = ()) -> "TokenBaseline":
+        return cls(token_counts(data, int(data.meta["vocab_size"]), excluded))
+
+    def sums(self, targets: torch.Tensor) -> dict:
+        """Summed over `targets` (the positions a model is scored on): the most-frequent
+        guesses that are right, and the unigram model's negative log-likelihood (nats)."""
+        targets = targets.reshape(-1).cpu()
+        return {"baseline_correct": int((targets == self.most_frequent).sum()),
+                "unigram_nll_sum": float(-self.log_probs[targets].sum())}
+
+
 class CausalLMTraining:
     """Next-token prediction (GPT-2): batches are the blocks as they are; every position
     predicts the token after it.
@@ -52,6 +99,9 @@ class CausalLMTraining:
     pretraining's choice: no mask to build, the fused causal kernel). With `eos_id` set it
     attends only within its own document (a block-diagonal causal mask; an EOS belongs to
     the document it closes); positions still count from the block's start."""
+
+    baseline_excluded: tuple[int, ...] = ()
+    """Token ids the unigram baseline never counts: none, every token (EOS too) is a target."""
 
     def __init__(self, eos_id: int | None = None):
         self.eos_id = eos_id
@@ -89,10 +139,17 @@ class CausalLMTraining:
         n = targets.numel()
         return {"loss": loss, "loss_sum": loss.detach() * n, "count": n}
 
+    def baseline_sums(self, batch: dict, baseline: TokenBaseline) -> dict:
+        """The baselines' sums over exactly the targets `forward` scores."""
+        return baseline.sums(batch["input_ids"][:, 1:])
+
     def metrics(self, sums: dict) -> dict:
-        """Validation metrics from the summed `forward` counts."""
+        """Validation metrics from the summed `forward` (and `baseline_sums`) counts."""
         val_loss = sums["loss_sum"] / max(1, sums["count"])
-        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
+        metrics = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
+        if "unigram_nll_sum" in sums:
+            metrics["val_unigram_perplexity"] = math.exp(min(sums["unigram_nll_sum"] / max(1, sums["count"]), 50.0))
+        return metrics
 
 
 class MaskedLMTraining:
@@ -108,6 +165,8 @@ class MaskedLMTraining:
         # mask id first: mask_tokens takes it from there.
         self.special_ids = [tokenizer.mask_token_id, *sorted(set(tokenizer.all_special_ids) - {tokenizer.mask_token_id})]
         self.pad_id = tokenizer.pad_token_id
+        # Never a target (mask_tokens never chooses them), so never the baseline's guess.
+        self.baseline_excluded = tuple(self.special_ids)
 
     def prepare(self, raw: dict, generator: torch.Generator) -> dict:
         word_starts = None
@@ -172,22 +231,45 @@ class MaskedLMTraining:
             result["nsp_count"] = len(nsp_logits)
         return result
 
-    def metrics(self, sums: dict) -> dict:
-        """Validation metrics from the summed `forward` counts (val_loss includes NSP's)."""
-        metrics = {"val_loss": sums["loss_sum"] / max(1, sums["count"]),
-                   "val_mlm_accuracy": sums["mlm_correct"] / max(1, sums["count"])}
+    def baseline_sums(self, batch: dict, baseline: TokenBaseline) -> dict:
+        """The baselines' sums over the positions `forward` scores: the masked ones, whose
+        target is the original token whatever the 80/10/10 draw put in the input; with
+        NSP, the NotNext pairs (the majority class's share is the trivial NSP accuracy)."""
+        labels = batch["labels"]
+        out = baseline.sums(labels[labels != IGNORE_INDEX])
         if self.next_sentence:
-            metrics["val_nsp_accuracy"] = sums["nsp_correct"] / max(1, sums["nsp_count"])
-            metrics["val_nsp_loss"] = sums["nsp_loss_sum"] / max(1, sums["nsp_count"])
+            out["nsp_not_next"] = int(batch["nsp_labels"].sum())
+        return out
+
+    def metrics(self, sums: dict) -> dict:
+        """Validation metrics from the summed `forward` (and `baseline_sums`) counts
+        (val_loss includes NSP's; val_mlm_loss is the masked tokens' alone)."""
+        count = max(1, sums["count"])
+        metrics = {"val_loss": sums["loss_sum"] / count, "val_mlm_loss": sums["loss_sum"] / count,
+                   "val_mlm_accuracy": sums["mlm_correct"] / count}
+        if "baseline_correct" in sums:
+            metrics["val_mlm_baseline_accuracy"] = sums["baseline_correct"] / count
+            metrics["val_mlm_unigram_loss"] = sums["unigram_nll_sum"] / count
+        if self.next_sentence:
+            pairs = max(1, sums["nsp_count"])
+            metrics["val_nsp_accuracy"] = sums["nsp_correct"] / pairs
+            metrics["val_nsp_loss"] = sums["nsp_loss_sum"] / pairs
             metrics["val_loss"] += metrics["val_nsp_loss"]
+            if "nsp_not_next" in sums:
+                # Not 0.5: one-sentence chunks are always NotNext (as in BERT), so the
+                # majority class's share is what always guessing it scores.
+                metrics["val_nsp_baseline_accuracy"] = max(sums["nsp_not_next"],
+                                                           sums["nsp_count"] - sums["nsp_not_next"]) / pairs
         return metrics
 
 
 @torch.no_grad()
 def evaluate_pretraining(model, training, data: PretrainData, batch_size: int, max_batches: int,
-                         seed: int, device: torch.device, dtype: torch.dtype) -> dict:
+                         seed: int, device: torch.device, dtype: torch.dtype,
+                         baseline: TokenBaseline | None = None) -> dict:
     """Validation metrics in bounded memory: only sums and counts are kept per batch.
-    `training` is a CausalLMTraining or MaskedLMTraining (an objective spec's `training`)."""
+    `training` is a CausalLMTraining or MaskedLMTraining (an objective spec's `training`).
+    With `baseline`, the trivial baselines too, on the same batches and masks."""
     sums: dict[str, float] = {}
     generator = torch.Generator().manual_seed(seed)  # same masks at every evaluation
     for b in range(min(max_batches, math.ceil(data.n / batch_size))):
@@ -195,6 +277,8 @@ def evaluate_pretraining(model, training, data: PretrainData, batch_size: int, m
         batch = training.prepare(data.batch(idx, device), generator)
         with autocast(device, dtype):
             out = training.forward(model, batch)
+        if baseline is not None:
+            out.update(training.baseline_sums(batch, baseline))
         for k, v in out.items():
             if k != "loss":
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -271,6 +355,7 @@ def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
     if cfg.compile:
         trainable = torch.compile(trainable)
     train, val = PretrainData(data_dir, "train"), PretrainData(data_dir, "validation")
+    baseline = TokenBaseline.of(train, training.baseline_excluded) if rank == 0 else None
     next_batch = _batches(training, train, cfg, seed, device, rank, world_size)
     state: dict = {"history": [], "curve": []}
 
@@ -282,7 +367,8 @@ def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
 
     def evaluate(step: int) -> bool:
         if rank == 0:
-            metrics = evaluate_pretraining(model, training, val, cfg.batch_size, cfg.eval_batches, seed, device, dtype)
+            metrics = evaluate_pretraining(model, training, val, cfg.batch_size, cfg.eval_batches, seed, device, dtype,
+                                           baseline)
             state["history"].append({"step": step, **metrics})
             log(step, metrics)
         return False

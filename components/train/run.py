@@ -64,7 +64,8 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
     n_params = count_parameters(model)
     real_fraction = PretrainData(data_dir, "train").meta["splits"]["train"]["packing_efficiency"]
     on_log = progress_log(objective.name, train_cfg.max_steps,
-                          flops_per_token(model, block_size, train_cfg.mlm_probability, real_fraction), log_metrics)
+                          flops_per_token(model, block_size, train_cfg.mlm_probability, real_fraction), log_metrics,
+                          describe=objective.summary_line)
     with track(parameters=n_params) if main_process else contextlib.nullcontext():
         resume = checkpointer.latest() if main_process else None
         if resume is not None:
@@ -78,10 +79,11 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
     return metrics
 
 
-def progress_log(name: str, max_steps: int, per_token_flops: float,
-                 log_metrics: Callable[..., None]) -> Callable[[int, dict], None]:
+def progress_log(name: str, max_steps: int, per_token_flops: float, log_metrics: Callable[..., None],
+                 describe: Callable[[dict], str] | None = None) -> Callable[[int, dict], None]:
     """The loop's `on_log`: MFU added where the device's peak is known (GPUs), then the
-    metrics logged and a progress line (with an ETA) printed to stderr."""
+    metrics logged and a progress line (with an ETA) printed to stderr; a validation line
+    ends with `describe(metrics)` (the objective's summary: each metric by its baseline)."""
     peak = device_peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     clock: dict = {}
 
@@ -99,8 +101,9 @@ def progress_log(name: str, max_steps: int, per_token_flops: float,
                   + f" eta {eta:.0f}s", file=sys.stderr, flush=True)
         log_metrics(metrics, step=step)
         if "train_loss" not in metrics:
-            print(f"pretrain {name} step {step} validation "
-                  + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr, flush=True)
+            shown = (f"loss {metrics['val_loss']:.4f}, {describe(metrics)}" if describe
+                     else " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            print(f"pretrain {name} step {step} validation {shown}", file=sys.stderr, flush=True)
 
     return on_log
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from components import paths
-from components.objectives import ARCHITECTURE_NAMES, FINETUNE_RUN_NAMES, OBJECTIVE_NAMES
+from components.objectives import ARCHITECTURE_NAMES, FINETUNE_RUN_NAMES, OBJECTIVE_NAMES, OBJECTIVES
 from pipeline_repo import dvc, env_for
 
 pytestmark = pytest.mark.slow
@@ -57,6 +57,11 @@ def test_metrics_for_every_objective_and_scratch(dvc_repo):
     assert pre["clm"]["val_perplexity"] > 1.0
     assert 0.0 <= pre["mlm"]["val_mlm_accuracy"] <= 1.0
     assert 0.0 <= pre["mlm_nsp"]["val_nsp_accuracy"] <= 1.0
+    for name in OBJECTIVE_NAMES:  # every metric beside its trivial baseline, in the report too
+        for metric, baseline in OBJECTIVES[name].baselines.items():
+            assert metric in pre[name] and baseline in pre[name]
+            assert runs[name]["pretraining"][baseline] == pre[name][baseline]
+    assert 0.5 <= pre["mlm_nsp"]["val_nsp_baseline_accuracy"] <= 1.0
     shown = dvc(dvc_repo, "metrics", "show", "--json").stdout
     assert "test_macro_f1" in shown and "val_perplexity" in shown
     plots = json.loads(dvc(dvc_repo, "plots", "show", "--json").stdout)["data"]
