@@ -31,9 +31,12 @@ CACHE_ENV = "LMFORGE_CACHE_DIR"
 MIN_SPEEDUP = 1.05
 """bf16 must be at least this much faster than fp32 to be picked: fp32 is the exact
 reference, so a tie within the timing noise of a shared machine goes to it."""
-WARMUP, REPEATS = 2, 5
+WARMUP, REPEATS = 1, 4
 """Untimed steps per precision (oneDNN builds its kernels for each new shape), then timed
 steps per precision, interleaved so load on a shared machine hits both alike."""
+MAX_SECONDS = 10.0
+"""Timed steps stop early past this (a slow or loaded machine: one demo step took 5 s on a
+2-core box at load 9); at least one timed step per precision is always taken."""
 CHOICES = ("float32", "bfloat16")
 
 
@@ -122,12 +125,16 @@ def pick(timings: Mapping[str, Sequence[float]], min_speedup: float = MIN_SPEEDU
     return ("bfloat16" if speedup >= min_speedup else "float32"), speedup
 
 
-def measure(step: Callable[[torch.dtype], None], warmup: int = WARMUP, repeats: int = REPEATS) -> dict[str, list[float]]:
+def measure(step: Callable[[torch.dtype], None], warmup: int = WARMUP, repeats: int = REPEATS,
+            max_seconds: float = MAX_SECONDS) -> dict[str, list[float]]:
     """Seconds per `step(dtype)` for fp32 and bf16, interleaved; RNG state restored after."""
     rng = torch.get_rng_state()
     timings: dict[str, list[float]] = {name: [] for name in CHOICES}
+    begin = time.perf_counter()
     try:
         for i in range(warmup + repeats):
+            if i > warmup and time.perf_counter() - begin > max_seconds:
+                break
             for name in CHOICES:
                 start = time.perf_counter()
                 step(getattr(torch, name))

@@ -126,3 +126,10 @@ def test_fine_tuning_with_auto_trains_exactly_as_told_its_choice(cache, bert_tok
     assert auto["dtype"] in ("float32", "bfloat16") and "measured in" in auto["precision_source"]
     assert list(cache.glob("precision-*.json"))
     assert [h["val_macro_f1"] for h in auto["history"]] == [h["val_macro_f1"] for h in told["history"]]
+
+
+def test_past_its_time_budget_the_probe_stops_after_one_timed_step_each():
+    calls = []
+    timings = precision.measure(calls.append, warmup=1, repeats=4, max_seconds=0.0)
+    assert calls == [torch.float32, torch.bfloat16] * 2
+    assert {k: len(v) for k, v in timings.items()} == {"float32": 1, "bfloat16": 1}
