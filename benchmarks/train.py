@@ -1,4 +1,6 @@
-"""Training-loop benchmark: transformers' Trainer vs lmforge's `fit`, and bf16 vs fp32.
+"""Training-loop benchmark: transformers' Trainer vs lmforge's `fit`, bf16 vs fp32, and
+what `dtype: auto` picks here against fp32 (`auto_vs_fp32`: 1.0 when it picks fp32; below 1.0
+it picked the slower one).
 
 Both sides get the same demo-size model config, the same packed data (the built-in corpus,
 tokenized by our stages' code), batch size, sequence length, optimiser steps, threads,
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -25,7 +28,9 @@ from components.objectives import ARCHITECTURES, OBJECTIVES
 from components.config import ModelConfig
 from components.config import TokenizeConfig, TokenizerConfig
 from components.tokens.tokenization import iter_texts, load_tokenizer, tokenize_corpus
-from components.train.loop import fit
+from components.train.loop import fit, resolve_device_dtype
+from components.train.models import fast_cpu_attention
+from components.train.precision import CACHE_ENV, training_probe
 from components.config import PretrainConfig
 from components.train.pretraining import PretrainData, _Trainable
 
@@ -68,6 +73,23 @@ def run_ours(objective: str, tok, data: PretrainData, cfg: PretrainConfig, steps
 
     fit(_Trainable(model, obj), cfg, steps, next_batch, lambda m, b: m(b), on_log=on_log, log_every=1)
     return steady_tokens_per_s(ends, cfg.batch_size * data.meta["block_size"]), losses
+
+
+def probe_auto(objective: str, tok, data: PretrainData, cfg: PretrainConfig) -> dict:
+    """What `dtype: auto` picks for this objective's demo step on this machine (measured
+    now: the caller points the cache at a fresh directory), and what the probe cost."""
+    torch.manual_seed(0)
+    model = OBJECTIVES[objective].build_model(ModelConfig(), tok)
+    obj = OBJECTIVES[objective].training(tok, cfg)
+    trainable = _Trainable(model, obj)
+    batch = obj.prepare(data.batch(np.arange(cfg.batch_size), torch.device("cpu")), torch.Generator().manual_seed(0))
+    cpu = torch.device("cpu")
+    probe = training_probe(trainable, batch, lambda m, b: m(b), cpu,
+                           lambda dtype: fast_cpu_attention(trainable, cpu, dtype), shape_model=model)
+    start = time.perf_counter()
+    _, dtype = resolve_device_dtype("cpu", "auto", probe)
+    return {"dtype": str(dtype).removeprefix("torch."), "bf16_speedup": probe.record["bf16_speedup"],
+            "seconds": time.perf_counter() - start}
 
 
 def steady_tokens_per_s(step_ends: list[float], tokens_per_step: int) -> float:
@@ -121,6 +143,10 @@ def main() -> None:
         print(f"model {ModelConfig()} | batch {bf16.batch_size} x {block} tokens | {args.steps} steps | "
               f"threads {torch.get_num_threads()} | bf16 autocast on both sides | torch.compile off on both sides | "
               f"tokens/s from the median step period after {WARMUP} warm-up steps")
+        os.environ[CACHE_ENV] = str(work / "cache")  # measure now, not a cached choice
+        auto = {o: probe_auto(o, *data[o], fp32) for o in ("clm", "mlm")}
+        print("dtype auto: " + ", ".join(f"{o} -> {a['dtype']} (probe: bf16 {a['bf16_speedup']:.2f}x fp32, "
+                                        f"{a['seconds']:.1f} s)" for o, a in auto.items()), flush=True)
         rows: dict[str, list[float]] = {}
         curves: dict[str, list[float]] = {}
         for rep in range(args.repeats):
@@ -141,7 +167,15 @@ def main() -> None:
     print(f"\n{'side':<18}{'median tokens/s':>18}")
     for k, v in med.items():
         print(f"{k:<18}{v:>18,.0f}")
+    # What `auto` picked, against fp32, measured by the full runs above (the lower of the two).
+    auto_vs = {o: med[f"ours_{o}" if a["dtype"] == "bfloat16" else f"ours_{o}_fp32"] / med[f"ours_{o}_fp32"]
+               for o, a in auto.items()}
     result = {
+        "auto_vs_fp32": min(auto_vs.values()),
+        **{f"auto_{o}": a["dtype"] for o, a in auto.items()},
+        **{f"auto_vs_fp32_{o}": v for o, v in auto_vs.items()},
+        **{f"auto_probe_bf16_speedup_{o}": a["bf16_speedup"] for o, a in auto.items()},
+        **{f"auto_probe_seconds_{o}": a["seconds"] for o, a in auto.items()},
         "clm_speedup": med["ours_clm"] / med["trainer_clm"],
         "mlm_speedup": med["ours_mlm"] / med["trainer_mlm"],
         "bf16_vs_fp32": med["ours_clm"] / med["ours_clm_fp32"],

@@ -264,7 +264,9 @@ class OptimConfig:
     device: str = "auto"
     """auto | cpu | cuda | cuda:N | mps."""
     dtype: str = "auto"
-    """auto | float32 | bfloat16: auto is bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    """auto | float32 | bfloat16: auto is bf16 on CUDA where supported; on CPU the faster of
+    fp32 and bf16 autocast on the stage's own training step, measured once per CPU model,
+    torch version and shape and cached ($LMFORGE_CACHE_DIR, default ~/.cache/lmforge)."""
 
     def __post_init__(self):
         section = _section(self)

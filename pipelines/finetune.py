@@ -14,7 +14,7 @@ def main(argv=None) -> None:
                               track=lambda: tracking.stage_run("finetune", cfg, objective=run),
                               log_metrics=tracking.log_metrics)
         print(f"finetune: {run}: best validation macro-F1 {result['val_macro_f1']:.4f} at epoch {result['best_epoch']} "
-              f"({result['seconds']:.0f} s) -> {paths.finetuned_dir(run)}")
+              f"({result['seconds']:.0f} s, {result['dtype']}) -> {paths.finetuned_dir(run)}")
 
     run_stage("finetune", body, item="run", choices=FINETUNE_RUN_NAMES, argv=argv)
 

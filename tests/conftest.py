@@ -22,6 +22,9 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 FAKE_SECRET = "lmforge-FAKE-secret-6b1f0c9e2d4a"
 os.environ["AWS_SECRET_ACCESS_KEY"] = FAKE_SECRET
 LOG_DIR = Path(_HOME) / "logs"  # stage output of the session fixtures, for that search
+# `dtype: auto`'s measured precision choices (components/train/precision.py) are cached in
+# the throwaway home too: a test never reads or writes the user's cache.
+os.environ["LMFORGE_CACHE_DIR"] = str(Path(_HOME) / "cache")
 
 import pytest  # noqa: E402
 

@@ -50,7 +50,7 @@ def register_run(run, entry: dict, report: dict, cfg: RegisterConfig, classifier
         metrics["majority_baseline_macro_f1"] = report["majority_baseline"]["test_macro_f1"]
         baselines = {"test_macro_f1": "majority_baseline_macro_f1"}
         labels = report["labels"]
-        evidence = test_split_evidence(entry, labels, cfg)
+        evidence = test_split_evidence(entry, labels, cfg, run.architecture.classifier_head)
     else:
         name, task, model_dir = base_model_name(cfg, run.name), run.objective.registry_task, run.pretrained_dir()
         metrics.update(entry.get("pretraining", {}))
@@ -82,9 +82,10 @@ def run_lineage(run, classifier: bool) -> dict[str, str]:
     return lineage
 
 
-def test_split_evidence(entry: dict, labels: list[str], cfg: RegisterConfig) -> Callable:
+def test_split_evidence(entry: dict, labels: list[str], cfg: RegisterConfig, head: Sequence[str] = ()) -> Callable:
     """The gate's `evidence(champion)` for a classifier: its test predictions saved by evaluate
-    and the champion's, re-scored on the same test split, in a paired bootstrap."""
+    and the champion's, re-scored on the same test split, in a paired bootstrap (`head`: the
+    architecture's `classifier_head`, run in fp32 as evaluate runs it)."""
     import numpy as np
 
     from components.train.finetuning import read_labelled
@@ -94,10 +95,11 @@ def test_split_evidence(entry: dict, labels: list[str], cfg: RegisterConfig) -> 
     if len(pred) != len(test):
         raise ValueError(f"{paths.COMPARISON_JSON}: {entry['run']} has {len(pred)} test predictions for "
                          f"{len(test)} test examples; rerun the evaluate stage")
-    return paired_evidence(pred, test["text"].tolist(), test["label"].to_numpy(), labels, cfg)
+    return paired_evidence(pred, test["text"].tolist(), test["label"].to_numpy(), labels, cfg, head)
 
 
-def paired_evidence(pred, texts: list[str], y, labels: list[str], cfg: RegisterConfig) -> Callable:
+def paired_evidence(pred, texts: list[str], y, labels: list[str], cfg: RegisterConfig,
+                    head: Sequence[str] = ()) -> Callable:
     """`evidence(champion)`: the paired-bootstrap CI of (pred - the champion's predictions on
     `texts`) on the gate metric; None when the champion's labels differ."""
     from components.evaluate.metrics import accuracy, bootstrap_diff_ci, macro_f1
@@ -105,7 +107,7 @@ def paired_evidence(pred, texts: list[str], y, labels: list[str], cfg: RegisterC
     score = {"test_macro_f1": macro_f1, "test_accuracy": accuracy}[cfg.gate_metric]
 
     def evidence(champion):
-        theirs = classifier_predictions(champion, texts, labels)
+        theirs = classifier_predictions(champion, texts, labels, head)
         if theirs is None:
             return None
         # A fixed seed: the same predictions always give the same decision.
@@ -120,8 +122,9 @@ def base_evidence(classifier_decision: dict, source: str) -> Callable:
     return lambda champion: None if ci is None else {**ci, "note": f" (evidence: {source})"}
 
 
-def classifier_predictions(version, texts: list[str], labels: list[str]):
-    """A registered classifier's label ids for `texts`, encoded as evaluate does (None if its labels differ)."""
+def classifier_predictions(version, texts: list[str], labels: list[str], head: Sequence[str] = ()):
+    """A registered classifier's label ids for `texts`, predicted as evaluate predicts (same
+    device and precision, `head` in fp32, same encoding); None if its labels differ."""
     from components.registry.models import load_version
     from components.train.finetuning import encode_for_classifier, predict
     from components.train.loop import resolve_device_dtype
@@ -132,14 +135,15 @@ def classifier_predictions(version, texts: list[str], labels: list[str]):
         return None
     device, dtype = resolve_device_dtype("auto", "auto")
     encoded = encode_for_classifier(tokenizer, texts, tokenizer.model_max_length)
-    return predict(model.to(device), encoded, tokenizer.pad_token_id, 64, device, dtype).argmax(-1)
+    return predict(model.to(device), encoded, tokenizer.pad_token_id, 64, device, dtype, head).argmax(-1)
 
 
-def rescore_classifier(champion, texts: list[str], y, labels: list[str], metric: str) -> float | None:
+def rescore_classifier(champion, texts: list[str], y, labels: list[str], metric: str,
+                       head: Sequence[str] = ()) -> float | None:
     """A registered classifier's `metric` on these texts (None if its labels differ)."""
     from components.evaluate.metrics import classification_metrics
 
-    pred = classifier_predictions(champion, texts, labels)
+    pred = classifier_predictions(champion, texts, labels, head)
     if pred is None:
         return None
     m = classification_metrics(y, pred, list(labels))

@@ -152,8 +152,13 @@ def find_stage_run(stage: str, objective: str, weights_sha256: str) -> tuple[str
 
 
 def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+    """Numbers as metrics; text (the device, the precision `dtype: auto` chose and why) as
+    `lmforge.` tags, so a rerun can be told to use the same."""
     import mlflow
 
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numeric:
         mlflow.log_metrics(numeric, step=step)
+    text = {k: v for k, v in metrics.items() if isinstance(v, str)}
+    if text:
+        mlflow.set_tags(as_tags(text))

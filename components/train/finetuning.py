@@ -2,7 +2,9 @@
 and the finetune stage's work around it (`finetune_run`)."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -17,8 +19,9 @@ from components import paths
 from components.io import atomic_dir, read_json, write_json_atomic
 from components.tokens.tokenization import load_tokenizer
 from components.config import FinetuneConfig
-from components.train.loop import autocast, fit, resolve_device_dtype
-from components.train.models import fp32_head
+from components.train.loop import autocast, fit, resolve_device, resolve_device_dtype
+from components.train.models import fast_cpu_attention, fp32_head
+from components.train.precision import training_probe
 from components.train.scores import macro_f1
 
 
@@ -98,7 +101,7 @@ def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels:
     `tokenizer` must have been through its architecture's `prepare_classifier_tokenizer`;
     `head` (its `classifier_head`) trains and predicts in fp32 under bf16 autocast."""
     torch.manual_seed(seed)
-    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    device = resolve_device(cfg.device)
     model.to(device)
     pad_id = tokenizer.pad_token_id
     train_x = encode_for_classifier(tokenizer, train["text"].tolist(), cfg.max_length)
@@ -126,6 +129,15 @@ def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels:
         logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return F.cross_entropy(logits.float(), batch["labels"], weight=weights)
 
+    # dtype auto on CPU: the faster precision, timed on this run's own first step.
+    probe = None
+    if cfg.dtype == "auto" and device.type == "cpu":
+        probe = training_probe(model, next_batch(0, 0), loss_fn, device,
+                               lambda dtype: _precision_helpers(model, head, device, dtype))
+    _, dtype = resolve_device_dtype(str(device), cfg.dtype, probe)
+    cfg = dataclasses.replace(cfg, dtype=str(dtype).removeprefix("torch."))  # what fit runs
+    chosen = {"dtype": cfg.dtype, "precision_source": probe.record["source"] if probe else f"finetune.dtype on {device.type}",
+              **({"precision_bf16_speedup": probe.record["bf16_speedup"]} if probe else {})}
     best = {"val_macro_f1": -1.0, "epoch": 0, "state": None}
     history: list[dict] = []
 
@@ -147,7 +159,14 @@ def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels:
                      eval_every=steps_per_epoch, on_log=on_log, log_every=max(1, steps_per_epoch // 4))
     model.load_state_dict(best["state"])
     return {"best_epoch": best["epoch"], "val_macro_f1": best["val_macro_f1"], "val_accuracy": best["val_accuracy"],
-            "epochs_run": history[-1]["epoch"], "seconds": timing["seconds"], "history": history}
+            "epochs_run": history[-1]["epoch"], "seconds": timing["seconds"], **chosen, "history": history}
+
+
+@contextlib.contextmanager
+def _precision_helpers(model, head: Sequence[str], device, dtype):
+    """What a fine-tuning step runs inside: the fp32 head and `fit`'s CPU attention."""
+    with fp32_head(model, head, device, dtype), fast_cpu_attention(model, device, dtype):
+        yield
 
 
 def finetune_run(run, model_cfg, cfg: FinetuneConfig, seed: int, track: Callable[[], ContextManager],

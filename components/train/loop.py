@@ -6,10 +6,8 @@ fine-tuning (components.train.finetuning).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -17,35 +15,37 @@ import torch
 from components.config import OptimConfig
 from components.train import distributed
 from components.train.checkpoint import Checkpointer, rng_states
+from components.train import precision
 from components.train.models import fast_cpu_attention
+from components.train.precision import Probe, autocast  # noqa: F401  (autocast: re-exported for the stages)
 
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def resolve_device(device: str) -> torch.device:
+    """`auto`: CUDA when there is one, else the CPU."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
 
-def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """The single place where device and precision are chosen."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+def resolve_device_dtype(device: str, dtype: str, probe: Probe | None = None) -> tuple[torch.device, torch.dtype]:
+    """The single place where device and precision are chosen.
+
+    `dtype: auto`: bf16 on CUDA where supported. On CPU, with a `probe` (a training
+    stage's own step, components.train.precision), the faster of fp32 and bf16 autocast as
+    measured on this machine (cached per CPU, torch version and shape; `probe.record` says
+    which and why); without one (prediction outside training), fp32: the exact reference,
+    and a flag saying bf16 is supported does not say it is faster.
+    """
+    dev = resolve_device(device)
     if dtype == "auto":
-        native = dev.type == "cuda" and torch.cuda.is_bf16_supported() or dev.type == "cpu" and cpu_has_native_bf16()
-        dtype = "bfloat16" if native else "float32"
+        if dev.type == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        elif dev.type == "cpu" and probe is not None:
+            dtype = precision.choose(probe)
+        else:
+            dtype = "float32"
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return dev, getattr(torch, dtype)
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:

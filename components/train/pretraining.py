@@ -3,6 +3,7 @@ metrics with their trivial baselines (which objective uses which is in its spec,
 components.objectives), and `pretrain`, which drives the shared loop (components.train.loop)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,7 +17,9 @@ from components.config import PretrainConfig
 from components.train.checkpoint import Checkpointer
 from components.train.collators import IGNORE_INDEX, mask_tokens
 from components.train.losses import linear_cross_entropy
-from components.train.loop import autocast, fit, resolve_device_dtype
+from components.train.loop import autocast, fit, resolve_device, resolve_device_dtype
+from components.train.models import fast_cpu_attention
+from components.train.precision import training_probe
 
 
 class PretrainData:
@@ -329,6 +332,26 @@ def _batches(training, train: PretrainData, cfg: PretrainConfig, seed: int, devi
     return next_batch
 
 
+def _precision(cfg: PretrainConfig, bare: _Trainable, next_batch, device: torch.device,
+               rank: int) -> tuple[torch.dtype, dict]:
+    """The run's precision and how it was chosen (`precision_*`, for the reports and MLflow).
+
+    `dtype: auto` on CPU times the real step (`bare`: not DDP-wrapped, so no collective) on
+    the first batch, on rank 0 only; every rank takes rank 0's choice."""
+    from components.train import distributed
+
+    probe = None
+    if cfg.dtype == "auto" and device.type == "cpu" and rank == 0:
+        probe = training_probe(bare, next_batch(0, 0), lambda m, b: m(b), device,
+                               lambda dtype: fast_cpu_attention(bare, device, dtype), shape_model=bare.inner)
+    _, dtype = resolve_device_dtype(str(device), cfg.dtype, probe)
+    if cfg.dtype == "auto" and device.type == "cpu":
+        dtype = distributed.gather_objects(dtype)[0]
+    record = probe.record if probe is not None else {}
+    return dtype, {"precision_source": record.get("source", f"pretrain.dtype {cfg.dtype} on {device.type}"),
+                   **({"precision_bf16_speedup": record["bf16_speedup"]} if record else {})}
+
+
 def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
              on_log: Callable[[int, dict], None] | None = None, checkpointer: Checkpointer | None = None) -> dict:
     """Pretrain `model` on the tokenized data, its batches and loss made by `training` (an
@@ -343,8 +366,7 @@ def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
     from components.train import distributed
 
     torch.manual_seed(seed)
-    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-    rank, world_size, device = distributed.setup(device)
+    rank, world_size, device = distributed.setup(resolve_device(cfg.device))
     if cfg.batch_size % world_size:
         raise ValueError(f"pretrain.batch_size ({cfg.batch_size}) must be divisible by the {world_size} processes")
     model.to(device)
@@ -357,6 +379,8 @@ def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
     train, val = PretrainData(data_dir, "train"), PretrainData(data_dir, "validation")
     baseline = TokenBaseline.of(train, training.baseline_excluded) if rank == 0 else None
     next_batch = _batches(training, train, cfg, seed, device, rank, world_size)
+    dtype, chosen = _precision(cfg, _Trainable(model, training), next_batch, device, rank)
+    cfg = dataclasses.replace(cfg, dtype=str(dtype).removeprefix("torch."))  # what fit runs
     state: dict = {"history": [], "curve": []}
 
     def log(step: int, metrics: dict) -> None:
@@ -383,5 +407,5 @@ def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
     final = state["history"][-1] if state["history"] else {}
     return {**{k: v for k, v in final.items() if k != "step"}, **timing,
             "tokens_per_s": timing["tokens"] * world_size / max(timing["seconds"], 1e-9),
-            "world_size": world_size, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "world_size": world_size, "device": str(device), "dtype": cfg.dtype, **chosen,
             "curve": state["curve"], "history": state["history"]}
