@@ -18,6 +18,7 @@ BUILTIN_TASK_CLASSES = 9
 HF_PREFIX = "hf:"
 TXT_MODES = ("file", "paragraph")
 DTYPES = ("auto", "float32", "bfloat16")
+SCHEDULES = ("cosine", "one_cycle", "trapezoid")
 
 
 def _section(config) -> str:
@@ -235,6 +236,8 @@ class ModelConfig:
     """Position embeddings: the pipeline's sequence length. tokenize.block_size,
     tokenizer.model_max_length and finetune.max_length follow it unless set, and may not exceed it."""
     dropout: float = 0.1
+    """Dropout when fine-tuning (pretrained and scratch alike), and in the saved pretrained
+    model's config; pretraining uses pretrain.dropout instead."""
 
     def __post_init__(self):
         at_least(self, 1, "n_layers", "n_heads", "d_model", "d_ff", "max_positions")
@@ -251,11 +254,24 @@ class OptimConfig:
 
     lr: float = 1e-3
     """Peak learning rate after warmup."""
+    schedule: str = "cosine"
+    """Learning rate after warmup: ``cosine`` decays to lr * min_lr_ratio; ``one_cycle``
+    decays linearly to it (Cramming's one-cycle); ``trapezoid`` (warmup-stable-decay) holds
+    lr, then decays linearly over the last decay_fraction of the steps."""
     min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr * min_lr_ratio."""
+    """The schedule ends at lr * min_lr_ratio."""
     warmup_steps: int = 20
+    warmup_fraction: float = 0.0
+    """Warmup as a share of the steps; the warmup is the longer of this and warmup_steps."""
+    decay_fraction: float = 0.2
+    """trapezoid: the share of the steps, at the end, over which lr decays."""
     weight_decay: float = 0.01
     """AdamW decay on matrices only (not biases, LayerNorm or embeddings' norms)."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    """AdamW's second-moment decay: 0.95 (GPT-style) reacts faster to gradient spikes, 0.98-0.999
+    averages more (Cramming and RoBERTa use 0.98)."""
+    adam_eps: float = 1e-8
     grad_clip: float = 1.0
     """Max global gradient norm; 0 disables clipping."""
     batch_size: int = 32
@@ -274,6 +290,14 @@ class OptimConfig:
             raise ValueError(f"{section}.lr must be > 0, got {self.lr}")
         within(self, "min_lr_ratio", "[0, 1]")
         at_least(self, 0, "warmup_steps")
+        within(self, "warmup_fraction", "[0, 1)")
+        within(self, "decay_fraction", "(0, 1]")
+        within(self, "adam_beta1", "[0, 1)")
+        within(self, "adam_beta2", "[0, 1)")
+        if self.adam_eps <= 0:
+            raise ValueError(f"{section}.adam_eps must be > 0, got {self.adam_eps}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"{section}.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         at_least(self, 1, "batch_size", "grad_accum")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(f"{section}.weight_decay and {section}.grad_clip must be >= 0")
@@ -285,15 +309,31 @@ class OptimConfig:
 class PretrainConfig(OptimConfig):
     """params.yaml section ``pretrain``: budget and evaluation of the pretraining run."""
 
+    # The pretraining recipe: each default below was measured on the validation split at the
+    # demo shapes (docs/RECIPE.md has the runs), or is marked there as taken unmeasured.
     batch_size: int = 16
-    warmup_steps: int = 30
+    schedule: str = "one_cycle"
+    """one_cycle beat cosine at 450 steps (docs/RECIPE.md)."""
+    warmup_steps: int = 0
+    warmup_fraction: float = 0.1
+    adam_beta2: float = 0.98
+    """Cramming's 0.98; 0.95 measured the same here (docs/RECIPE.md)."""
+    grad_clip: float = 0.5
+    """Cramming's 0.5 (not measured here)."""
+    dropout: float = 0.0
+    """Dropout while pretraining (every dropout of the model). 0 as in Cramming: a budget too
+    small to overfit the corpus only loses signal to it. Fine-tuning uses model.dropout,
+    which is also what the saved pretrained model's config carries."""
     max_steps: int = 450
     """Optimiser steps (the budget is the same for every objective)."""
     eval_every: int = 150
     eval_batches: int = 16
     """Validation batches per evaluation (fixed masks, so numbers compare across steps)."""
     log_every: int = 15
-    mlm_probability: float = 0.15
+    mlm_probability: float = 0.3
+    """mlm, mlm_nsp: share of tokens chosen for prediction (80% [MASK], 10% random, 10% kept).
+    30% (MosaicBERT) beat 15% in pretraining and downstream; 40% (Wettig et al.) tied with 30%
+    in pretraining (docs/RECIPE.md)."""
     whole_word_masking: bool = False
     """MLM: choose whole words (the tokenizer's own word ids, stored at tokenize time), not single tokens."""
     clm_document_attention: str = "cross"
@@ -312,6 +352,7 @@ class PretrainConfig(OptimConfig):
         at_least(self, 1, "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
                  "keep_checkpoints", "nproc_per_node")
         within(self, "mlm_probability", "(0, 1)")
+        within(self, "dropout", "[0, 1)")
         if self.clm_document_attention not in ("cross", "within"):
             raise ValueError(f"pretrain.clm_document_attention must be cross or within, "
                              f"got {self.clm_document_attention!r}")

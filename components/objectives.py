@@ -296,7 +296,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     ),
     MaskedLM(
         name="mlm", architecture=BERT, model_class="BertForMaskedLM", registry_task="fill-mask",
-        description="masked language modelling (BERT style: 15% of tokens masked, 80/10/10)",
+        description="masked language modelling (BERT style: pretrain.mlm_probability of tokens, 80/10/10)",
         report_metrics=("val_loss", "val_mlm_accuracy", "val_mlm_baseline_accuracy", "val_mlm_loss",
                         "val_mlm_unigram_loss"),
         baselines={"val_mlm_accuracy": "val_mlm_baseline_accuracy", "val_mlm_loss": "val_mlm_unigram_loss"},

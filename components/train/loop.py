@@ -48,13 +48,25 @@ def resolve_device_dtype(device: str, dtype: str, probe: Probe | None = None) ->
     return dev, getattr(torch, dtype)
 
 
+def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
+    """The longer of warmup_steps and warmup_fraction of the run."""
+    return max(cfg.warmup_steps, round(cfg.warmup_fraction * total_steps))
+
+
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+    """Linear warmup, then `cfg.schedule` down to lr * min_lr_ratio at the last step:
+    cosine, one_cycle (linear) or trapezoid (hold, then linear over the last decay_fraction)."""
+    warmup = warmup_steps(cfg, total_steps)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.schedule == "trapezoid":
+        decay_start = max(warmup, total_steps - round(cfg.decay_fraction * total_steps))
+        progress = (step - decay_start) / max(1, total_steps - decay_start) if step >= decay_start else 0.0
+        remaining = 1.0 - min(1.0, progress)
+    else:
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        remaining = 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1.0 - progress
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * remaining)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -62,7 +74,8 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.devic
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused, foreach=not fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                             fused=fused, foreach=not fused)
 
 
 def fit(

@@ -11,7 +11,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -56,7 +56,8 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
                          f"({model_cfg.max_positions}); lower one or raise the other")
     tokenizer = load_tokenizer(paths.tokenizer_dir(objective.architecture.name))
     torch.manual_seed(seed)
-    model = objective.build_model(model_cfg, tokenizer)
+    # Pretraining's dropout; the saved config gets fine-tuning's (model.dropout) back.
+    model = objective.build_model(replace(model_cfg, dropout=train_cfg.dropout), tokenizer)
     checkpointer = Checkpointer(paths.checkpoint_dir(objective.name), train_cfg.checkpoint_every,
                                 train_cfg.keep_checkpoints, run_fingerprint(objective.name, model_cfg, train_cfg,
                                                                             seed, data_dir))
@@ -74,9 +75,19 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
                            on_log=on_log, checkpointer=checkpointer)
         if not main_process:
             return None
+        set_finetuning_dropout(model, objective.architecture, model_cfg, tokenizer)
         save_pretrained(objective.name, model, tokenizer, metrics, n_params)
         log_metrics({f"final_{k}": v for k, v in metrics.items()})
     return metrics
+
+
+def set_finetuning_dropout(model, architecture, model_cfg: ModelConfig, tokenizer) -> None:
+    """Write fine-tuning's dropout (model.dropout) into the pretrained model's config before it
+    is saved: pretraining ran with pretrain.dropout, and a classifier loaded from the saved
+    model must fine-tune with the same dropout as its scratch twin. The modules already
+    built keep theirs; only the saved config changes."""
+    finetuning = architecture.model_config(model_cfg, tokenizer).to_dict()
+    model.config.update({k: v for k, v in finetuning.items() if "dropout" in k or "pdrop" in k})
 
 
 def progress_log(name: str, max_steps: int, per_token_flops: float, log_metrics: Callable[..., None],

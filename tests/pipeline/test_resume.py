@@ -22,8 +22,7 @@ from components.tokens.tokenization import load_tokenizer, tokenize_corpus
 pytestmark = pytest.mark.slow
 PARAMS = """profile: tiny
 seed: 7
-model: {{dropout: {dropout}}}
-pretrain: {{max_steps: {steps}, checkpoint_every: 4, eval_every: 4, log_every: 1, batch_size: 8, dtype: float32, nproc_per_node: {nproc}}}
+pretrain: {{dropout: {dropout}, max_steps: {steps}, checkpoint_every: 4, eval_every: 4, log_every: 1, batch_size: 8, dtype: float32, nproc_per_node: {nproc}}}
 """
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from components.config import ModelConfig
 from components.config import TokenizeConfig
 from components.tokens.tokenization import tokenize_corpus
 from components.config import OptimConfig
-from components.train.loop import fit, lr_at, resolve_device_dtype
+from components.train.loop import fit, lr_at, make_optimizer, resolve_device_dtype
 from components.config import PretrainConfig
 from components.train.pretraining import PretrainData, pretrain
 from conftest import _prose
@@ -56,6 +57,38 @@ def test_lr_schedule_endpoints():
     decay = [lr_at(s, cfg, 100) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(decay, decay[1:]))
     assert lr_at(0, OptimConfig(lr=1e-3, warmup_steps=0), 100) == pytest.approx(1e-3)
+
+
+def test_one_cycle_and_trapezoid_schedules_and_warmup_as_a_fraction():
+    # warmup_fraction 0.1 of 100 steps = 10 warmup steps (the longer of it and warmup_steps).
+    one_cycle = OptimConfig(lr=1e-3, min_lr_ratio=0.1, warmup_steps=0, warmup_fraction=0.1, schedule="one_cycle")
+    assert lr_at(9, one_cycle, 100) == pytest.approx(1e-3) and lr_at(8, one_cycle, 100) < 1e-3
+    assert lr_at(55, one_cycle, 100) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # linear: half way down
+    assert lr_at(100, one_cycle, 100) == pytest.approx(1e-4)
+    assert lr_at(9, replace(one_cycle, warmup_steps=20), 100) < 1e-3  # warmup_steps longer: it wins
+    wsd = replace(one_cycle, schedule="trapezoid", decay_fraction=0.2)
+    assert [lr_at(s, wsd, 100) for s in (10, 50, 80)] == pytest.approx([1e-3] * 3)  # stable until 80
+    assert lr_at(90, wsd, 100) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # then linear to the end
+    assert lr_at(100, wsd, 100) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="schedule must be one of cosine, one_cycle, trapezoid"):
+        OptimConfig(schedule="linear")
+
+
+def test_the_optimiser_takes_its_betas_and_eps_from_the_config():
+    model = torch.nn.Linear(4, 4)
+    optimizer = make_optimizer(model, OptimConfig(adam_beta1=0.8, adam_beta2=0.98, adam_eps=1e-12), torch.device("cpu"))
+    assert optimizer.defaults["betas"] == (0.8, 0.98) and optimizer.defaults["eps"] == 1e-12
+
+
+def test_the_saved_pretrained_config_carries_fine_tuning_dropout(tokenized):
+    from components.train.run import set_finetuning_dropout
+
+    tokenizer, _ = tokenized["mlm"]
+    spec = OBJECTIVES["mlm"]
+    model = spec.build_model(replace(TINY, dropout=0.0), tokenizer)  # pretrain.dropout
+    set_finetuning_dropout(model, spec.architecture, replace(TINY, dropout=0.1), tokenizer)
+    assert model.config.hidden_dropout_prob == model.config.attention_probs_dropout_prob == 0.1
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))  # training ran without
 
 
 def test_resolve_device_dtype_cpu_float32():
