@@ -187,3 +187,37 @@ def test_pretraining_compute_counts_each_objectives_supervised_targets(bert_toke
     assert mlm == {"supervised_targets": 14, "target_kind": "masked positions (expected)"}
     nsp = MaskedLMTraining(bert_tokenizer, 0.2, next_sentence=True).supervised_targets(10, 8, 70)
     assert nsp["nsp_pairs"] == 10 and nsp["supervised_targets"] == 14
+
+
+def _entry(objective: str, run: str, architecture: str, f1s: list[float], **extra) -> dict:
+    return {"objective": objective, "run": run, "architecture": architecture, "pretrained": objective != "scratch",
+            "chosen_lr": 1e-3, "primary_seed": 7, "test_accuracy": 0.5, "test_macro_f1": f1s[0],
+            "test_macro_f1_seed_mean": float(np.mean(f1s)), "test_macro_f1_seed_std": float(np.std(f1s, ddof=1)),
+            "per_seed": [{"seed": 7 + i, "test_accuracy": 0.5, "test_macro_f1": f} for i, f in enumerate(f1s)],
+            **extra}
+
+
+def test_the_tables_and_the_summary_show_seeds_ci_level_verdict_and_compute(tmp_path, capsys):
+    from cli.main import main
+    from components.evaluate.metrics import markdown_table, verdict_table
+
+    compute = {"tokens_seen": 1.2e6, "supervised_targets": 1.8e5, "target_kind": "masked positions (expected)",
+               "nsp_pairs": 9000, "flops": 3.4e13}
+    runs = [
+        _entry("mlm_nsp", "mlm_nsp", "bert", [0.31, 0.29], pretraining_metric="MLM acc 0.1", pretraining_compute=compute,
+               delta_macro_f1_vs_scratch=-0.1, delta_per_seed={"7": -0.09, "8": -0.11}, delta_ci_low=-0.2,
+               delta_ci_high=-0.01, delta_ci_level=1 - 0.05 / 3, delta_p_holm=0.012, verdict="hurts"),
+        _entry("scratch", "scratch-bert", "bert", [0.40, 0.40]),
+    ]
+    table = markdown_table(runs, {"test_accuracy": 0.3, "test_macro_f1": 0.1})
+    assert "| mlm_nsp | bert | yes | 0.001 | 0.310, 0.290 | 0.300 ± 0.014 | 0.500 / 0.310 |" in table
+    verdicts = verdict_table(runs)
+    assert "| mlm_nsp | scratch-bert | -0.100 | -0.090, -0.110 | [-0.200, -0.010] (98.3%) | 0.012 | **hurts** |" in verdicts
+    assert "1.8e+05 masked positions (expected) + 9e+03 NSP pairs | 3.4e+13 |" in verdicts
+    (tmp_path / "reports").mkdir()
+    (tmp_path / paths.COMPARISON_JSON).write_text(json.dumps({"runs": runs, "seeds": [7, 8],
+                                                               "ci_method": "Two-level bootstrap, Holm."}))
+    assert main(["--repo", str(tmp_path), "summary"]) == 0
+    out = capsys.readouterr().out
+    assert "0.310, 0.290" in out and "[-0.200, -0.010] 98.3%" in out and "hurts" in out
+    assert "1.2e+06 / 3.4e+13" in out and "Seeds 7, 8" in out and "Two-level bootstrap, Holm." in out
