@@ -200,16 +200,16 @@ def finetune_run(run, model_cfg, cfg: FinetuneConfig, seed: int, track: Callable
 
     with track():
         with atomic_dir(paths.finetuned_dir(run.name)) as tmp:
-            grid, best_model = [], None
+            grid, best = [], None
             for lr in rates:
                 model, result = fit_one(lr, seeds[0])
                 grid.append(result)
-                if best_model is None or result["val_macro_f1"] > max(r["val_macro_f1"] for r in grid[:-1]):
-                    best_model = model
-            chosen = max(grid, key=lambda r: r["val_macro_f1"])  # the first of equals: listed order wins
+                if best is None or result["val_macro_f1"] > best[1]["val_macro_f1"]:  # a tie keeps the earlier lr
+                    best = (model, result)
+            best_model, chosen = best
             per_seed = [chosen]
             _save(best_model, tokenizer, tmp / f"seed-{seeds[0]}")
-            del best_model
+            del best_model, best
             for s in seeds[1:]:
                 model, result = fit_one(chosen["lr"], s)
                 per_seed.append(result)
