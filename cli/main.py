@@ -50,19 +50,25 @@ def summary_rows(repo: Path) -> list[dict]:
             continue
         s = scratch[r["architecture"]]
         reg = registry.get(r["objective"], {})
+        compute = r.get("pretraining_compute", {})
         rows.append({
             "objective": r["objective"],
             "pretraining": r.get("pretraining_metric", ""),
-            "accuracy": f"{r['test_accuracy']:.3f}",
-            "macro-F1": f"{r['test_macro_f1']:.3f}",
-            "scratch acc / F1": f"{s['test_accuracy']:.3f} / {s['test_macro_f1']:.3f}",
-            "Δ F1 (95% CI)": f"{r['delta_macro_f1_vs_scratch']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]",
+            "F1 per seed": ", ".join(f"{p['test_macro_f1']:.3f}" for p in r["per_seed"]),
+            "F1 mean": f"{r['test_macro_f1_seed_mean']:.3f}",
+            "scratch F1 mean": f"{s['test_macro_f1_seed_mean']:.3f}",
+            "Δ F1 (CI, level)": f"{r['delta_macro_f1_vs_scratch']:+.3f} [{r['delta_ci_low']:+.3f}, "
+                                f"{r['delta_ci_high']:+.3f}] {r['delta_ci_level']:.1%}",
+            "verdict": r["verdict"],
+            "tokens / FLOPs": f"{compute['tokens_seen']:.3g} / {compute['flops']:.3g}" if compute else "-",
             "registered": f"{reg['name']} v{reg['version']} @{','.join(reg['aliases'])}" if reg else "-",
         })
     return rows
 
 
 def cmd_summary(args) -> int:
+    from components import paths
+
     repo = Path(args.repo)
     try:
         rows = summary_rows(repo)
@@ -75,6 +81,9 @@ def cmd_summary(args) -> int:
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print("  ".join(str(r[h]).ljust(w) for h, w in zip(headers, widths)))
+    comparison = json.loads((repo / paths.COMPARISON_JSON).read_text())
+    print(f"\nSeeds {', '.join(map(str, comparison['seeds']))} (the first is the registered model). "
+          f"{comparison['ci_method']} Per lr and seed: {paths.FINETUNE_REPORTS}/<run>.json.")
     return 0
 
 

@@ -360,9 +360,17 @@ class PretrainConfig(OptimConfig):
 
 @dataclass(frozen=True)
 class FinetuneConfig(OptimConfig):
-    """params.yaml section ``finetune``: the same budget and seed for every pretrained model and scratch."""
+    """params.yaml section ``finetune``: the same search, budget and seeds for every pretrained model and scratch."""
 
     lr: float = 5e-4
+    """The learning rate only when `lr_grid` is empty (a grid of one)."""
+    lr_grid: str = "5e-4,1e-3"
+    """Learning rates tried, comma-separated (a string: `dvc exp run -S` cannot address list
+    items). Every run, pretrained or scratch, tries the same grid with its first seed and
+    keeps the lr with the best validation macro-F1; the test split is never read."""
+    seeds: int = 3
+    """Fine-tuning seeds per run: `seed`, `seed + 1`, ... (the same values for every run). The
+    grid runs with the first; the others run at the chosen lr. Evaluate pairs runs by seed."""
     epochs: int = 3
     max_length: int = 128
     """Tokens per example after truncation; unset in params.yaml, it follows model.max_positions
@@ -374,7 +382,27 @@ class FinetuneConfig(OptimConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        at_least(self, 1, "epochs", "max_length", "patience")
+        at_least(self, 1, "epochs", "max_length", "patience", "seeds")
+        self.learning_rates  # a bad grid fails here, with the params check
+
+    @property
+    def learning_rates(self) -> tuple[float, ...]:
+        """`lr_grid` parsed, in the order written (the first wins a tie); `(lr,)` when it is empty."""
+        if not self.lr_grid.strip():
+            return (self.lr,)
+        rates = []
+        for item in self.lr_grid.split(","):
+            try:
+                rate = float(item)
+            except ValueError:
+                raise ValueError(f"finetune.lr_grid: {item.strip()!r} is not a number; write learning rates "
+                                 f"separated by commas, e.g. \"5e-4,1e-3\"") from None
+            if not rate > 0 or rate != rate or rate == float("inf"):
+                raise ValueError(f"finetune.lr_grid: every learning rate must be > 0, got {item.strip()!r}")
+            rates.append(rate)
+        if len(set(rates)) != len(rates):
+            raise ValueError(f"finetune.lr_grid: {self.lr_grid!r} repeats a learning rate; list each once")
+        return tuple(rates)
 
 
 @dataclass(frozen=True)

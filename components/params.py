@@ -34,7 +34,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"n_layers": 1, "n_heads": 2, "d_model": 32, "d_ff": 64, "max_positions": 64},
         "pretrain": {"max_steps": 8, "batch_size": 8, "eval_every": 4,
                      "eval_batches": 2, "log_every": 2, "checkpoint_every": 4},
-        "finetune": {"epochs": 2, "batch_size": 16, "warmup_steps": 2, "lr": 1e-3},
+        "finetune": {"epochs": 2, "batch_size": 16, "warmup_steps": 2, "lr_grid": "1e-3,3e-3", "seeds": 2},
         "evaluate": {"bootstrap_samples": 200},
     },
     # The dataclass defaults; fine-tuning truncates to 48 tokens (most docstrings fit) for speed.
@@ -46,7 +46,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "pretrain": {"max_steps": 10_000, "batch_size": 32, "grad_accum": 4, "lr": 6e-4,
                      "eval_every": 500, "eval_batches": 50, "log_every": 50,
                      "checkpoint_every": 500},
-        "finetune": {"epochs": 4, "warmup_steps": 100, "lr": 5e-5},
+        "finetune": {"epochs": 4, "warmup_steps": 100, "lr_grid": "3e-5,5e-5,1e-4"},
     },
 }
 """Each profile's differences from the dataclass defaults (= demo)."""

@@ -29,4 +29,19 @@ def tokenize_report(objective: str) -> str: return f"reports/tokenize/{objective
 def pretrained_dir(objective: str) -> str: return f"{PRETRAINED_DIR}/{objective}"  # noqa: E704
 def checkpoint_dir(objective: str) -> str: return f"{CHECKPOINTS_DIR}/{objective}"  # noqa: E704
 def finetuned_dir(run: str) -> str: return f"{FINETUNED_DIR}/{run}"  # noqa: E704
+def seed_model_dir(run: str, seed: int) -> str: return f"{finetuned_dir(run)}/seed-{seed}"  # noqa: E704
+def selection_json(run: str) -> str: return f"{finetuned_dir(run)}/selection.json"  # noqa: E704
+
+
+def primary_model_dir(run: str, root: str = ".") -> str:
+    """The run's primary classifier (its first seed at the chosen lr): what the registry logs
+    and serves and the register gate compares. Named in the run's selection.json, written
+    by the finetune stage next to every seed's model (models/finetuned/<run>/seed-<s>/)."""
+    import json
+    from pathlib import Path
+
+    selection = Path(root) / selection_json(run)
+    if not selection.exists():
+        raise FileNotFoundError(f"{selection}: missing; run the finetune stage for {run} first")
+    return f"{finetuned_dir(run)}/{json.loads(selection.read_text())['primary']}"
 

@@ -13,8 +13,10 @@ def main(argv=None) -> None:
         result = finetune_run(FINETUNE_RUNS[run], cfg["model"], cfg["finetune"], cfg["seed"],
                               track=lambda: tracking.stage_run("finetune", cfg, objective=run),
                               log_metrics=tracking.log_metrics)
-        print(f"finetune: {run}: best validation macro-F1 {result['val_macro_f1']:.4f} at epoch {result['best_epoch']} "
-              f"({result['seconds']:.0f} s, {result['dtype']}) -> {paths.finetuned_dir(run)}")
+        print(f"finetune: {run}: lr {result['chosen_lr']:g} of {result['lr_grid']} (validation macro-F1 "
+              f"{result['val_macro_f1']:.4f}, seed {result['primary_seed']}); seeds {result['seeds']}: mean "
+              f"{result['val_macro_f1_seed_mean']:.4f} ± {result['val_macro_f1_seed_std']:.4f} "
+              f"({result['seconds']:.0f} s, {result['dtype']}) -> {paths.finetuned_dir(run)}/seed-<s>")
 
     run_stage("finetune", body, item="run", choices=FINETUNE_RUN_NAMES, argv=argv)
 

@@ -13,7 +13,8 @@ from components.registry.model_card import render_model_card
 from components.config import RegisterConfig
 from components.registry.models import base_model_name, model_name, register_model
 
-CLASSIFIER_METRICS = ("test_accuracy", "test_macro_f1", "delta_macro_f1_vs_scratch", "delta_ci_low", "delta_ci_high")
+CLASSIFIER_METRICS = ("test_accuracy", "test_macro_f1", "test_macro_f1_seed_mean", "delta_macro_f1_vs_scratch", "delta_ci_low",
+                      "delta_ci_high", "delta_ci_level")
 
 
 def register_all(runs: Sequence, cfg: RegisterConfig, track: Callable[[], ContextManager]) -> dict:
@@ -46,7 +47,9 @@ def register_run(run, entry: dict, report: dict, cfg: RegisterConfig, classifier
             f"(this version - the champion) on `{cfg.gate_metric}`, over one test split, exceeds "
             f"{cfg.min_improvement}; the version's `lmforge.promotion` and `lmforge.gate_ci_*` tags say why.")
     if classifier_version is None:
-        name, task, model_dir = model_name(cfg, run.name), "text-classification", Path(paths.finetuned_dir(run.name))
+        # The primary model (the first seed at the chosen lr): the one whose test predictions
+        # evaluate saved in the entry, so the gate judges exactly what is served.
+        name, task, model_dir = model_name(cfg, run.name), "text-classification", Path(paths.primary_model_dir(run.name))
         metrics["majority_baseline_macro_f1"] = report["majority_baseline"]["test_macro_f1"]
         baselines = {"test_macro_f1": "majority_baseline_macro_f1"}
         labels = report["labels"]
@@ -75,7 +78,7 @@ def run_lineage(run, classifier: bool) -> dict[str, str]:
     lineage = model_lineage(run.name, run.architecture.name, run.pretrained)
     if classifier:
         lineage["finetune_run_id"], lineage["finetune_run_match"] = tracking.find_stage_run(
-            "finetune", run.name, weights_digest(paths.finetuned_dir(run.name)))
+            "finetune", run.name, weights_digest(paths.primary_model_dir(run.name)))
     if run.pretrained:
         lineage["pretrain_run_id"], lineage["pretrain_run_match"] = tracking.find_stage_run(
             "pretrain", run.name, weights_digest(run.pretrained_dir()))

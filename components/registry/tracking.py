@@ -114,7 +114,8 @@ def stage_run(stage: str, config: dict[str, Any], objective: str | None = None,
 
 # The model directory a stage writes, per stage: its weights hash tags the run, so the registry
 # can name the exact pretraining / fine-tuning run behind a model version.
-_MODEL_OUTPUTS = {"pretrain": "pretrained_dir", "finetune": "finetuned_dir"}
+# For finetune, the primary model of the run (the one registered).
+_MODEL_OUTPUTS = {"pretrain": "pretrained_dir", "finetune": "primary_model_dir"}
 
 
 def _tag_model_weights(stage: str, objective: str | None) -> None:
@@ -125,7 +126,10 @@ def _tag_model_weights(stage: str, objective: str | None) -> None:
 
     if stage not in _MODEL_OUTPUTS or not objective:
         return
-    model_dir = Path(getattr(paths, _MODEL_OUTPUTS[stage])(objective))
+    try:
+        model_dir = Path(getattr(paths, _MODEL_OUTPUTS[stage])(objective))
+    except FileNotFoundError:  # no selection.json: nothing was saved
+        return
     if any(model_dir.glob("*.safetensors")):
         mlflow.set_tag(tag("weights_sha256"), weights_digest(model_dir))
 

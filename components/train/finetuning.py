@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, ContextManager, Sequence
 
@@ -169,14 +170,26 @@ def _precision_helpers(model, head: Sequence[str], device, dtype):
         yield
 
 
+def finetune_seeds(seed: int, cfg: FinetuneConfig) -> list[int]:
+    """The fine-tuning seeds: `seed`, `seed + 1`, ... `finetune.seeds` of them, the same for every run."""
+    return [seed + i for i in range(cfg.seeds)]
+
+
 def finetune_run(run, model_cfg, cfg: FinetuneConfig, seed: int, track: Callable[[], ContextManager],
                  log_metrics: Callable[..., None]) -> dict:
     """The finetune stage: `run` (a FinetuneRun spec from components.objectives: a pretrained
-    objective's model or its architecture's scratch twin) fine-tuned on the downstream task,
-    saved to models/finetuned/<run> with reports/finetune/<run>.json.
+    objective's model or its architecture's scratch twin) fine-tuned on the downstream task.
 
-    The inputs are checked and the model built before `track()` opens the run that
-    `log_metrics(metrics, step=None)` reports to (the stage's MLflow run).
+    The search is the same for every run: each lr of `finetune.lr_grid` with the first seed,
+    the lr with the best validation macro-F1 kept (the first listed wins a tie), then the
+    other seeds at that lr; only the train and validation splits are read. Saved to
+    models/finetuned/<run>/seed-<s>/ (every seed's classifier: evaluate scores them all)
+    with selection.json (the grid's validation scores and the primary model: the first seed,
+    which the registry serves), and reports/finetune/<run>.json (per lr and per seed).
+    One process for all of it: the imports are paid once.
+
+    The inputs are checked before `track()` opens the run that `log_metrics(metrics, step=None)`
+    reports to (the stage's MLflow run).
     """
     pretrained = run.pretrained_dir()
     if pretrained is not None and not (pretrained / "config.json").exists():
@@ -189,22 +202,60 @@ def finetune_run(run, model_cfg, cfg: FinetuneConfig, seed: int, track: Callable
     if cfg.max_length > model_cfg.max_positions:
         raise ValueError(f"finetune.max_length ({cfg.max_length}) exceeds model.max_positions "
                          f"({model_cfg.max_positions})")
-    torch.manual_seed(seed)
-    model = run.architecture.build_classifier(model_cfg, tokenizer, labels, pretrained)
+    seeds, rates = finetune_seeds(seed, cfg), cfg.learning_rates
 
-    def on_log(step: int, metrics: dict) -> None:
-        log_metrics(metrics, step=step)
-        print(f"finetune {run.name} step {step} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
-              file=sys.stderr, flush=True)
+    def fit_one(lr: float, s: int):
+        torch.manual_seed(s)
+        model = run.architecture.build_classifier(model_cfg, tokenizer, labels, pretrained)
+
+        def on_log(step: int, metrics: dict) -> None:
+            log_metrics({f"lr{lr:g}_seed{s}_{k}": v for k, v in metrics.items()}, step=step)
+            print(f"finetune {run.name} lr {lr:g} seed {s} step {step} "
+                  + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()), file=sys.stderr, flush=True)
+
+        result = finetune(model, tokenizer, train, val, len(labels), replace(cfg, lr=lr), s, on_log,
+                          head=run.architecture.classifier_head)
+        return model, {"lr": lr, "seed": s, **result}
 
     with track():
-        result = finetune(model, tokenizer, train, val, len(labels), cfg, seed, on_log,
-                          head=run.architecture.classifier_head)
         with atomic_dir(paths.finetuned_dir(run.name)) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        write_json_atomic(Path(paths.FINETUNE_REPORTS) / f"{run.name}.json",
-                          {"run": run.name, "architecture": run.architecture.name, "pretrained": run.pretrained,
-                           **result})
-        log_metrics({k: v for k, v in result.items() if k != "history"})
-    return result
+            grid, best = [], None
+            for lr in rates:
+                model, result = fit_one(lr, seeds[0])
+                grid.append(result)
+                if best is None or result["val_macro_f1"] > best[1]["val_macro_f1"]:  # a tie keeps the earlier lr
+                    best = (model, result)
+            best_model, chosen = best
+            per_seed = [chosen]
+            _save(best_model, tokenizer, tmp / f"seed-{seeds[0]}")
+            del best_model, best
+            for s in seeds[1:]:
+                model, result = fit_one(chosen["lr"], s)
+                per_seed.append(result)
+                _save(model, tokenizer, tmp / f"seed-{s}")
+            selection = {"run": run.name, "primary": f"seed-{seeds[0]}", "primary_seed": seeds[0], "seeds": seeds,
+                         "chosen_lr": chosen["lr"], "lr_grid": list(rates), "selected_on": "validation macro-F1",
+                         "grid": [_brief(r) for r in grid]}
+            write_json_atomic(tmp / "selection.json", selection)
+        val_scores = [r["val_macro_f1"] for r in per_seed]
+        report = {"run": run.name, "architecture": run.architecture.name, "pretrained": run.pretrained,
+                  **{k: v for k, v in selection.items() if k not in ("run", "grid")},
+                  "val_macro_f1": chosen["val_macro_f1"], "val_accuracy": chosen["val_accuracy"],
+                  "best_epoch": chosen["best_epoch"], "val_macro_f1_seed_mean": float(np.mean(val_scores)),
+                  "val_macro_f1_seed_std": float(np.std(val_scores, ddof=1)) if len(val_scores) > 1 else 0.0,
+                  "seconds": sum(r["seconds"] for r in grid + per_seed[1:]),
+                  "grid": [_brief(r) for r in grid], "per_seed": [_brief(r) for r in per_seed]}
+        write_json_atomic(Path(paths.FINETUNE_REPORTS) / f"{run.name}.json", report)
+        log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return report
+
+
+def _save(model, tokenizer, out: Path) -> None:
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _brief(result: dict) -> dict:
+    """A fit's validation results without its weights (the history stays: one row per epoch)."""
+    return {k: result[k] for k in ("lr", "seed", "val_macro_f1", "val_accuracy", "best_epoch", "epochs_run",
+                                   "seconds", "history")}

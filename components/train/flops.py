@@ -73,3 +73,14 @@ def device_peak_flops(device_name: str) -> float | None:
 
 def mfu(tokens_per_s: float, per_token: float, peak: float | None) -> float | None:
     return None if not peak else tokens_per_s * per_token / peak
+
+
+def pretraining_compute(per_position_flops: float, rows: int, block_size: int, real_fraction: float,
+                        targets: dict) -> dict:
+    """What a pretraining run consumed, for the comparison report beside each objective's verdict:
+    positions seen (`rows` x `block_size`), the real (non-pad) tokens among them, the objective's
+    supervised targets (`targets`: from its training spec's `supervised_targets`) and the
+    training FLOPs by the accounting above (per position, padding charged nothing)."""
+    positions = rows * block_size
+    return {"rows": rows, "tokens_seen": positions, "real_tokens_seen": round(positions * real_fraction),
+            **targets, "flops": per_position_flops * positions}

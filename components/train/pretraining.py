@@ -146,6 +146,10 @@ class CausalLMTraining:
         """The baselines' sums over exactly the targets `forward` scores."""
         return baseline.sums(batch["input_ids"][:, 1:])
 
+    def supervised_targets(self, rows: int, block_size: int, real_tokens: int) -> dict:
+        """What the loss was trained on: every next token of every row (the loss counts them all)."""
+        return {"supervised_targets": rows * (block_size - 1), "target_kind": "predicted tokens"}
+
     def metrics(self, sums: dict) -> dict:
         """Validation metrics from the summed `forward` (and `baseline_sums`) counts."""
         val_loss = sums["loss_sum"] / max(1, sums["count"])
@@ -233,6 +237,14 @@ class MaskedLMTraining:
             result["nsp_correct"] = (nsp_logits.argmax(-1) == batch["nsp_labels"]).sum()
             result["nsp_count"] = len(nsp_logits)
         return result
+
+    def supervised_targets(self, rows: int, block_size: int, real_tokens: int) -> dict:
+        """What the loss was trained on: the masked positions, in expectation mlm_probability of the
+        non-pad tokens (specials, never masked, included: a slight overcount), plus one NSP label per pair."""
+        out = {"supervised_targets": round(self.mlm_probability * real_tokens), "target_kind": "masked positions (expected)"}
+        if self.next_sentence:
+            out["nsp_pairs"] = rows
+        return out
 
     def baseline_sums(self, batch: dict, baseline: TokenBaseline) -> dict:
         """The baselines' sums over the positions `forward` scores: the masked ones, whose

@@ -22,7 +22,7 @@ from components.io import atomic_dir, write_json_atomic, write_text_atomic
 from components.tokens.tokenization import load_tokenizer
 from components.train.checkpoint import Checkpointer
 from components.train.distributed import is_main_process
-from components.train.flops import device_peak_flops, flops_per_token, mfu
+from components.train.flops import device_peak_flops, flops_per_token, mfu, pretraining_compute
 from components.config import ModelConfig, PretrainConfig
 from components.train.models import count_parameters
 from components.train.pretraining import PretrainData, pretrain
@@ -64,8 +64,8 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
     main_process = is_main_process()
     n_params = count_parameters(model)
     real_fraction = PretrainData(data_dir, "train").meta["splits"]["train"]["packing_efficiency"]
-    on_log = progress_log(objective.name, train_cfg.max_steps,
-                          flops_per_token(model, block_size, train_cfg.mlm_probability, real_fraction), log_metrics,
+    per_position_flops = flops_per_token(model, block_size, train_cfg.mlm_probability, real_fraction)
+    on_log = progress_log(objective.name, train_cfg.max_steps, per_position_flops, log_metrics,
                           describe=objective.summary_line)
     with track(parameters=n_params) if main_process else contextlib.nullcontext():
         resume = checkpointer.latest() if main_process else None
@@ -76,6 +76,11 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
         if not main_process:
             return None
         set_finetuning_dropout(model, objective.architecture, model_cfg, tokenizer)
+        rows = train_cfg.max_steps * train_cfg.batch_size * train_cfg.grad_accum
+        training = objective.training(tokenizer, train_cfg)
+        metrics["compute"] = pretraining_compute(per_position_flops, rows, block_size, real_fraction,
+                                                 training.supervised_targets(rows, block_size,
+                                                                             round(rows * block_size * real_fraction)))
         save_pretrained(objective.name, model, tokenizer, metrics, n_params)
         log_metrics({f"final_{k}": v for k, v in metrics.items()})
     return metrics

@@ -52,10 +52,13 @@ def test_metrics_from_before_the_baselines_still_summarise(name):
 
 def _run(name: str, architecture: str, pretrained: bool) -> dict:
     entry = {"objective": name if pretrained else "scratch", "run": name, "architecture": architecture,
-             "pretrained": pretrained, "test_accuracy": 0.5, "test_macro_f1": 0.45}
+             "pretrained": pretrained, "chosen_lr": 1e-3, "primary_seed": 7, "test_accuracy": 0.5,
+             "test_macro_f1": 0.45, "test_macro_f1_seed_mean": 0.45, "test_macro_f1_seed_std": 0.0,
+             "per_seed": [{"seed": 7, "test_accuracy": 0.5, "test_macro_f1": 0.45}]}
     if pretrained:
         entry["pretraining"], entry["pretraining_metric"] = OBJECTIVES[name].pretraining_summary(METRICS[name])
-        entry.update(delta_macro_f1_vs_scratch=0.01, delta_ci_low=-0.02, delta_ci_high=0.04, beats_scratch=True)
+        entry.update(delta_macro_f1_vs_scratch=0.01, delta_per_seed={"7": 0.01}, delta_ci_low=-0.02,
+                     delta_ci_high=0.04, delta_ci_level=0.95, delta_p_holm=0.5, verdict="cannot tell at this budget")
     return entry
 
 
@@ -67,7 +70,7 @@ def test_the_report_table_and_lmforge_summary_show_metric_and_baseline(tmp_path,
         assert f"| {LINES[name]} |" in table
     report = tmp_path / paths.COMPARISON_JSON
     report.parent.mkdir(parents=True)
-    report.write_text(json.dumps({"runs": runs}))
+    report.write_text(json.dumps({"runs": runs, "seeds": [7], "ci_method": "Two-level bootstrap, Holm."}))
     assert lmforge(["--repo", str(tmp_path), "summary"]) == 0
     shown = capsys.readouterr().out
     for name in OBJECTIVES:

@@ -32,8 +32,11 @@ def test_tokenizers_and_models_load_with_auto_classes(dvc_repo):
         assert (dvc_repo / paths.pretrained_dir(objective) / "model.safetensors").exists()
     labels = json.loads((dvc_repo / paths.DOWNSTREAM_DIR / "labels.json").read_text())["labels"]
     for run in FINETUNE_RUN_NAMES:
-        model = AutoModelForSequenceClassification.from_pretrained(str(dvc_repo / paths.finetuned_dir(run)))
-        assert model.config.num_labels == len(labels) >= 5
+        selection = json.loads((dvc_repo / paths.selection_json(run)).read_text())
+        assert len(selection["seeds"]) == 2 and selection["primary"] == f"seed-{selection['seeds'][0]}"  # tiny: 2 seeds
+        for seed in selection["seeds"]:
+            model = AutoModelForSequenceClassification.from_pretrained(str(dvc_repo / paths.seed_model_dir(run, seed)))
+            assert model.config.num_labels == len(labels) >= 5
 
 
 def test_metrics_for_every_objective_and_scratch(dvc_repo):
@@ -46,11 +49,17 @@ def test_metrics_for_every_objective_and_scratch(dvc_repo):
         assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 <= r["test_macro_f1"] <= 1.0
         assert r["pretrained"] == (not run.startswith("scratch-"))
         assert len(r["confusion_matrix"]) == len(report["labels"]) and set(r["per_class"]) == set(report["labels"])
+        assert [p["seed"] for p in r["per_seed"]] == report["seeds"] and r["primary_seed"] == report["seeds"][0]
+        assert r["test_macro_f1"] == r["per_seed"][0]["test_macro_f1"]  # the primary (registered) model's
         if r["pretrained"]:
             assert r["delta_ci_low"] <= r["delta_macro_f1_vs_scratch"] <= r["delta_ci_high"]
-            assert isinstance(r["beats_scratch"], bool)
+            assert isinstance(r["beats_scratch"], bool) and 0.95 < r["delta_ci_level"] < 1
+            assert r["verdict"] in ("pays off", "hurts", "cannot tell at this budget")
             scratch = runs[f"scratch-{r['architecture']}"]
-            assert r["delta_macro_f1_vs_scratch"] == pytest.approx(r["test_macro_f1"] - scratch["test_macro_f1"])
+            # Paired by seed over the same seeds: the mean of the differences is the difference of the means.
+            assert r["delta_macro_f1_vs_scratch"] == pytest.approx(
+                r["test_macro_f1_seed_mean"] - scratch["test_macro_f1_seed_mean"])
+            assert r["pretraining_compute"]["tokens_seen"] > 0 and r["pretraining_compute"]["flops"] > 0
     assert {r["objective"] for r in report["runs"]} == {"clm", "mlm", "mlm_nsp", "scratch"}
     assert 0.0 <= report["majority_baseline"]["test_macro_f1"] <= 1.0
     pre = {o: json.loads((dvc_repo / paths.PRETRAIN_REPORTS / o / "metrics.json").read_text()) for o in OBJECTIVE_NAMES}

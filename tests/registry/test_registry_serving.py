@@ -201,7 +201,7 @@ def test_the_served_pipeline_champion_answers_every_test_text_as_evaluate_did(dv
     longest = sorted(range(len(texts)), key=lambda i: -len(texts[i]))[:24]
     from transformers import AutoConfig, AutoTokenizer
 
-    model_dir = dvc_repo / paths.finetuned_dir("clm")
+    model_dir = dvc_repo / paths.primary_model_dir("clm", root=dvc_repo)
     tokenizer, positions = AutoTokenizer.from_pretrained(str(model_dir)), AutoConfig.from_pretrained(str(model_dir)).n_positions
     lengths = [len(tokenizer(texts[i])["input_ids"]) for i in longest]
     assert max(lengths) > positions  # past the model's positions: untruncated, this raised IndexError
