@@ -16,7 +16,7 @@ def main(argv=None) -> None:
         print(f"finetune: {run}: lr {result['chosen_lr']:g} of {result['lr_grid']} (validation macro-F1 "
               f"{result['val_macro_f1']:.4f}, seed {result['primary_seed']}); seeds {result['seeds']}: mean "
               f"{result['val_macro_f1_seed_mean']:.4f} ± {result['val_macro_f1_seed_std']:.4f} "
-              f"({result['seconds']:.0f} s, {result['dtype']}) -> {paths.finetuned_dir(run)}/seed-<s>")
+              f"({result['seconds']:.0f} s) -> {paths.finetuned_dir(run)}/seed-<s>")
 
     run_stage("finetune", body, item="run", choices=FINETUNE_RUN_NAMES, argv=argv)
 
