@@ -1,6 +1,7 @@
 """The shared training loop and the three pretraining objectives, on a 1-layer model on CPU."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 
@@ -252,14 +253,12 @@ def test_bf16_training_runs_attention_in_fp32_and_restores_sdpa(objective, token
 @pytest.mark.parametrize("architecture", ["gpt2", "bert"])
 def test_fp32_attention_keeps_the_padding_mask(architecture, gpt2_tokenizer, bert_tokenizer):
     """A fine-tuning batch is right-padded: under fit's fp32 attention (CPU bf16) a text's
-    logits must not depend on the padding beside it. transformers builds no mask for an
-    attention name without a mask function, so BERT once attended to [PAD] in bf16
-    fine-tuning only (fp32 runs plain SDPA): a worse best val macro-F1 than fp32."""
+    states and logits must not depend on the padding beside it. transformers builds no mask
+    for an attention name without a mask function, so BERT once attended to [PAD] in bf16
+    training and validation only (fp32 and the evaluate stage run plain SDPA, masked)."""
     from components.objectives import BERT, GPT2
     from components.train.finetuning import collate, encode_for_classifier
     from components.train.models import fast_cpu_attention
-
-    import copy
 
     arch, tokenizer = (BERT, bert_tokenizer) if architecture == "bert" else (GPT2, gpt2_tokenizer)
     tokenizer = arch.prepare_classifier_tokenizer(copy.deepcopy(tokenizer), TINY.max_positions)
