@@ -55,13 +55,18 @@ def fast_cpu_attention(model, device, dtype):
     configs and later loads never see this name.
     """
     import torch
-    from transformers import AttentionInterface, PreTrainedModel
+    from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
+    from transformers.masking_utils import sdpa_mask
 
     hf = [m for m in model.modules() if isinstance(m, PreTrainedModel)][:1]
     if device.type != "cpu" or dtype != torch.bfloat16 or not hf or hf[0].config._attn_implementation != "sdpa":
         yield
         return
     AttentionInterface.register(FP32_ATTENTION, _sdpa_fp32)
+    # The mask too: transformers builds no attention mask at all for an implementation name
+    # it has no mask function for, so padding was silently attended to (a padded batch's
+    # logits and gradients differed from fp32's; tests/train/test_training.py).
+    AttentionMaskInterface.register(FP32_ATTENTION, sdpa_mask)
     hf[0].set_attn_implementation(FP32_ATTENTION)
     try:
         yield

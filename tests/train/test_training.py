@@ -1,6 +1,7 @@
 """The shared training loop and the three pretraining objectives, on a 1-layer model on CPU."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 
@@ -247,6 +248,36 @@ def test_bf16_training_runs_attention_in_fp32_and_restores_sdpa(objective, token
         lambda step, micro: batch,
         lambda m, b: seen.append(m.config._attn_implementation) or objective_.forward(m, b)["loss"])
     assert seen == [FP32_ATTENTION] * 2 and model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "bert"])
+def test_fp32_attention_keeps_the_padding_mask(architecture, gpt2_tokenizer, bert_tokenizer):
+    """A fine-tuning batch is right-padded: under fit's fp32 attention (CPU bf16) a text's
+    states and logits must not depend on the padding beside it. transformers builds no mask
+    for an attention name without a mask function, so BERT once attended to [PAD] in bf16
+    training and validation only (fp32 and the evaluate stage run plain SDPA, masked)."""
+    from components.objectives import BERT, GPT2
+    from components.train.finetuning import collate, encode_for_classifier
+    from components.train.models import fast_cpu_attention
+
+    arch, tokenizer = (BERT, bert_tokenizer) if architecture == "bert" else (GPT2, gpt2_tokenizer)
+    tokenizer = arch.prepare_classifier_tokenizer(copy.deepcopy(tokenizer), TINY.max_positions)
+    torch.manual_seed(0)
+    model = arch.build_classifier(TINY, tokenizer, ["a", "b", "c"], None).eval()
+    short, long = encode_for_classifier(tokenizer, ["a short text", " ".join(["a much longer text"] * 8)],
+                                        TINY.max_positions)
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    attention = model.get_submodule({"bert": "bert.encoder.layer.0.attention.self", "gpt2": "transformer.h.0.attn"}
+                                    [architecture])
+    seen = []
+    attention.register_forward_hook(lambda module, args, out: seen.append(out[0][0, : len(short)].float()))
+    with torch.no_grad(), fast_cpu_attention(model, cpu, bf16), torch.autocast("cpu", dtype=bf16):
+        alone = model(**collate([short], tokenizer.pad_token_id, cpu)).logits[0].float()
+        padded = model(**collate([short, long], tokenizer.pad_token_id, cpu)).logits[0].float()
+    # The first attention's output at the text's tokens (padding attended to moves it by a
+    # share of the pads' values), then what the head makes of it.
+    torch.testing.assert_close(seen[1], seen[0], atol=1e-3, rtol=2e-2)
+    torch.testing.assert_close(padded, alone, atol=1e-3, rtol=2e-2)
 
 
 def test_fused_head_loss_matches_cross_entropy_and_its_gradients():
