@@ -51,8 +51,8 @@ gpu-check:
 	test -n "$$py" || { echo "error: gpu-check: no python on PATH imports torch; install torch or put its python first on PATH" >&2; exit 1; }; \
 	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" PYTHONUNBUFFERED=1 "$$py" -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
-# Everything but the end-to-end runs through DVC/Prefect (marked slow): 345 tests, 5-8 min on two
-# shared CPU cores (2m47s of CPU). `pytest tests/train` (or any folder) runs one area.
+# Everything but the end-to-end runs through DVC/Prefect (marked slow): 472 tests, 1 min 45 s on two
+# CPU cores (Intel Xeon, lightly loaded). `pytest tests/train` (or any folder) runs one area.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
