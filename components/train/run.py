@@ -71,13 +71,12 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
         resume = checkpointer.latest() if main_process else None
         if resume is not None:
             print(f"pretrain: {objective.name}: resuming from {resume}", file=sys.stderr, flush=True)
-        metrics = pretrain(objective.training(tokenizer, train_cfg), model, data_dir, train_cfg, seed,
-                           on_log=on_log, checkpointer=checkpointer)
+        training = objective.training(tokenizer, train_cfg)
+        metrics = pretrain(training, model, data_dir, train_cfg, seed, on_log=on_log, checkpointer=checkpointer)
         if not main_process:
             return None
         set_finetuning_dropout(model, objective.architecture, model_cfg, tokenizer)
         rows = train_cfg.max_steps * train_cfg.batch_size * train_cfg.grad_accum
-        training = objective.training(tokenizer, train_cfg)
         metrics["compute"] = pretraining_compute(per_position_flops, rows, block_size, real_fraction,
                                                  training.supervised_targets(rows, block_size,
                                                                              round(rows * block_size * real_fraction)))
