@@ -26,6 +26,8 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from components.io import write_json_atomic
+
 CACHE_ENV = "LMFORGE_CACHE_DIR"
 """Overrides the cache directory (tests point it at a temporary one)."""
 MIN_SPEEDUP = 1.05
@@ -163,10 +165,7 @@ def read_cache(path: Path, key: Mapping) -> dict | None:
 
 def write_cache(path: Path, record: dict) -> None:
     """Atomically (a stage running beside another may write the same key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, record)
 
 
 def choose(probe: Probe, label: str = "dtype") -> str:
