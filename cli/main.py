@@ -1,4 +1,4 @@
-"""`lmforge run | serve | summary | check-params | ...`."""
+"""`lmforge run | serve | summary | sweep | check-params | ...`."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,32 @@ def cmd_serve(args) -> int:
                   "repo_dir": str(Path(args.repo).resolve())}
     pipeline.serve(name=args.name, cron=args.cron or None, tags=["lmforge", "serve"],
                    parameters={k: v for k, v in parameters.items() if v is not None})
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    """The budget curve: one DVC experiment per `--max-steps` value (cli/sweep.py)."""
+    from cli import sweep
+
+    try:
+        budgets = sweep.parse_budgets(args.max_steps)
+        sets = sweep.parse_sets(args.set)
+    except ValueError as e:
+        print(f"error: sweep: {e}", file=sys.stderr)
+        return 2
+    for steps in budgets:  # every point's params, checked before anything is queued
+        if cmd_check_params(args, overrides={**sets, "pretrain.max_steps": steps}, quiet=True):
+            return 2
+    repo = Path(args.repo)
+    try:
+        names = sweep.run_sweep(repo, budgets, sets, args.name, args.jobs)
+        points = sweep.collect(repo, names)
+    except RuntimeError as e:
+        print(f"error: sweep: {e}", file=sys.stderr)
+        return 1
+    files = sweep.write_curve(repo, points)
+    print(sweep.table(points))
+    print(f"sweep: {', '.join(str(f.relative_to(repo)) for f in files)}; `dvc exp show` lists the experiments")
     return 0
 
 
@@ -156,6 +182,13 @@ def main(argv=None) -> int:
     run.set_defaults(func=cmd_run)
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("summary", help="print the results table").set_defaults(func=cmd_summary)
+    sweep = sub.add_parser("sweep", help="the budget curve: delta vs scratch by pretraining budget, as DVC experiments")
+    sweep.add_argument("--max-steps", required=True, help="pretrain.max_steps values, comma-separated (e.g. 150,450,1350)")
+    sweep.add_argument("-S", "--set", action="append", metavar="KEY=VALUE",
+                       help="another param for every point, as `dvc exp run -S` (repeatable)")
+    sweep.add_argument("--name", default="sweep", help="experiment name prefix (default: sweep -> sweep-steps-450)")
+    sweep.add_argument("--jobs", type=int, default=1, help="experiments run at once (default: 1)")
+    sweep.set_defaults(func=cmd_sweep)
     check = sub.add_parser("check-params", help="validate params.yaml without running anything")
     check.add_argument("--show", action="store_true",
                        help="print every resolved value and where it came from (default, profile, params.yaml)")

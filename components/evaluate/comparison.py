@@ -152,6 +152,15 @@ def predict_saved(run, model_dir: Path, test, batch_size: int, device, dtype) ->
                    head=run.architecture.classifier_head).argmax(-1)
 
 
+def _delta_metrics(run: dict) -> dict:
+    """A pretrained run's delta against scratch, its CI and its pretraining compute, flat: what
+    `dvc exp show` and `lmforge sweep` read per experiment."""
+    compute = run.get("pretraining_compute", {})
+    return {"delta_macro_f1_vs_scratch": round(run["delta_macro_f1_vs_scratch"], 6),
+            "delta_ci_low": round(run["delta_ci_low"], 6), "delta_ci_high": round(run["delta_ci_high"], 6),
+            **{k: compute[k] for k in ("tokens_seen", "supervised_targets", "flops") if k in compute}}
+
+
 def write_report(report: dict, objectives: Sequence) -> str:
     """comparison.json (with each objective's samples), metrics.json (flat, for `dvc metrics`),
     comparison.md and the two plots; returns the markdown tables."""
@@ -160,7 +169,7 @@ def write_report(report: dict, objectives: Sequence) -> str:
     write_json_atomic(paths.COMPARISON_METRICS, {
         r["run"]: {"test_accuracy": round(r["test_accuracy"], 6), "test_macro_f1": round(r["test_macro_f1"], 6),
                    "test_macro_f1_seed_mean": round(r["test_macro_f1_seed_mean"], 6),
-                   **({"delta_macro_f1_vs_scratch": round(r["delta_macro_f1_vs_scratch"], 6)} if r["pretrained"] else {})}
+                   **(_delta_metrics(r) if r["pretrained"] else {})}
         for r in runs})
     report["samples"] = {o.name: o.samples(Path(paths.pretrained_dir(o.name))) for o in objectives}
     write_json_atomic(paths.COMPARISON_JSON, report)

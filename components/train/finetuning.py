@@ -89,6 +89,21 @@ def predict(model, encoded: list[list[int]], pad_id: int, batch_size: int, devic
     return probs
 
 
+def length_grouped_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                         window_batches: int = 50) -> np.ndarray:
+    """One epoch's example order with batches of similar length: shuffled, sorted by length
+    within windows of `window_batches` batches, cut into batches that are then shuffled (a
+    short last batch stays last, so every other slice of `batch_size` is a whole batch)."""
+    perm = rng.permutation(len(lengths))
+    window = window_batches * batch_size
+    order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
+                            for chunk in np.split(perm, range(window, len(perm), window))])
+    batches = np.split(order, range(batch_size, len(order), batch_size))
+    whole = [b for b in batches if len(b) == batch_size]
+    rest = [b for b in batches if len(b) < batch_size]
+    return np.concatenate([whole[i] for i in rng.permutation(len(whole))] + rest)
+
+
 def class_weights(labels: np.ndarray, n_labels: int, device) -> torch.Tensor:
     """Inverse class frequency, so every class weighs the same in the loss (the built-in task is imbalanced)."""
     counts = np.bincount(labels, minlength=n_labels).astype(np.float64)
@@ -114,10 +129,14 @@ def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels:
     steps_per_epoch = math.ceil(len(train_x) / (cfg.batch_size * cfg.grad_accum))
     orders: dict[int, np.ndarray] = {}
 
+    lengths = np.array([len(x) for x in train_x])
+
     def next_batch(step: int, micro: int) -> dict:
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch not in orders:
-            orders[epoch] = np.random.default_rng([seed, epoch]).permutation(len(train_x))
+            rng = np.random.default_rng([seed, epoch])
+            orders[epoch] = (length_grouped_order(lengths, cfg.batch_size, rng) if cfg.group_by_length
+                             else rng.permutation(len(train_x)))
         start = (pos * cfg.grad_accum + micro) * cfg.batch_size
         idx = orders[epoch][start : start + cfg.batch_size]
         if len(idx) == 0:  # last step of an epoch with grad_accum: reuse the epoch's head

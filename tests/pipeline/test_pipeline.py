@@ -96,15 +96,36 @@ def test_registry_has_a_champion_per_objective_loadable_in_a_fresh_process(dvc_r
     assert set(printed) == set(names) and all(label in labels for label in printed.values())
 
 
-def test_second_repro_is_up_to_date_and_a_pretrain_param_reruns_only_downstream(dvc_repo):
+def test_second_repro_is_up_to_date_and_the_sweep_reruns_only_what_a_budget_changes(dvc_repo):
+    """`lmforge sweep` on the tiny profile: one point at the workspace's own budget (8 steps,
+    restored from DVC's run cache: nothing runs) and one at 6 (only pretraining and what
+    follows it runs, up to evaluate). The workspace is left as it was."""
     again = dvc(dvc_repo, "repro")
     assert "Running stage" not in again.stdout
     assert "up to date" in again.stdout.lower()
-    exp = dvc(dvc_repo, "exp", "run", "-S", "pretrain.max_steps=6")
-    ran = {line.split("'")[1] for line in exp.stdout.splitlines() if line.startswith("Running stage")}
-    expected = {f"pretrain@{o}" for o in OBJECTIVE_NAMES} | {f"finetune@{o}" for o in OBJECTIVE_NAMES} \
-        | {"evaluate", "register"}
-    assert ran == expected, exp.stdout[-3000:]
+    before = {rel: (dvc_repo / rel).read_text() for rel in ("params.yaml", paths.COMPARISON_METRICS)}
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "--repo", str(dvc_repo), "sweep", "--max-steps", "8,6"],
+                          cwd=dvc_repo, env=env_for(dvc_repo), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {rel: (dvc_repo / rel).read_text() for rel in before} == before
+    logs = {steps: dvc(dvc_repo, "queue", "logs", f"sweep-steps-{steps}").stdout for steps in (6, 8)}
+    ran = {steps: {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+           for steps, log in logs.items()}
+    assert ran[8] == set(), logs[8][-3000:]
+    assert ran[6] == {f"pretrain@{o}" for o in OBJECTIVE_NAMES} | {f"finetune@{o}" for o in OBJECTIVE_NAMES} \
+        | {"evaluate"}, logs[6][-3000:]
+    points = json.loads((dvc_repo / "reports/sweep/budget_curve.json").read_text())["points"]
+    by = {(p["objective"], p["max_steps"]): p for p in points}
+    assert set(by) == {(o, s) for o in OBJECTIVE_NAMES for s in (6, 8)}
+    workspace = json.loads(before[paths.COMPARISON_METRICS])
+    for o in OBJECTIVE_NAMES:
+        assert by[(o, 6)]["tokens_seen"] * 8 == by[(o, 8)]["tokens_seen"] * 6
+        assert by[(o, 8)]["delta"] == workspace[o]["delta_macro_f1_vs_scratch"]  # the same run, restored
+        for p in (by[(o, 6)], by[(o, 8)]):
+            assert p["ci_low"] <= p["delta"] <= p["ci_high"]
+            assert p["verdict"] in ("pays off", "hurts", "cannot tell")
+    assert (dvc_repo / "reports/sweep/budget_curve.png").stat().st_size > 1000
+    assert len((dvc_repo / "reports/sweep/budget_curve.csv").read_text().splitlines()) == 1 + len(points)
 
 
 def test_every_downstream_mlflow_run_records_the_corpus_hash_from_dvc_lock(dvc_run):
