@@ -52,15 +52,19 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
 def run_sweep(repo: Path, budgets: list[int], sets: dict[str, str], prefix: str, jobs: int) -> list[str]:
     """Queue one experiment per budget (replacing an earlier one of the same name) and run the
     queue; returns the experiment names. Raises RuntimeError naming the failed step."""
-    names = []
-    for steps in budgets:
-        name = experiment_name(prefix, steps)
+    names = [experiment_name(prefix, steps) for steps in budgets]
+    listed = _dvc(repo, "exp", "list", "--name-only")
+    earlier = [n for n in names if n in listed.stdout.split()]
+    if earlier:  # not `exp run -f`: that would also rerun every stage, run cache or not
+        proc = _dvc(repo, "exp", "remove", *earlier)
+        if proc.returncode != 0:
+            raise RuntimeError(f"dvc exp remove {' '.join(earlier)} failed: {_last_line(proc)}")
+    for steps, name in zip(budgets, names):
         overrides = [a for k, v in {**sets, "pretrain.max_steps": str(steps)}.items() for a in ("-S", f"{k}={v}")]
-        proc = _dvc(repo, "exp", "run", "--queue", "-f", "-n", name, *overrides, "evaluate")
+        proc = _dvc(repo, "exp", "run", "--queue", "-n", name, *overrides, "evaluate")
         if proc.returncode != 0:
             raise RuntimeError(f"dvc exp run --queue -n {name} failed: {_last_line(proc)}")
         print(f"sweep: queued {name} (pretrain.max_steps={steps})", flush=True)
-        names.append(name)
     print(f"sweep: running {len(names)} experiment(s), {jobs} at a time (dvc exp run --run-all)", flush=True)
     proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "--run-all", "-j", str(jobs)], cwd=repo)
     if proc.returncode != 0:
