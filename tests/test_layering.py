@@ -134,3 +134,29 @@ def test_importing_components_changes_nothing_in_the_environment():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.splitlines()[-1]) == [], "changed at import"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(root: Path = ROOT) -> list[str]:
+    """Functions in components/ and pipelines/ longer than MAX_FUNCTION_LINES (def to last line)."""
+    import ast
+
+    found = []
+    for folder in ("components", "pipelines"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > MAX_FUNCTION_LINES:
+                        found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_in_components_or_pipelines_is_over_60_lines(tmp_path):
+    assert long_functions() == []
+    (tmp_path / "components").mkdir()
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "components" / "big.py").write_text("def big():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    assert long_functions(tmp_path) == ["components/big.py:1 big (61 lines)"]

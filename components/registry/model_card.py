@@ -84,7 +84,11 @@ A `{task}` model{size} trained by lmforge. Pretraining objective: {objective}.
 To restore the data: `git checkout {lineage.get('git_commit', '<commit>')} && dvc checkout`
 (when `dvc_lock_committed` is false, put this model's `dvc.lock` in place before `dvc checkout`).
 
-## How to use
+{_use_and_limits(name, task)}"""
+
+
+def _use_and_limits(name: str, task: str) -> str:
+    return f"""## How to use
 
 ```bash
 lmforge predict {name}@champion "some text"

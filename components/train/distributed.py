@@ -81,9 +81,17 @@ def barrier() -> None:
 
 
 def teardown() -> None:
+    """Leave the process group. Drop every DDP wrapper before calling it: DDP holds the group,
+    and the group's last reference must go here, in destroy_process_group, not in DDP's
+    destructor later. That destructor joins gloo's worker threads holding the GIL, and a
+    worker freeing a Python-owned tensor waits for the GIL: a rare hang at the end of a
+    torchrun run (pytorch/pytorch#56297). Garbage in a reference cycle is collected first."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -110,6 +110,32 @@ def class_weights(labels: np.ndarray, n_labels: int, device) -> torch.Tensor:
     return torch.tensor(counts.sum() / (n_labels * np.maximum(counts, 1.0)), dtype=torch.float32, device=device)
 
 
+def _batches(train_x: list[list[int]], train_y: torch.Tensor, cfg: FinetuneConfig, seed: int, pad_id: int,
+             device) -> tuple[Callable[[int, int], dict], int]:
+    """The loop's `next_batch(step, micro)` over the training examples, a fresh order each
+    epoch (seeded by `seed` and the epoch; by length when `group_by_length`), and the steps
+    per epoch."""
+    steps_per_epoch = math.ceil(len(train_x) / (cfg.batch_size * cfg.grad_accum))
+    lengths = np.array([len(x) for x in train_x])
+    orders: dict[int, np.ndarray] = {}
+
+    def next_batch(step: int, micro: int) -> dict:
+        epoch, pos = divmod(step, steps_per_epoch)
+        if epoch not in orders:
+            rng = np.random.default_rng([seed, epoch])
+            orders[epoch] = (length_grouped_order(lengths, cfg.batch_size, rng) if cfg.group_by_length
+                             else rng.permutation(len(train_x)))
+        start = (pos * cfg.grad_accum + micro) * cfg.batch_size
+        idx = orders[epoch][start : start + cfg.batch_size]
+        if len(idx) == 0:  # last step of an epoch with grad_accum: reuse the epoch's head
+            idx = orders[epoch][: cfg.batch_size]
+        batch = collate([train_x[i] for i in idx], pad_id, device)
+        batch["labels"] = train_y[idx].to(device)
+        return batch
+
+    return next_batch, steps_per_epoch
+
+
 def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels: int,
              cfg: FinetuneConfig, seed: int, on_log=None, head: Sequence[str] = ()) -> dict:
     """Fine-tune with early stopping on validation macro-F1; the best epoch's weights are kept.
@@ -126,24 +152,7 @@ def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels:
     val_y = val["label"].to_numpy()
     weights = class_weights(train_y.numpy(), n_labels, device) if cfg.class_weighting else None
 
-    steps_per_epoch = math.ceil(len(train_x) / (cfg.batch_size * cfg.grad_accum))
-    orders: dict[int, np.ndarray] = {}
-
-    lengths = np.array([len(x) for x in train_x])
-
-    def next_batch(step: int, micro: int) -> dict:
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch not in orders:
-            rng = np.random.default_rng([seed, epoch])
-            orders[epoch] = (length_grouped_order(lengths, cfg.batch_size, rng) if cfg.group_by_length
-                             else rng.permutation(len(train_x)))
-        start = (pos * cfg.grad_accum + micro) * cfg.batch_size
-        idx = orders[epoch][start : start + cfg.batch_size]
-        if len(idx) == 0:  # last step of an epoch with grad_accum: reuse the epoch's head
-            idx = orders[epoch][: cfg.batch_size]
-        batch = collate([train_x[i] for i in idx], pad_id, device)
-        batch["labels"] = train_y[idx].to(device)
-        return batch
+    next_batch, steps_per_epoch = _batches(train_x, train_y, cfg, seed, pad_id, device)
 
     def loss_fn(m, batch):
         logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -194,6 +203,22 @@ def finetune_seeds(seed: int, cfg: FinetuneConfig) -> list[int]:
     return [seed + i for i in range(cfg.seeds)]
 
 
+def _run_inputs(run, model_cfg, cfg: FinetuneConfig):
+    """(pretrained dir or None, classifier tokenizer, labels, train, validation), checked."""
+    pretrained = run.pretrained_dir()
+    if pretrained is not None and not (pretrained / "config.json").exists():
+        raise FileNotFoundError(f"{pretrained}: no pretrained model; run the pretrain stage first")
+    tokenizer = run.architecture.prepare_classifier_tokenizer(load_tokenizer(run.tokenizer_dir()), cfg.max_length)
+    downstream = Path(paths.DOWNSTREAM_DIR)
+    labels = read_json(downstream / "labels.json")["labels"]
+    train = read_labelled(downstream / "train.parquet", labels)
+    val = read_labelled(downstream / "validation.parquet", labels)
+    if cfg.max_length > model_cfg.max_positions:
+        raise ValueError(f"finetune.max_length ({cfg.max_length}) exceeds model.max_positions "
+                         f"({model_cfg.max_positions})")
+    return pretrained, tokenizer, labels, train, val
+
+
 def finetune_run(run, model_cfg, cfg: FinetuneConfig, seed: int, track: Callable[[], ContextManager],
                  log_metrics: Callable[..., None]) -> dict:
     """The finetune stage: `run` (a FinetuneRun spec from components.objectives: a pretrained
@@ -210,17 +235,7 @@ def finetune_run(run, model_cfg, cfg: FinetuneConfig, seed: int, track: Callable
     The inputs are checked before `track()` opens the run that `log_metrics(metrics, step=None)`
     reports to (the stage's MLflow run).
     """
-    pretrained = run.pretrained_dir()
-    if pretrained is not None and not (pretrained / "config.json").exists():
-        raise FileNotFoundError(f"{pretrained}: no pretrained model; run the pretrain stage first")
-    tokenizer = run.architecture.prepare_classifier_tokenizer(load_tokenizer(run.tokenizer_dir()), cfg.max_length)
-    downstream = Path(paths.DOWNSTREAM_DIR)
-    labels = read_json(downstream / "labels.json")["labels"]
-    train = read_labelled(downstream / "train.parquet", labels)
-    val = read_labelled(downstream / "validation.parquet", labels)
-    if cfg.max_length > model_cfg.max_positions:
-        raise ValueError(f"finetune.max_length ({cfg.max_length}) exceeds model.max_positions "
-                         f"({model_cfg.max_positions})")
+    pretrained, tokenizer, labels, train, val = _run_inputs(run, model_cfg, cfg)
     seeds, rates = finetune_seeds(seed, cfg), cfg.learning_rates
 
     def fit_one(lr: float, s: int):
@@ -256,17 +271,22 @@ def finetune_run(run, model_cfg, cfg: FinetuneConfig, seed: int, track: Callable
                          "chosen_lr": chosen["lr"], "lr_grid": list(rates), "selected_on": "validation macro-F1",
                          "grid": [_brief(r) for r in grid]}
             write_json_atomic(tmp / "selection.json", selection)
-        val_scores = [r["val_macro_f1"] for r in per_seed]
-        report = {"run": run.name, "architecture": run.architecture.name, "pretrained": run.pretrained,
-                  **{k: v for k, v in selection.items() if k not in ("run", "grid")},
-                  "val_macro_f1": chosen["val_macro_f1"], "val_accuracy": chosen["val_accuracy"],
-                  "best_epoch": chosen["best_epoch"], "val_macro_f1_seed_mean": float(np.mean(val_scores)),
-                  "val_macro_f1_seed_std": float(np.std(val_scores, ddof=1)) if len(val_scores) > 1 else 0.0,
-                  "seconds": sum(r["seconds"] for r in grid + per_seed[1:]),
-                  "grid": [_brief(r) for r in grid], "per_seed": [_brief(r) for r in per_seed]}
+        report = _run_report(run, selection, grid, per_seed)
         write_json_atomic(Path(paths.FINETUNE_REPORTS) / f"{run.name}.json", report)
         log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return report
+
+
+def _run_report(run, selection: dict, grid: list[dict], per_seed: list[dict]) -> dict:
+    """reports/finetune/<run>.json: the grid, every seed, and the chosen lr's first-seed scores."""
+    chosen, val_scores = per_seed[0], [r["val_macro_f1"] for r in per_seed]
+    return {"run": run.name, "architecture": run.architecture.name, "pretrained": run.pretrained,
+            **{k: v for k, v in selection.items() if k not in ("run", "grid")},
+            "val_macro_f1": chosen["val_macro_f1"], "val_accuracy": chosen["val_accuracy"],
+            "best_epoch": chosen["best_epoch"], "val_macro_f1_seed_mean": float(np.mean(val_scores)),
+            "val_macro_f1_seed_std": float(np.std(val_scores, ddof=1)) if len(val_scores) > 1 else 0.0,
+            "seconds": sum(r["seconds"] for r in grid + per_seed[1:]),
+            "grid": [_brief(r) for r in grid], "per_seed": [_brief(r) for r in per_seed]}
 
 
 def _save(model, tokenizer, out: Path) -> None:

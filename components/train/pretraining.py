@@ -4,7 +4,6 @@ components.objectives), and `pretrain`, which drives the shared loop (components
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import math
 from pathlib import Path
@@ -416,14 +415,7 @@ def pretrain(training, model, data_dir: Path, cfg: PretrainConfig, seed: int,
                      checkpointer=checkpointer, state=state)
         distributed.barrier()
     finally:
-        # DDP holds the process group: let it go first, so that the group's last reference
-        # goes in destroy_process_group and not in DDP's destructor on the way out of this
-        # function. That destructor joins gloo's worker threads holding the GIL, and a
-        # worker freeing a Python-owned tensor waits for the GIL: a rare hang at the end
-        # of a torchrun run (pytorch/pytorch#56297).
-        del trainable
-        if world_size > 1:
-            gc.collect()
+        del trainable  # DDP first, then the process group: distributed.teardown says why
         distributed.teardown()
     final = state["history"][-1] if state["history"] else {}
     return {**{k: v for k, v in final.items() if k != "step"}, **timing,
