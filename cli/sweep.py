@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from components.evaluate.metrics import verdict
+
 SWEEP_DIR = "reports/sweep"
 
 
@@ -103,10 +105,10 @@ def collect(repo: Path, names: list[str]) -> list[dict]:
             if "delta_macro_f1_vs_scratch" not in m:
                 continue  # a scratch twin
             points.append({"experiment": name, "objective": run, "max_steps": steps,
-                           "tokens_seen": m.get("tokens_seen"), "flops": m.get("flops"),
+                           "tokens_seen": m["tokens_seen"], "flops": m["flops"],
                            "test_macro_f1_seed_mean": m["test_macro_f1_seed_mean"],
-                           "delta": m["delta_macro_f1_vs_scratch"], "ci_low": m.get("delta_ci_low"),
-                           "ci_high": m.get("delta_ci_high")})
+                           "delta": m["delta_macro_f1_vs_scratch"], "ci_low": m["delta_ci_low"],
+                           "ci_high": m["delta_ci_high"], "verdict": verdict(m["delta_ci_low"], m["delta_ci_high"])})
     return sorted(points, key=lambda p: (p["objective"], p["max_steps"]))
 
 
@@ -116,58 +118,26 @@ def _get(tree: dict, dotted: str):
     return tree
 
 
-def verdict(point: dict) -> str:
-    if point["ci_low"] is not None and point["ci_low"] > 0:
-        return "pays off"
-    if point["ci_high"] is not None and point["ci_high"] < 0:
-        return "hurts"
-    return "cannot tell"
-
-
 def write_curve(repo: Path, points: list[dict]) -> list[Path]:
-    """reports/sweep/budget_curve.{json,csv,png}: the points, and delta (with CI bars) against
-    pretraining tokens, one line per objective."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """reports/sweep/budget_curve.{json,csv,png}: the points with their verdicts, and the plot
+    (components/evaluate/report.py)."""
+    from components.evaluate.report import plot_budget_curve
     from components.io import write_json_atomic, write_text_atomic
 
     out = repo / SWEEP_DIR
-    rows = [{**p, "verdict": verdict(p)} for p in points]
-    write_json_atomic(out / "budget_curve.json", {"points": rows})
+    write_json_atomic(out / "budget_curve.json", {"points": points})
     cols = ["objective", "max_steps", "tokens_seen", "flops", "test_macro_f1_seed_mean", "delta", "ci_low",
             "ci_high", "verdict", "experiment"]
     write_text_atomic(out / "budget_curve.csv",
-                      ",".join(cols) + "\n" + "".join(",".join(str(r[c]) for c in cols) + "\n" for r in rows))
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for objective in sorted({p["objective"] for p in points}):
-        mine = [p for p in points if p["objective"] == objective]
-        x = [p["tokens_seen"] or p["max_steps"] for p in mine]
-        y = [p["delta"] for p in mine]
-        err = [[p["delta"] - (p["ci_low"] if p["ci_low"] is not None else p["delta"]) for p in mine],
-               [(p["ci_high"] if p["ci_high"] is not None else p["delta"]) - p["delta"] for p in mine]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=objective)
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("pretraining tokens seen")
-    ax.set_ylabel("delta test macro-F1 vs scratch (corrected CI)")
-    ax.set_title("What pretraining buys, by budget")
-    ax.legend()
-    fig.tight_layout()
-    png = out / "budget_curve.png"
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
-    return [out / "budget_curve.json", out / "budget_curve.csv", png]
+                      ",".join(cols) + "\n" + "".join(",".join(str(p[c]) for c in cols) + "\n" for p in points))
+    plot_budget_curve(points, out / "budget_curve.png")
+    return [out / "budget_curve.json", out / "budget_curve.csv", out / "budget_curve.png"]
 
 
 def table(points: list[dict]) -> str:
     lines = [f"{'objective':<9} {'max_steps':>9} {'tokens':>10} {'delta (CI)':>26}  verdict"]
     for p in points:
-        ci = (f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]" if p["ci_low"] is not None else "")
-        lines.append(f"{p['objective']:<9} {p['max_steps']:>9} {p['tokens_seen'] or 0:>10,} "
-                     f"{p['delta']:+.3f} {ci:>19}  {verdict(p)}")
+        ci = f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
+        lines.append(f"{p['objective']:<9} {p['max_steps']:>9} {p['tokens_seen']:>10,} "
+                     f"{p['delta']:+.3f} {ci:>19}  {p['verdict']}")
     return "\n".join(lines)

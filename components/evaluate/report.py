@@ -30,6 +30,29 @@ def _save(fig, out: Path) -> None:
     plt.close(fig)
 
 
+def plot_budget_curve(points: list[dict], out: Path) -> None:
+    """`lmforge sweep`'s picture: delta macro-F1 against scratch (bars: its corrected CI)
+    against the pretraining tokens seen, one line per objective."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for objective in sorted({p["objective"] for p in points}):
+        mine = [p for p in points if p["objective"] == objective]
+        ax.errorbar([p["tokens_seen"] for p in mine], [p["delta"] for p in mine], marker="o", capsize=3,
+                    yerr=[[p["delta"] - p["ci_low"] for p in mine], [p["ci_high"] - p["delta"] for p in mine]],
+                    label=objective)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("pretraining tokens seen")
+    ax.set_ylabel("delta test macro-F1 vs scratch (corrected CI)")
+    ax.set_title("What pretraining buys, by budget")
+    ax.legend()
+    _save(fig, out)
+
+
 def plot_macro_f1(runs: list[dict], out: Path) -> None:
     """Test macro-F1 per run, the mean over fine-tuning seeds (dots: each seed); pretrained bars
     carry the corrected bootstrap CI of their gain over scratch."""
