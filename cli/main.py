@@ -47,8 +47,11 @@ def cmd_sweep(args) -> int:
     except ValueError as e:
         print(f"error: sweep: {e}", file=sys.stderr)
         return 2
+    import yaml
+
+    typed = {k: yaml.safe_load(v) for k, v in sets.items()}  # as `dvc exp run -S` reads a value
     for steps in budgets:  # every point's params, checked before anything is queued
-        if cmd_check_params(args, overrides={**sets, "pretrain.max_steps": steps}, quiet=True):
+        if cmd_check_params(args, overrides={**typed, "pretrain.max_steps": steps}, quiet=True):
             return 2
     repo = Path(args.repo)
     try:

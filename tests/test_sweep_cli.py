@@ -1,0 +1,30 @@
+"""`lmforge sweep`'s input checks: bad budgets and params stop it before anything is queued
+(the sweep itself runs on the tiny pipeline in tests/pipeline/test_pipeline.py)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli.main", "--repo", str(ROOT), "sweep", *args],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-steps", "150,x"], "--max-steps: '150,x' is not a comma-separated list"),
+    (["--max-steps", "0"], "--max-steps: give at least one step count >= 1"),
+    (["--max-steps", "10", "-S", "nokey"], "-S 'nokey': write a dotted param and a value"),
+    # -S values are read as YAML, as `dvc exp run -S` reads them: a typed value is checked as one
+    (["--max-steps", "10", "-S", "finetune.seeds=5", "-S", "pretrain.lr=-1"], "pretrain.lr must be > 0, got -1.0"),
+])
+def test_bad_sweep_input_is_one_line_exit_2_before_anything_is_queued(args, message):
+    proc = sweep(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert "queued" not in proc.stdout
