@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast deps pipeline summary clean audit gpu-check
+.PHONY: install demo test test-fast deps pipeline summary clean audit gpu-check mlflow-server image
 
 install: $(STAMP)
 
@@ -66,5 +66,21 @@ audit: install
 	$(BIN)/pip install -q pip-audit
 	$(BIN)/pip-audit --skip-editable
 
+# One MLflow for every worker of `lmforge run --pools`: a database backend and an artifact store,
+# served on 127.0.0.1 (put it behind your own proxy or VPN for other machines). Workers set
+# MLFLOW_TRACKING_URI=http://<host>:$(MLFLOW_PORT). For a team: a PostgreSQL URI and s3:// artifacts.
+MLFLOW_PORT ?= 5000
+MLFLOW_BACKEND ?= sqlite:///$(abspath mlflow-server)/mlflow.db
+MLFLOW_ARTIFACTS ?= $(abspath mlflow-server)/artifacts
+mlflow-server: install
+	mkdir -p mlflow-server
+	$(BIN)/mlflow server --backend-store-uri "$(MLFLOW_BACKEND)" --artifacts-destination "$(MLFLOW_ARTIFACTS)" \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# The worker image (Dockerfile): CUDA torch and this repository at /opt/lmforge.
+IMAGE ?= lmforge:cuda
+image:
+	docker build -t $(IMAGE) .
+
 clean:
-	rm -rf data models reports mlflow.db mlartifacts
+	rm -rf data models reports mlflow.db mlartifacts checkpoints

@@ -19,10 +19,29 @@ def cmd_run(args) -> int:
     from flows.pipeline import pipeline
 
     results = pipeline(profile=args.profile, objectives=args.objective, data_source=args.data_source,
-                       repo_dir=args.repo)
+                       repo_dir=args.repo, pools=args.pools, repo_url=args.repo_url, dvc_remote_url=args.dvc_remote)
     ran = sum(r == "ran" for r in results.values())
     print(f"lmforge run: {ran} stage(s) ran, {len(results) - ran} up to date")
+    if "evaluate" not in results:  # a subset of objectives whose comparison could not run yet
+        print("lmforge run: evaluate left out (the other objectives are not up to date): no comparison yet")
+        return 0
     return cmd_summary(args)
+
+
+def cmd_workers(args) -> int:
+    """Set up the work pools, stage deployments and zombie automation, or start a worker."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from cli import workers
+
+    if args.action == "setup":
+        for line in workers.setup(Path(args.repo).resolve(), args.pool_type, args.grace):
+            print(f"lmforge workers setup: {line}")
+        return 0
+    if not args.pool or not args.dir:
+        print("error: lmforge workers start: --pool (cpu or gpu) and --dir (this worker's clone directory) "
+              "are required", file=sys.stderr)
+        return 2
+    return workers.start_worker(args.pool, Path(args.dir), args.name, args.limit)
 
 
 def cmd_serve(args) -> int:
@@ -174,6 +193,11 @@ def main(argv=None) -> int:
     run = sub.add_parser("run", help="run the pipeline as a Prefect flow (stages through DVC)")
     run.add_argument("--profile", choices=["tiny", "demo", "gpu-small"], help="set `profile` in params.yaml")
     run.add_argument("--data-source", help="set `data.source` in params.yaml")
+    run.add_argument("--pools", action="store_true",
+                     help="run each stage on a worker of its work pool (dvc.yaml meta pool: cpu or gpu), "
+                          "independent objectives at once; needs `lmforge workers setup` on the Prefect server")
+    run.add_argument("--repo-url", help="--pools: the git URL workers fetch this commit from (default: this checkout)")
+    run.add_argument("--dvc-remote", help="--pools: the DVC remote URL workers share (default: the default remote)")
     serve = sub.add_parser("serve", help="serve the flow as a scheduled deployment from this process (no work pool)")
     serve.add_argument("--name", default="lmforge-serve", help="deployment name (default: lmforge-serve)")
     serve.add_argument("--cron", default="0 3 * * *", help="schedule, UTC (default: nightly at 03:00; '' for none)")
@@ -183,6 +207,16 @@ def main(argv=None) -> int:
     serve.add_argument("--profile", choices=["tiny", "demo", "gpu-small"], help="set `profile` in params.yaml")
     serve.add_argument("--data-source", help="set `data.source` in params.yaml")
     run.set_defaults(func=cmd_run)
+    wk = sub.add_parser("workers", help="work pools for `run --pools`: `setup` once per Prefect server, `start` a worker")
+    wk.add_argument("action", choices=["setup", "start"])
+    wk.add_argument("--pool-type", default="process", help="setup: the pools' worker type (default: process)")
+    wk.add_argument("--grace", type=int, default=90,
+                    help="setup: seconds without a heartbeat before a flow run is marked Crashed (default: 90)")
+    wk.add_argument("--pool", choices=["cpu", "gpu"], help="start: the pool to serve")
+    wk.add_argument("--dir", help="start: this worker's own clone directory (created if missing)")
+    wk.add_argument("--name", help="start: the worker's name")
+    wk.add_argument("--limit", type=int, help="start: flow runs at once (default: 1; its stages share one clone directory)")
+    wk.set_defaults(func=cmd_workers)
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("summary", help="print the results table").set_defaults(func=cmd_summary)
     sweep = sub.add_parser("sweep", help="the budget curve: delta vs scratch by pretraining budget, as DVC experiments")

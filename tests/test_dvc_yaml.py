@@ -49,10 +49,8 @@ def test_outs_use_the_paths_module(repo_root):
     assert outs(stages["validate"]) == [paths.VALIDATION_DIR]
     assert outs(stages["train_tokenizer"]) == [paths.tokenizer_dir("${item}")]
     assert outs(stages["tokenize"]) == [paths.tokenized_dir("${key}")]
-    assert outs(stages["pretrain"]) == [paths.pretrained_dir("${key}"), paths.checkpoint_dir("${key}"),
-                                        f"{paths.PRETRAIN_REPORTS}/${{key}}/validation.json"]
-    checkpoints = stages["pretrain"]["do"]["outs"][1][paths.checkpoint_dir("${key}")]
-    assert checkpoints["persist"] is True
+    # Checkpoints are no out: DVC would delete them before a rerun (unless persist) and hash them.
+    assert outs(stages["pretrain"]) == [paths.pretrained_dir("${key}"), f"{paths.PRETRAIN_REPORTS}/${{key}}/validation.json"]
     assert outs(stages["finetune"])[0] == paths.finetuned_dir("${key}")
     assert outs(stages["evaluate"]) == [paths.COMPARISON_JSON, paths.COMPARISON_MD]
     assert outs(stages["register"]) == [paths.REGISTRY_JSON]

@@ -3,6 +3,11 @@
 A checkpoint is a directory `step-XXXXXXXX` that appears in one rename, so a kill -9 at any
 moment leaves either the previous checkpoint or the new one, never half of one. Resuming is
 O(1): batches are a pure function of the step (components.train.loop), so nothing is replayed.
+
+With a `store` (shared storage every worker mounts: NFS, EFS, a ReadWriteMany volume; set by
+LMFORGE_CHECKPOINT_STORE), each checkpoint is also copied there, under the run's fingerprint,
+and resuming takes the newest of the local and the stored ones: a stage that a crashed
+worker left half done resumes on another worker.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import torch
 from components.io import disk_full_error, is_disk_full, remove_stale_temporaries
 
 PREFIX = "step-"
+CHECKPOINT_STORE_ENV = "LMFORGE_CHECKPOINT_STORE"  # shared storage for checkpoints (machine config, not a param)
 
 
 class Checkpointer:
@@ -28,23 +34,44 @@ class Checkpointer:
     another fingerprint is never resumed, so changing a param restarts training cleanly.
     """
 
-    def __init__(self, directory: str | os.PathLike, every: int, keep: int, fingerprint: str):
+    def __init__(self, directory: str | os.PathLike, every: int, keep: int, fingerprint: str,
+                 store: str | os.PathLike | None = None):
         self.directory = Path(directory)
         self.every = every
         self.keep = keep
         self.fingerprint = fingerprint
+        # <store>/<objective>-<fingerprint>: runs with other params never meet
+        self.stored = Path(store) / f"{self.directory.name}-{fingerprint[:16]}" if store else None
 
-    def _existing(self) -> list[Path]:
-        if not self.directory.exists():
+    def _existing(self, directory: Path | None = None) -> list[Path]:
+        directory = directory or self.directory
+        if not directory.exists():
             return []
-        return sorted(p for p in self.directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+        return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+    def _mine(self, path: Path) -> bool:
+        meta = path / "state.json"
+        return meta.exists() and json.loads(meta.read_text()).get("fingerprint") == self.fingerprint
+
+    def _matching(self, directory: Path) -> Path | None:
+        return next((path for path in reversed(self._existing(directory)) if self._mine(path)), None)
+
+    def _prune(self, directory: Path) -> None:
+        """Keep this run's newest `keep`; drop other runs' checkpoints, which it never resumes
+        (by step alone, an older run's higher steps would push out this run's newest)."""
+        existing = self._existing(directory)
+        mine = [p for p in existing if self._mine(p)]
+        for old in [p for p in existing if p not in mine] + mine[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def latest(self) -> Path | None:
-        for path in reversed(self._existing()):
-            meta = path / "state.json"
-            if meta.exists() and json.loads(meta.read_text()).get("fingerprint") == self.fingerprint:
-                return path
-        return None
+        """The newest checkpoint of this run; one in the store that is newer than every local
+        one is copied here first."""
+        local = self._matching(self.directory)
+        stored = self._matching(self.stored) if self.stored else None
+        if stored is not None and (local is None or stored.name > local.name):
+            local = _copy_atomic(stored, self.directory)
+        return local
 
     def due(self, step: int, total_steps: int) -> bool:
         return self.every > 0 and (step % self.every == 0 or step == total_steps)
@@ -77,8 +104,10 @@ class Checkpointer:
                         if previous is not None else "no earlier checkpoint exists")
                 raise disk_full_error(final, kept) from e
             raise
-        for old in self._existing()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        self._prune(self.directory)
+        if self.stored is not None:
+            _copy_atomic(final, self.stored)
+            self._prune(self.stored)
         return final
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:
@@ -94,6 +123,23 @@ class Checkpointer:
         set_rng_states(_this_rank(trainer))
         state = json.loads((path / "state.json").read_text())
         return int(state.pop("step")), {k: v for k, v in state.items() if k != "fingerprint"}
+
+
+def _copy_atomic(checkpoint: Path, directory: Path) -> Path:
+    """`checkpoint` copied into `directory` under its own name, appearing in one rename."""
+    directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory, ".tmp-")
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=directory))
+    try:
+        shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
+        final = directory / checkpoint.name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
 
 
 def rng_states() -> dict[str, Any]:

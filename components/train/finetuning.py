@@ -269,7 +269,8 @@ def finetune_run(run, model_cfg, cfg: FinetuneConfig, seed: int, track: Callable
                 _save(model, tokenizer, tmp / f"seed-{s}")
             selection = {"run": run.name, "primary": f"seed-{seeds[0]}", "primary_seed": seeds[0], "seeds": seeds,
                          "chosen_lr": chosen["lr"], "lr_grid": list(rates), "selected_on": "validation macro-F1",
-                         "grid": [_brief(r) for r in grid]}
+                         # no wall times: the directory is a DVC out, equal for equal inputs
+                         "grid": [{k: v for k, v in _brief(r).items() if k != "seconds"} for r in grid]}
             write_json_atomic(tmp / "selection.json", selection)
         report = _run_report(run, selection, grid, per_seed)
         write_json_atomic(Path(paths.FINETUNE_REPORTS) / f"{run.name}.json", report)

@@ -1,14 +1,16 @@
 """The pretrain stage's work: one objective's model trained on its tokenized data and saved,
 with its tokenizer and reports, where dvc.yaml expects them.
 
-Checkpoints go to checkpoints/pretrain/<objective> (a `persist: true` DVC out), so rerunning
-after a crash resumes from the newest one whose fingerprint matches.
+Checkpoints go to checkpoints/pretrain/<objective> (outside DVC's outs, so `dvc repro` leaves
+them alone), so rerunning after a crash resumes from the newest one whose fingerprint matches;
+with LMFORGE_CHECKPOINT_STORE (shared storage), a rerun on another worker does too.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -20,7 +22,7 @@ import torch
 from components import paths
 from components.io import atomic_dir, write_json_atomic, write_text_atomic
 from components.tokens.tokenization import load_tokenizer
-from components.train.checkpoint import Checkpointer
+from components.train.checkpoint import CHECKPOINT_STORE_ENV, Checkpointer
 from components.train.distributed import is_main_process
 from components.train.flops import device_peak_flops, flops_per_token, mfu, pretraining_compute
 from components.config import ModelConfig, PretrainConfig
@@ -60,7 +62,8 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
     model = objective.build_model(replace(model_cfg, dropout=train_cfg.dropout), tokenizer)
     checkpointer = Checkpointer(paths.checkpoint_dir(objective.name), train_cfg.checkpoint_every,
                                 train_cfg.keep_checkpoints, run_fingerprint(objective.name, model_cfg, train_cfg,
-                                                                            seed, data_dir))
+                                                                            seed, data_dir),
+                                store=os.environ.get(CHECKPOINT_STORE_ENV) or None)
     main_process = is_main_process()
     n_params = count_parameters(model)
     real_fraction = PretrainData(data_dir, "train").meta["splits"]["train"]["packing_efficiency"]

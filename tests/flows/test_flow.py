@@ -164,10 +164,14 @@ def test_prefect_yaml_deployments(repo_root):
     assert deployments["tiny"]["work_pool"]["name"] == deployments["default"]["work_pool"]["name"] == "lmforge-local"
     cron = deployments["default"]["schedules"][0]["cron"]
     assert cron.count(" ") == 4
+    # The stage deployments `lmforge run --pools` sends stages to: one per pool dvc.yaml names.
+    assert {deployments[p]["work_pool"]["name"] for p in ("cpu", "gpu")} == {"lmforge-cpu", "lmforge-gpu"}
     for d in deployments.values():
         path, func = d["entrypoint"].split(":")
         flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), func)
-        assert flow.name == "lmforge-pipeline"
+        assert flow.name == ("lmforge-stage" if d["name"] in ("cpu", "gpu") else "lmforge-pipeline")
         params = d.get("parameters", {})
         assert set(params) <= set(flow.parameters.properties)
+        if not params and d["name"] in ("cpu", "gpu"):
+            continue  # every parameter comes with the flow run the controller creates
         flow.validate_parameters(params)  # types and choices, as the server would check them
