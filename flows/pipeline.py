@@ -176,7 +176,7 @@ def _repro_on_pool(stage: str, repo: Path, position: str, route: dict) -> dict:
                       "dvc_lock": pool_io.read_lock(repo), "pulls": route["pulls"],
                       "files": read_files(repo, route["reads"])}
     logger.info(f"[{position}] {stage}: flow run of {deployment} (work pool {route['pool']})")
-    flow_run = run_deployment(deployment, parameters=parameters, timeout=None, as_subflow=True)
+    flow_run = run_deployment(deployment, parameters=parameters, timeout=None, as_subflow=True, poll_interval=1)
     state = flow_run.state
     if state is None or not state.is_completed():
         message = (state.message if state else None) or "no state"

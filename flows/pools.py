@@ -8,7 +8,6 @@ outs (reports) written, so a later `dvc repro` in the controller finds everythin
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,8 +86,8 @@ def merge_lock_entry(repo: Path, stage: str, entry: dict) -> None:
 
 
 def pull(repo: Path, stage: str) -> None:
-    """The stage's cached outs from the DVC remote into the controller's workspace."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "pull", "--quiet", stage], cwd=repo,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc pull {stage} in {repo} failed: {(proc.stdout + proc.stderr)[-1500:]}")
+    """The stage's cached outs from the DVC remote into the controller's workspace (`dvc pull <stage>`)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:  # by absolute address: DVC resolves a bare name against the cwd
+        dvc_repo.pull(targets=[f"{repo / 'dvc.yaml'}:{stage}"])

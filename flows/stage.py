@@ -88,6 +88,15 @@ def dvc(args: list[str], workdir: Path, logger=None) -> str:
     return run([sys.executable, "-m", "dvc", *args], workdir, logger, what=f"dvc {' '.join(args[:3])}")
 
 
+def _dvc_api(workdir: Path, action: str, targets: list[str]) -> None:
+    """`dvc pull|push <stages>` through DVC's Python API (no process start per call). Stages
+    are addressed as `<abs>/dvc.yaml:<stage>`: DVC resolves a bare name against the cwd."""
+    from dvc.repo import Repo
+
+    with Repo(str(workdir)) as repo:
+        getattr(repo, action)(targets=[f"{workdir / 'dvc.yaml'}:{t}" for t in targets])
+
+
 def write_files(workdir: Path, files: dict[str, str]) -> None:
     for rel, data in files.items():
         path = workdir / rel
@@ -132,12 +141,14 @@ def stage(stage: str, repo_url: str, revision: str, params_yaml: str, dvc_lock: 
     checkout(workdir, repo_url, revision)
     (workdir / "params.yaml").write_text(params_yaml)
     (workdir / "dvc.lock").write_text(dvc_lock) if dvc_lock else (workdir / "dvc.lock").unlink(missing_ok=True)
-    dvc(["remote", "add", "--local", "--force", "--default", "lmforge-shared", remote_url], workdir)
+    # The shared remote, in the clone's untracked config.local (git clean removes it with the rest).
+    (workdir / ".dvc" / "config.local").write_text(
+        f"[core]\n    remote = lmforge-shared\n['remote \"lmforge-shared\"']\n    url = {remote_url}\n")
     write_files(workdir, files or {})
     if pulls:
-        dvc(["pull", "--quiet", *pulls], workdir, logger)
+        _dvc_api(workdir, "pull", pulls)
     dvc(["repro", "--single-item", stage], workdir, logger)
-    dvc(["push", "--quiet", stage], workdir, logger)
+    _dvc_api(workdir, "push", [stage])
     entry = (yaml.safe_load((workdir / "dvc.lock").read_text()) or {}).get("stages", {}).get(stage)
     if entry is None:
         raise WorkerStageFailed(f"{stage}: no dvc.lock entry after dvc repro in {where}")

@@ -102,7 +102,7 @@ def killed_run(pools_run, cluster):
     store = root / "checkpoint-store"
     before = set(os.listdir(store)) if store.exists() else set()
     known = {r["id"] for r in stage_runs(client)}
-    set_params(repo, {"pretrain.max_steps": 400, "pretrain.checkpoint_every": 10, "pretrain.eval_every": 200,
+    set_params(repo, {"pretrain.max_steps": 250, "pretrain.checkpoint_every": 10, "pretrain.eval_every": 200,
                       "pretrain.log_every": 100})
     start = time.monotonic()
     controller = subprocess.Popen([str(BIN / "lmforge"), "--repo", str(repo), "run", "--pools"],
@@ -120,7 +120,7 @@ def killed_run(pools_run, cluster):
     seconds = time.monotonic() - start
     assert controller.returncode == 0, output[-6000:]
     runs = [r for r in stage_runs(client) if r["id"] not in known]
-    print(f"\npools: every objective at 400 pretraining steps, {victim} killed while pretraining "
+    print(f"\npools: every objective at 250 pretraining steps, {victim} killed while pretraining "
           f"{newest[victim][1]}, in {seconds:.0f} s")
     return {"runs": runs, "output": output, "victim": victim, "objective": newest[victim][1]}
 
