@@ -16,6 +16,14 @@ def cmd_run(args) -> int:
     # Fail before a Prefect server starts or any stage runs; the overrides are checked too.
     if cmd_check_params(args, overrides={"profile": args.profile, "data.source": args.data_source}, quiet=True):
         return 2
+    if args.pools:  # before anything is written: workers must be able to fetch this commit
+        from flows.pools import SourceNotShareable, source
+
+        try:
+            source(Path(args.repo).resolve(), args.repo_url, args.dvc_remote)
+        except SourceNotShareable as e:
+            print(f"error: lmforge run --pools: {e}", file=sys.stderr)
+            return 2
     from flows.pipeline import pipeline
 
     results = pipeline(profile=args.profile, objectives=args.objective, data_source=args.data_source,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
 POOLS = {"cpu": "lmforge-cpu", "gpu": "lmforge-gpu"}
 ZOMBIE_AUTOMATION = "lmforge: crash flow runs whose heartbeats stopped"
@@ -72,7 +73,7 @@ def setup(repo: Path, pool_type: str = "process", grace_s: int = 3 * HEARTBEAT_S
     return done
 
 
-def start_worker(pool: str, workdir: Path, name: str | None = None, limit: int | None = None) -> int:
+def start_worker(pool: str, workdir: Path, name: str | None = None, limit: int | None = None) -> NoReturn:
     """`prefect worker start` on `pool` with this worker's clone directory and heartbeats on (exec)."""
     env = {**os.environ, "LMFORGE_WORKER_DIR": str(workdir.resolve()),
            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))}
@@ -81,4 +82,3 @@ def start_worker(pool: str, workdir: Path, name: str | None = None, limit: int |
     args = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOLS[pool],
             *(["--name", name] if name else []), *(["--limit", str(limit)] if limit else [])]
     os.execve(sys.executable, args, env)
-    return 0  # not reached

@@ -174,7 +174,7 @@ def _repro_on_pool(stage: str, repo: Path, position: str, route: dict) -> dict:
     with _CHECKOUT:
         parameters = {"stage": stage, **route["source"], "params_yaml": (repo / "params.yaml").read_text(),
                       "dvc_lock": pool_io.read_lock(repo), "pulls": route["pulls"],
-                      "files": read_files(repo, route["reads"])}
+                      "files": read_files(repo, route["reads"]), "returns": route["returns"]}
     logger.info(f"[{position}] {stage}: flow run of {deployment} (work pool {route['pool']})")
     flow_run = run_deployment(deployment, parameters=parameters, timeout=None, as_subflow=True, poll_interval=1)
     state = flow_run.state
@@ -250,12 +250,13 @@ def pipeline(profile: Profile | None = None, objectives: list[Objective] | None 
 
 def _routes(repo: Path, upstream: dict[str, list[str]], repo_url: str | None, remote_url: str | None) -> dict:
     """{stage: what its flow run on a pool needs}: the pool (dvc.yaml meta), the upstream stages
-    to `dvc pull`, the upstream uncached outs to send, and the code and data source."""
+    to `dvc pull`, the upstream uncached outs to send, its own to get back, and the code and data source."""
     src = pool_io.source(repo, repo_url, remote_url)
     pools, uncached = pool_io.stage_layout(repo)
     get_run_logger().info(f"pools: workers check out {report.redact(src.repo_url)} at {src.revision[:12]}, "
                           f"data through DVC remote {report.redact(src.remote_url)}")
     return {stage: {"pool": pools[stage], "pulls": ups, "reads": [p for u in ups for p in uncached[u]],
+                    "returns": uncached[stage],
                     "source": {"repo_url": src.repo_url, "revision": src.revision, "remote_url": src.remote_url}}
             for stage, ups in upstream.items()}
 

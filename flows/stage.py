@@ -115,24 +115,15 @@ def read_files(root: Path, rels: list[str]) -> dict[str, str]:
     return files
 
 
-def uncached_outs(workdir: Path, stage: str) -> list[str]:
-    """The stage's outs that DVC does not cache (reports, metrics, plots): they travel with the result."""
-    from dvc.repo import Repo
-
-    with Repo(str(workdir)) as repo:
-        found = [s for s in repo.index.stages if s.name == stage]
-        if not found:
-            raise WorkerStageFailed(f"dvc.yaml at this revision has no stage {stage!r}")
-        return [str(o.def_path) for o in found[0].outs if not o.use_cache]
-
-
 @flow(name=STAGE_FLOW, persist_result=True, log_prints=True)
 def stage(stage: str, repo_url: str, revision: str, params_yaml: str, dvc_lock: str, remote_url: str,
-          pulls: list[str] | None = None, files: dict[str, str] | None = None) -> dict:
+          pulls: list[str] | None = None, files: dict[str, str] | None = None,
+          returns: list[str] | None = None) -> dict:
     """Run one dvc.yaml stage in this worker's clone; returns its dvc.lock entry and uncached outs.
 
     `params_yaml` / `dvc_lock`: the controller's files; `pulls`: the upstream stages whose
-    cached outs it needs; `files`: upstream uncached outs it reads (base64 by path)."""
+    cached outs it needs; `files`: upstream uncached outs it reads (base64 by path); `returns`:
+    the stage's own uncached outs (reports), sent back with the lock entry."""
     logger = get_run_logger()
     start = time.monotonic()
     workdir = Path(os.environ.get(WORKER_DIR_ENV) or Path.home() / ".cache" / "lmforge" / "worker").resolve()
@@ -140,7 +131,10 @@ def stage(stage: str, repo_url: str, revision: str, params_yaml: str, dvc_lock: 
     logger.info(f"{stage}: worker clone {where} at {revision[:12]}")
     checkout(workdir, repo_url, revision)
     (workdir / "params.yaml").write_text(params_yaml)
-    (workdir / "dvc.lock").write_text(dvc_lock) if dvc_lock else (workdir / "dvc.lock").unlink(missing_ok=True)
+    if dvc_lock:
+        (workdir / "dvc.lock").write_text(dvc_lock)
+    else:
+        (workdir / "dvc.lock").unlink(missing_ok=True)
     # The shared remote, in the clone's untracked config.local (git clean removes it with the rest).
     (workdir / ".dvc" / "config.local").write_text(
         f"[core]\n    remote = lmforge-shared\n['remote \"lmforge-shared\"']\n    url = {remote_url}\n")
@@ -154,5 +148,5 @@ def stage(stage: str, repo_url: str, revision: str, params_yaml: str, dvc_lock: 
         raise WorkerStageFailed(f"{stage}: no dvc.lock entry after dvc repro in {where}")
     seconds = round(time.monotonic() - start, 1)
     logger.info(f"{stage}: done on {where} in {seconds} s; outs pushed to the DVC remote")
-    return {"stage": stage, "lock": entry, "files": read_files(workdir, uncached_outs(workdir, stage)),
+    return {"stage": stage, "lock": entry, "files": read_files(workdir, returns or []),
             "worker": where, "seconds": seconds}
