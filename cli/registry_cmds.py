@@ -72,7 +72,16 @@ def predict(pipe, task: str, texts: list[str], max_new_tokens: int, top_k: int) 
     if task == "text-generation":
         return [{"text": t, "generated": pipe(t, max_new_tokens=max_new_tokens, do_sample=False)[0]["generated_text"]}
                 for t in texts]
-    raise RegistryError(f"task {task!r} is not one lmforge predicts (text-classification, fill-mask, text-generation)")
+    if task == "token-classification":  # rtd: each token's probability of having been replaced
+        return [{"text": t, "tokens": [{"token": f["word"], "replaced": _replaced(f)} for f in pipe(t, ignore_labels=[])]}
+                for t in texts]
+    raise RegistryError(f"task {task!r} is not one lmforge predicts (text-classification, fill-mask, "
+                        f"text-generation, token-classification)")
+
+
+def _replaced(found: dict) -> float:
+    """The probability of "replaced" from a token-classification pipeline's top label and score."""
+    return float(found["score"]) if found["entity"] == "replaced" else 1.0 - float(found["score"])
 
 
 def version_lineage(client, version) -> dict:
@@ -170,6 +179,9 @@ def cmd_predict(args) -> int:
             print(r["text"])
             for f in r["fills"]:
                 print(f"  {f['token']}\t{f['score']:.3f}\t{f['sequence']}")
+        elif task == "token-classification":
+            print(r["text"])
+            print("  " + " ".join(f"{t['token']}({t['replaced']:.2f})" for t in r["tokens"]))
         else:
             print(r["generated"])
     return 0

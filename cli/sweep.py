@@ -108,7 +108,9 @@ def collect(repo: Path, names: list[str]) -> list[dict]:
                            "tokens_seen": m["tokens_seen"], "flops": m["flops"],
                            "test_macro_f1_seed_mean": m["test_macro_f1_seed_mean"],
                            "delta": m["delta_macro_f1_vs_scratch"], "ci_low": m["delta_ci_low"],
-                           "ci_high": m["delta_ci_high"], "verdict": verdict(m["delta_ci_low"], m["delta_ci_high"])})
+                           "ci_high": m["delta_ci_high"], "verdict": verdict(m["delta_ci_low"], m["delta_ci_high"]),
+                           # rtd: against mlm at equal pretraining FLOPs (evaluate's versus_rival)
+                           **{k: v for k, v in m.items() if k.startswith("minus_")}})
     return sorted(points, key=lambda p: (p["objective"], p["max_steps"]))
 
 
@@ -140,4 +142,8 @@ def table(points: list[dict]) -> str:
         ci = f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
         lines.append(f"{p['objective']:<9} {p['max_steps']:>9} {p['tokens_seen']:>10,} "
                      f"{p['delta']:+.3f} {ci:>19}  {p['verdict']}")
+        for key in (k for k in p if k.startswith("minus_") and k.endswith("_macro_f1")):
+            rival = key.removeprefix("minus_").removesuffix("_macro_f1")
+            lines.append(f"{'':<9} {'':>9} {'':>10} {p[key]:+.3f} [{p[f'minus_{rival}_ci_low']:+.3f}, "
+                         f"{p[f'minus_{rival}_ci_high']:+.3f}]  minus {rival} at equal FLOPs")
     return "\n".join(lines)

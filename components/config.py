@@ -339,6 +339,16 @@ class PretrainConfig(OptimConfig):
     clm_document_attention: str = "cross"
     """clm: `cross` lets a token attend to earlier documents packed into its block (GPT-2's
     choice, the fused causal kernel); `within` masks attention to its own document."""
+    rtd_mask_probability: float = 0.15
+    """rtd: share of tokens masked for ELECTRA's generator (all become [MASK]); ELECTRA's 15%."""
+    rtd_generator_width: float = 0.25
+    """rtd: the generator's hidden size as a share of the discriminator's (ELECTRA: 1/4 to 1/2;
+    its Small model 1/4); same depth, heads and feed-forward scaled alike."""
+    rtd_discriminator_weight: float = 50.0
+    """rtd: loss = generator MLM loss + this x discriminator loss (ELECTRA's 50)."""
+    rtd_equal_flops: bool = True
+    """rtd: cut its max_steps so its training FLOPs, generator included, do not exceed mlm's at
+    max_steps (evaluate then compares rtd with mlm at equal compute); false: max_steps as given."""
     checkpoint_every: int = 150
     """Steps between checkpoints (and one at the end); a rerun resumes from the newest."""
     keep_checkpoints: int = 2
@@ -352,6 +362,10 @@ class PretrainConfig(OptimConfig):
         at_least(self, 1, "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
                  "keep_checkpoints", "nproc_per_node")
         within(self, "mlm_probability", "(0, 1)")
+        within(self, "rtd_mask_probability", "(0, 1)")
+        within(self, "rtd_generator_width", "(0, 1]")
+        if self.rtd_discriminator_weight <= 0:
+            raise ValueError(f"pretrain.rtd_discriminator_weight must be > 0, got {self.rtd_discriminator_weight}")
         within(self, "dropout", "[0, 1)")
         if self.clm_document_attention not in ("cross", "within"):
             raise ValueError(f"pretrain.clm_document_attention must be cross or within, "

@@ -1,7 +1,7 @@
 """The objectives and architectures: one spec each, the only place that knows them by name.
 
 An `Architecture` (gpt2, bert) knows its tokenizer, its model config and its sequence
-classifier. An `Objective` (clm, mlm, mlm_nsp) knows its architecture, its pretraining model,
+classifier. An `Objective` (clm, mlm, mlm_nsp, rtd) knows its architecture, its pretraining model,
 how its tokenized data is made (packed blocks or NSP pairs), how a batch is made and its
 loss and validation metrics, its registry task, its model-card description, its line in
 the report and its samples. A `FinetuneRun` is an objective's classifier or an
@@ -141,12 +141,31 @@ class Objective:
     validation targets (components.train.pretraining.TokenBaseline): what the model card
     puts side by side. Every key and value is in `report_metrics`."""
 
-    def build_model(self, cfg, tokenizer):
-        """The pretraining model at `cfg`'s (params `model`) shape, randomly initialised, SDPA attention."""
+    rival: str | None = None
+    """An objective this one is judged against at equal pretraining FLOPs (evaluate reports
+    the paired difference); with `pretrain.rtd_equal_flops`-style params its steps are cut to
+    the rival's FLOPs (`steps_at_equal_flops`)."""
+
+    def build_model(self, cfg, tokenizer, train_cfg=None):
+        """The pretraining model at `cfg`'s (params `model`) shape, randomly initialised, SDPA
+        attention; `train_cfg` (params `pretrain`) for objectives whose model it shapes."""
         import transformers
 
         config = self.architecture.model_config(cfg, tokenizer, attn_implementation="sdpa")
         return getattr(transformers, self.model_class)(config)
+
+    def saved_model(self, model):
+        """What the pretrain stage saves, fine-tuning loads and the registry serves: the model
+        itself (rtd: its discriminator)."""
+        return model
+
+    def masked_fraction(self, train_cfg) -> float:
+        """The share of tokens a masked-only head runs on (components/train/flops.py)."""
+        return train_cfg.mlm_probability
+
+    def max_steps(self, cfg, tokenizer, train_cfg, block_size: int, real_fraction: float) -> int:
+        """Optimiser steps this objective trains for: pretrain.max_steps."""
+        return train_cfg.max_steps
 
     def pretraining_summary(self, metrics: dict) -> tuple[dict, str]:
         """(the kept validation metrics, the report's one-line summary) from pretraining's metrics.json."""
@@ -241,6 +260,71 @@ class MaskedLM(Objective):
 
 
 @dataclass(frozen=True)
+class ReplacedTokenDetection(Objective):
+    """ELECTRA's replaced-token detection (components/train/rtd.py): a generator a fraction
+    of the width fills masked positions with its samples; the discriminator, saved as a
+    standard BERT token classifier, labels every real token original or replaced. Same
+    tokenizer, packed data, encoder and scratch twin as mlm, so the two differ in objective
+    only; with `pretrain.rtd_equal_flops` it trains for mlm's FLOPs (generator included)."""
+
+    def tokenize_split(self, tokenizer, texts, cfg, seed, out_prefix):
+        from components.tokens.tokenization import tokenize_packed
+
+        return tokenize_packed(tokenizer, texts, cfg, out_prefix, sep_id=tokenizer.sep_token_id,
+                               cls_id=tokenizer.cls_token_id, with_words=True)
+
+    def build_model(self, cfg, tokenizer, train_cfg=None):
+        from components.config import PretrainConfig
+        from components.train.rtd import build_replaced_token_model
+
+        train_cfg = train_cfg or PretrainConfig()
+        config = self.architecture.model_config(cfg, tokenizer, attn_implementation="sdpa")
+        return build_replaced_token_model(config, train_cfg.rtd_generator_width)
+
+    def saved_model(self, model):
+        return model.discriminator
+
+    def masked_fraction(self, train_cfg):
+        return train_cfg.rtd_mask_probability
+
+    def max_steps(self, cfg, tokenizer, train_cfg, block_size, real_fraction):
+        """pretrain.max_steps, or with pretrain.rtd_equal_flops the most steps whose training
+        FLOPs (components/train/flops.py; generator and discriminator) do not exceed the
+        rival's at pretrain.max_steps (the same rows per step)."""
+        if not (train_cfg.rtd_equal_flops and self.rival):
+            return train_cfg.max_steps
+        from components.train.flops import flops_per_token
+
+        rival = OBJECTIVES[self.rival]
+        ours = flops_per_token(self.build_model(cfg, tokenizer, train_cfg), block_size,
+                               self.masked_fraction(train_cfg), real_fraction)
+        theirs = flops_per_token(rival.build_model(cfg, tokenizer, train_cfg), block_size,
+                                 rival.masked_fraction(train_cfg), real_fraction)
+        return max(1, int(train_cfg.max_steps * theirs / ours))
+
+    def training(self, tokenizer, cfg):
+        from components.train.rtd import ReplacedTokenTraining
+
+        return ReplacedTokenTraining(tokenizer, cfg.rtd_mask_probability, cfg.rtd_discriminator_weight)
+
+    def summary_line(self, metrics):
+        text = f"RTD acc {metrics['val_rtd_accuracy']:.3f}"
+        if "val_rtd_baseline_accuracy" in metrics:
+            text += (f" (unreplaced share {metrics['val_rtd_baseline_accuracy']:.3f}), replaced found "
+                     f"{metrics['val_rtd_replaced_recall']:.3f}")
+        text += f", generator MLM acc {metrics['val_mlm_accuracy']:.3f}"
+        if "val_mlm_baseline_accuracy" in metrics:
+            text += (f" (most-frequent token {metrics['val_mlm_baseline_accuracy']:.3f}), MLM loss "
+                     f"{metrics['val_mlm_loss']:.2f} (unigram {metrics['val_mlm_unigram_loss']:.2f})")
+        return text
+
+    def samples(self, model_dir):
+        from components.evaluate.report import replaced_token_samples
+
+        return replaced_token_samples(model_dir)
+
+
+@dataclass(frozen=True)
 class FinetuneRun:
     """One fine-tuned classifier: from an objective's pretrained model, or from scratch."""
 
@@ -283,7 +367,7 @@ BERT = BertArchitecture(
               "mask_token": "[MASK]"},
     required_specials=("cls_token", "sep_token", "mask_token", "pad_token"), pad_if_missing=None,
     classifier_class="BertForSequenceClassification", classifier_head=("bert.pooler", "classifier"),
-    scratch_description="none: a randomly initialised BERT classifier (the baseline for mlm and mlm_nsp)",
+    scratch_description="none: a randomly initialised BERT classifier (the baseline for mlm, mlm_nsp and rtd)",
 )
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, BERT)}
 
@@ -309,6 +393,18 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
         baselines={"val_mlm_accuracy": "val_mlm_baseline_accuracy", "val_mlm_loss": "val_mlm_unigram_loss",
                    "val_nsp_accuracy": "val_nsp_baseline_accuracy"},
         next_sentence=True,
+    ),
+    ReplacedTokenDetection(
+        name="rtd", architecture=BERT, model_class="BertForTokenClassification",
+        registry_task="token-classification",
+        description="replaced-token detection (ELECTRA: a small generator fills masked positions, the "
+                    "discriminator labels every token original or replaced)",
+        report_metrics=("val_loss", "val_rtd_accuracy", "val_rtd_baseline_accuracy", "val_rtd_replaced_recall",
+                        "val_rtd_loss", "val_mlm_accuracy", "val_mlm_baseline_accuracy", "val_mlm_loss",
+                        "val_mlm_unigram_loss"),
+        baselines={"val_rtd_accuracy": "val_rtd_baseline_accuracy", "val_mlm_accuracy": "val_mlm_baseline_accuracy",
+                   "val_mlm_loss": "val_mlm_unigram_loss"},
+        rival="mlm",
     ),
 )}
 

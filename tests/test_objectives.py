@@ -59,7 +59,7 @@ def test_importing_the_specs_imports_neither_torch_nor_transformers(repo_root):
 
 
 def test_the_name_lists_follow_the_specs():
-    assert OBJECTIVE_NAMES == ("clm", "mlm", "mlm_nsp")
+    assert OBJECTIVE_NAMES == ("clm", "mlm", "mlm_nsp", "rtd")
     assert FINETUNE_RUN_NAMES == (*OBJECTIVE_NAMES, *SCRATCH_RUN_NAMES)
     for name, run in FINETUNE_RUNS.items():
         assert run.pretrained == (name in OBJECTIVES)
@@ -76,15 +76,17 @@ def test_each_objective_builds_its_model_and_summarises_its_metrics(name, reques
     spec = OBJECTIVES[name]
     tokenizer = request.getfixturevalue(f"{spec.architecture.name}_tokenizer")
     model = spec.build_model(ModelConfig(n_layers=1, n_heads=2, d_model=32, d_ff=64, max_positions=32), tokenizer)
-    assert type(model).__name__ == spec.model_class and model.config._attn_implementation == "sdpa"
+    saved = spec.saved_model(model)  # what is saved, fine-tuned and registered (rtd: its discriminator)
+    assert type(saved).__name__ == spec.model_class and saved.config._attn_implementation == "sdpa"
     metrics = {"val_loss": 3.0, "val_perplexity": 20.1, "val_mlm_accuracy": 0.25, "val_nsp_accuracy": 0.6,
-               "steps": 8}
+               "val_rtd_accuracy": 0.9, "steps": 8}
     kept, line = spec.pretraining_summary(metrics)
     assert list(kept) == [k for k in spec.report_metrics if k in metrics] and "steps" not in kept
-    assert line in ("perplexity 20.1", "MLM acc 0.250", "MLM acc 0.250, NSP acc 0.600")
+    assert line in ("perplexity 20.1", "MLM acc 0.250", "MLM acc 0.250, NSP acc 0.600",
+                    "RTD acc 0.900, generator MLM acc 0.250")
     # Each shown metric's baseline is kept with it (tests/evaluate/test_baselines_shown.py: the lines).
     assert set(spec.baselines) | set(spec.baselines.values()) <= set(spec.report_metrics) and spec.baselines
-    assert spec.registry_task in ("text-generation", "fill-mask")
+    assert spec.registry_task in ("text-generation", "fill-mask", "token-classification")
 
 
 def test_each_architecture_has_its_tokenizer_kind(gpt2_tokenizer, bert_tokenizer):

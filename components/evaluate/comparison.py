@@ -65,6 +65,13 @@ def compare_runs(runs: Sequence, cfg: EvaluateConfig, seed: int, track: Callable
                          verdict=verdict(low, high), beats_scratch=low > 0)
             log_metrics({f"{entry['run']}_delta_macro_f1": boot["diff"], f"{entry['run']}_delta_ci_low": low,
                          f"{entry['run']}_delta_ci_high": high})
+        specs = {run.name: run for run in runs}
+        for entry in compared:
+            rival = specs[entry["run"]].objective.rival
+            if rival and rival in predictions:
+                entry["versus_rival"] = versus_rival(entry, next(e for e in entries if e["run"] == rival),
+                                                     predictions, y, len(labels), cfg, seed)
+                log_metrics({f"{entry['run']}_minus_{rival}_macro_f1": entry["versus_rival"]["delta_macro_f1"]})
         majority = majority_baseline(train_labels, y, len(labels))
         report = {"labels": labels, "test_examples": int(len(y)), "confidence": cfg.confidence, "seeds": seeds,
                   "ci_method": ci_method(len(seeds), cfg, len(compared)),
@@ -72,6 +79,21 @@ def compare_runs(runs: Sequence, cfg: EvaluateConfig, seed: int, track: Callable
         table = write_report(report, [run.objective for run in runs if run.pretrained])
         log_artifacts(REPORT_FILES)
     return table
+
+
+def versus_rival(entry: dict, rival: dict, predictions: dict, y: np.ndarray, n_labels: int, cfg: EvaluateConfig,
+                 seed: int) -> dict:
+    """An objective against the objective it is judged with at equal pretraining FLOPs (its
+    spec's `rival`: rtd against mlm): the same seed-paired two-level bootstrap as against
+    scratch, one planned comparison at the report's confidence, and both runs' FLOPs."""
+    boot = seeds_and_examples_bootstrap(y, predictions[entry["run"]], predictions[rival["run"]], n_labels,
+                                        cfg.bootstrap_samples, seed)
+    low, high = percentile_ci(boot["replicates"], cfg.confidence)
+    ours, theirs = (e.get("pretraining_compute", {}).get("flops") for e in (entry, rival))
+    said = ("beats" if low > 0 else "loses to" if high < 0 else "cannot be told from")
+    return {"rival": rival["run"], "delta_macro_f1": boot["diff"], "ci_low": low, "ci_high": high,
+            "ci_level": cfg.confidence, "p_value": boot["p_value"], "verdict": f"{said} {rival['run']}",
+            "flops": ours, "rival_flops": theirs, "flops_ratio": ours / theirs if ours and theirs else None}
 
 
 def ci_method(n_seeds: int, cfg: EvaluateConfig, family: int) -> str:
@@ -158,7 +180,15 @@ def _delta_metrics(run: dict) -> dict:
     compute = run.get("pretraining_compute", {})
     return {"delta_macro_f1_vs_scratch": round(run["delta_macro_f1_vs_scratch"], 6),
             "delta_ci_low": round(run["delta_ci_low"], 6), "delta_ci_high": round(run["delta_ci_high"], 6),
-            **{k: compute[k] for k in ("tokens_seen", "supervised_targets", "flops") if k in compute}}
+            **{k: compute[k] for k in ("tokens_seen", "supervised_targets", "flops") if k in compute},
+            **({f"minus_{run['versus_rival']['rival']}_macro_f1": round(run["versus_rival"]["delta_macro_f1"], 6),
+                f"minus_{run['versus_rival']['rival']}_ci_low": round(run["versus_rival"]["ci_low"], 6),
+                f"minus_{run['versus_rival']['rival']}_ci_high": round(run["versus_rival"]["ci_high"], 6)}
+               if "versus_rival" in run else {})}
+
+
+def _flops(value: float | None) -> str:
+    return f"{value:.3g} FLOPs" if value else "FLOPs unknown"
 
 
 def write_report(report: dict, objectives: Sequence) -> str:
@@ -180,6 +210,11 @@ def write_report(report: dict, objectives: Sequence) -> str:
         f"- **{r['objective']}** vs scratch {r['architecture']}: {r['verdict']} ({r['delta_macro_f1_vs_scratch']:+.3f} "
         f"macro-F1, {r['delta_ci_level']:.1%} CI {r['delta_ci_low']:+.3f} to {r['delta_ci_high']:+.3f})"
         for r in runs if r["pretrained"])
+    verdicts += "".join(
+        f"\n- **{r['objective']}** vs **{v['rival']}** at equal pretraining FLOPs ({_flops(v['flops'])} vs "
+        f"{_flops(v['rival_flops'])}, generator included): {r['objective']} {v['verdict']} "
+        f"({v['delta_macro_f1']:+.3f} macro-F1, {v['ci_level']:.0%} CI {v['ci_low']:+.3f} to {v['ci_high']:+.3f})"
+        for r in runs if "versus_rival" in r for v in [r["versus_rival"]])
     write_text_atomic(paths.COMPARISON_MD, f"# Objective comparison ({report['test_examples']} test examples)\n\n"
                       f"{table}\n{BASELINES_NOTE}\n\n{verdicts}\n\n"
                       "![macro-F1](comparison.png)\n![loss](pretraining_loss.png)\n\n"

@@ -143,6 +143,34 @@ def fill_mask_samples(model_dir: Path, top_k: int = 3) -> list[dict]:
     return samples
 
 
+# Fixed sentences with one word swapped for another (the second of each pair): the
+# replaced-token detector should flag the swapped word and leave the others.
+REPLACED_TOKEN_PROMPTS = (
+    ("Return a new list containing all items from the iterable.", "Return a new list containing all items from the socket."),
+    ("Raise a ValueError if the argument is not a string.", "Raise a ValueError if the argument is not a thread."),
+)
+
+
+@torch.no_grad()
+def replaced_token_samples(model_dir: Path) -> list[dict]:
+    """Which tokens a replaced-token detector (rtd) flags as replaced, with its probability, in
+    fixed sentences where one word was swapped."""
+    from transformers import AutoModelForTokenClassification
+
+    tok, model = _load(model_dir, AutoModelForTokenClassification)
+    samples = []
+    for original, corrupted in REPLACED_TOKEN_PROMPTS:
+        enc = tok(corrupted, return_tensors="pt")
+        probs = torch.softmax(model(**enc).logits[0].float(), -1)[:, 1]
+        tokens = tok.convert_ids_to_tokens(enc["input_ids"][0])
+        flagged = [(t, round(float(p), 4)) for t, p in zip(tokens, probs) if t not in tok.all_special_tokens]
+        swapped = [w for w, o in zip(corrupted.split(), original.split()) if w != o]
+        top = max(flagged, key=lambda tp: tp[1])
+        samples.append({"text": corrupted, "swapped": swapped, "most_suspect": top[0], "most_suspect_probability": top[1],
+                        "replaced_probability": [list(tp) for tp in flagged]})
+    return samples
+
+
 def samples_markdown(samples: dict[str, list[dict]]) -> str:
     lines = ["## What the pretrained models say", ""]
     for objective, items in samples.items():
@@ -151,6 +179,9 @@ def samples_markdown(samples: dict[str, list[dict]]) -> str:
         for item in items:
             if "prompt" in item:
                 lines.append(f"- _{item['prompt']}_ → {item['completion']!r}")
+            elif "swapped" in item:
+                lines.append(f"- {item['text']} (swapped: {', '.join(item['swapped'])}) → most suspect "
+                             f"`{item['most_suspect']}` ({item['most_suspect_probability']:.2f} replaced)")
             else:
                 fills = ", ".join(f"`{f}` ({p:.2f})" for f, p in zip(item["fills"], item["probabilities"]))
                 lines.append(f"- {item['text']} → {fills}")

@@ -11,6 +11,8 @@ USES = {
                            "(the built-in task), or the downstream task configured in `downstream`.",
     "text-generation": "Continue English technical prose; the base to fine-tune a GPT-2 classifier from.",
     "fill-mask": "Fill `[MASK]` tokens in English technical prose; the base to fine-tune a BERT classifier from.",
+    "token-classification": "Label each token of English technical prose original or replaced (ELECTRA's "
+                            "discriminator); the base to fine-tune a BERT classifier from.",
 }
 
 

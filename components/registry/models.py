@@ -24,7 +24,7 @@ __all__ = ["CHALLENGER", "CHAMPION", "RegistryError", "decide_promotion", "model
            "check_no_remote_code", "registered_version"]
 
 CHALLENGER, CHAMPION = "challenger", "champion"
-TASKS = ("text-classification", "text-generation", "fill-mask")
+TASKS = ("text-classification", "text-generation", "fill-mask", "token-classification")
 HISTORY_TAG = tag("champion_history")
 GATE_HISTORY_TAG = tag("gate_history")
 HISTORY_KEEP = 100  # events kept in the tag (registry tag values are bounded); manual ones are also MLflow runs
@@ -113,11 +113,11 @@ def _load_for_task(model_dir: Path, task: str):
     """The model with the head its task needs. A BertForPreTraining (mlm_nsp) base loads as
     BertForMaskedLM: the encoder and MLM head are kept, the NSP head has no use in fill-mask."""
     from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                              AutoTokenizer)
+                              AutoModelForTokenClassification, AutoTokenizer)
     from transformers.utils import logging as hf_logging
 
     auto = {"text-classification": AutoModelForSequenceClassification, "text-generation": AutoModelForCausalLM,
-            "fill-mask": AutoModelForMaskedLM}[task]
+            "fill-mask": AutoModelForMaskedLM, "token-classification": AutoModelForTokenClassification}[task]
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "weights of the NSP head not used" is expected here
     try:
@@ -161,6 +161,8 @@ def serving_config(model, tokenizer, task: str) -> tuple[dict[str, Any], list[st
     if task == "fill-mask":
         return ({"tokenizer_kwargs": {"truncation": True, "max_length": length}},
                 [f"Return the number of {tokenizer.mask_token} in the list."])
+    if task == "token-classification":  # rtd's detector: which tokens look replaced
+        return {}, ["Return the number of sockets in the list."]
     return {}, ["Return the number of"]  # generation: the prompt is the user's; generate() bounds the length
 
 

@@ -3,7 +3,7 @@
 The accounting is PaLM's (appendix B; nanoGPT's `estimate_mfu` uses the same): each matmul
 weight costs 6 FLOPs per token it is applied to (2 forward, 4 backward) and attention's
 score and value matmuls add 12 * L * d * T per token (4 * L * d * T forward, no discount for
-the causal mask). Only matmul weights count: embedding lookups (token, position, token
+the causal mask), for each network trained (rtd: generator and discriminator). Only matmul weights count: embedding lookups (token, position, token
 type), biases and norms do not; a tied output projection does, where it runs.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ PEAK_BF16 = {
     "A10": 125e12,
     "RTX 4090": 165e12,
 }
-MASKED_ONLY = ("predictions",)
-"""BERT's MLM head (transform + tied decoder): our MLM loss runs it on masked positions only."""
+MASKED_ONLY = ("predictions", "generator_predictions", "generator_lm_head")
+"""BERT's MLM head (transform + tied decoder) and ELECTRA's generator head: our MLM and RTD
+losses run them on masked positions only."""
 ONCE_PER_SEQUENCE = ("pooler", "seq_relationship")
 """BERT's pooler and NSP classifier: applied to the [CLS] position of each row."""
 
@@ -44,6 +45,18 @@ def _matmul_weights(model) -> tuple[int, int, int]:
     return every, masked, per_sequence
 
 
+def networks(model) -> list:
+    """The outermost transformers models in `model`: itself, or each network of a pair trained
+    together (rtd's discriminator and generator), whose attention is counted each."""
+    from transformers import PreTrainedModel
+
+    found: list[tuple[str, object]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, PreTrainedModel) and not any(name.startswith(f"{n}.") or n == "" for n, _ in found):
+            found.append((name, module))
+    return [m for _, m in found]
+
+
 def flops_per_token(model, seq_len: int, masked_fraction: float = 1.0, real_fraction: float = 1.0) -> float:
     """Useful training FLOPs per position of a `seq_len`-long row of a transformers model.
 
@@ -58,7 +71,7 @@ def flops_per_token(model, seq_len: int, masked_fraction: float = 1.0, real_frac
     if not 0.0 < real_fraction <= 1.0:
         raise ValueError(f"flops_per_token: real_fraction must be in (0, 1], got {real_fraction}")
     every, masked, per_sequence = _matmul_weights(model)
-    attention = 12.0 * model.config.num_hidden_layers * model.config.hidden_size * seq_len
+    attention = sum(12.0 * m.config.num_hidden_layers * m.config.hidden_size * seq_len for m in networks(model))
     per_real_token = 6.0 * (every + masked_fraction * masked) + attention
     return real_fraction * per_real_token + 6.0 * per_sequence / seq_len
 

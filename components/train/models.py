@@ -55,11 +55,14 @@ def fast_cpu_attention(model, device, dtype):
     configs and later loads never see this name.
     """
     import torch
-    from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
+    from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
-    hf = [m for m in model.modules() if isinstance(m, PreTrainedModel)][:1]
-    if device.type != "cpu" or dtype != torch.bfloat16 or not hf or hf[0].config._attn_implementation != "sdpa":
+    from components.train.flops import networks
+
+    # Every network trained (rtd trains two), each set as a whole.
+    hf = [m for m in networks(model) if m.config._attn_implementation == "sdpa"]
+    if device.type != "cpu" or dtype != torch.bfloat16 or not hf:
         yield
         return
     AttentionInterface.register(FP32_ATTENTION, _sdpa_fp32)
@@ -67,11 +70,13 @@ def fast_cpu_attention(model, device, dtype):
     # it has no mask function for, so padding was silently attended to (a padded batch's
     # logits and gradients differed from fp32's; tests/train/test_training.py).
     AttentionMaskInterface.register(FP32_ATTENTION, sdpa_mask)
-    hf[0].set_attn_implementation(FP32_ATTENTION)
+    for network in hf:
+        network.set_attn_implementation(FP32_ATTENTION)
     try:
         yield
     finally:
-        hf[0].set_attn_implementation("sdpa")
+        for network in hf:
+            network.set_attn_implementation("sdpa")
 
 
 def _in_fp32(forward, device_type: str):
@@ -124,6 +129,7 @@ def build_classifier(classifier_class: str, make_config: Callable[..., Any], lab
 
     GPT-2 classifies from the last non-pad token, BERT from the pooled [CLS] token.
     """
+    import torch
     import transformers
 
     label_kw = {
@@ -132,10 +138,33 @@ def build_classifier(classifier_class: str, make_config: Callable[..., Any], lab
         "label2id": {name: i for i, name in enumerate(labels)},
     }
     if pretrained_dir is not None:
-        return transformers.AutoModelForSequenceClassification.from_pretrained(
-            str(pretrained_dir), attn_implementation="sdpa", **label_kw
+        # A pretrained head with the classifier head's name (rtd's token classifier) must not
+        # become the classifier's init: it is loaded (or skipped for another label count),
+        # then initialised afresh as any other classifier head.
+        heads = _checkpoint_heads(Path(pretrained_dir), ("classifier", "score"))
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            str(pretrained_dir), attn_implementation="sdpa", ignore_mismatched_sizes=bool(heads), **label_kw
         )
+        std = getattr(model.config, "initializer_range", 0.02)
+        for name in heads:  # the transformers init of a Linear head (N(0, initializer_range), zero bias)
+            for module in model.get_submodule(name).modules():
+                if isinstance(module, torch.nn.Linear):
+                    torch.nn.init.normal_(module.weight, std=std)
+                    if module.bias is not None:
+                        torch.nn.init.zeros_(module.bias)
+        return model
     return getattr(transformers, classifier_class)(make_config(attn_implementation="sdpa", **label_kw))
+
+
+def _checkpoint_heads(model_dir: Path, names: Sequence[str]) -> list[str]:
+    """Which of the top-level modules `names` a saved model's safetensors hold weights for."""
+    from safetensors import safe_open
+
+    found: set[str] = set()
+    for path in model_dir.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            found |= {key.split(".")[0] for key in f.keys()}
+    return sorted(found & set(names))
 
 
 def count_parameters(model) -> int:

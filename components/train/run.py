@@ -57,17 +57,22 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
         raise ValueError(f"tokenize.block_size ({block_size}) exceeds model.max_positions "
                          f"({model_cfg.max_positions}); lower one or raise the other")
     tokenizer = load_tokenizer(paths.tokenizer_dir(objective.architecture.name))
+    real_fraction = PretrainData(data_dir, "train").meta["splits"]["train"]["packing_efficiency"]
+    steps = objective.max_steps(model_cfg, tokenizer, train_cfg, block_size, real_fraction)
+    if steps != train_cfg.max_steps:
+        print(f"pretrain: {objective.name}: {steps} steps, the FLOPs of {objective.rival} at pretrain.max_steps "
+              f"{train_cfg.max_steps} (pretrain.rtd_equal_flops)", file=sys.stderr, flush=True)
+        train_cfg = replace(train_cfg, max_steps=steps)
     torch.manual_seed(seed)
     # Pretraining's dropout; the saved config gets fine-tuning's (model.dropout) back.
-    model = objective.build_model(replace(model_cfg, dropout=train_cfg.dropout), tokenizer)
+    model = objective.build_model(replace(model_cfg, dropout=train_cfg.dropout), tokenizer, train_cfg)
     checkpointer = Checkpointer(paths.checkpoint_dir(objective.name), train_cfg.checkpoint_every,
                                 train_cfg.keep_checkpoints, run_fingerprint(objective.name, model_cfg, train_cfg,
                                                                             seed, data_dir),
                                 store=os.environ.get(CHECKPOINT_STORE_ENV) or None)
     main_process = is_main_process()
-    n_params = count_parameters(model)
-    real_fraction = PretrainData(data_dir, "train").meta["splits"]["train"]["packing_efficiency"]
-    per_position_flops = flops_per_token(model, block_size, train_cfg.mlm_probability, real_fraction)
+    n_params = count_parameters(objective.saved_model(model))
+    per_position_flops = flops_per_token(model, block_size, objective.masked_fraction(train_cfg), real_fraction)
     on_log = progress_log(objective.name, train_cfg.max_steps, per_position_flops, log_metrics,
                           describe=objective.summary_line)
     with track(parameters=n_params) if main_process else contextlib.nullcontext():
@@ -78,12 +83,15 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
         metrics = pretrain(training, model, data_dir, train_cfg, seed, on_log=on_log, checkpointer=checkpointer)
         if not main_process:
             return None
-        set_finetuning_dropout(model, objective.architecture, model_cfg, tokenizer)
+        saved = objective.saved_model(model)
+        set_finetuning_dropout(saved, objective.architecture, model_cfg, tokenizer)
         rows = train_cfg.max_steps * train_cfg.batch_size * train_cfg.grad_accum
         metrics["compute"] = pretraining_compute(per_position_flops, rows, block_size, real_fraction,
                                                  training.supervised_targets(rows, block_size,
                                                                              round(rows * block_size * real_fraction)))
-        save_pretrained(objective.name, model, tokenizer, metrics, n_params)
+        if saved is not model:
+            metrics["trained_parameters"] = count_parameters(model)
+        save_pretrained(objective.name, saved, tokenizer, metrics, n_params)
         log_metrics({f"final_{k}": v for k, v in metrics.items()})
     return metrics
 

@@ -20,12 +20,17 @@ METRICS = {
     "mlm_nsp": {"val_loss": 5.8, "val_mlm_loss": 5.1, "val_mlm_accuracy": 0.12, "val_mlm_baseline_accuracy": 0.061,
                 "val_mlm_unigram_loss": 5.9, "val_nsp_loss": 0.7, "val_nsp_accuracy": 0.6,
                 "val_nsp_baseline_accuracy": 0.571, "steps": 150},
+    "rtd": {"val_loss": 20.1, "val_rtd_accuracy": 0.912, "val_rtd_baseline_accuracy": 0.889,
+            "val_rtd_replaced_recall": 0.31, "val_rtd_loss": 0.3, "val_mlm_loss": 5.1, "val_mlm_accuracy": 0.12,
+            "val_mlm_baseline_accuracy": 0.061, "val_mlm_unigram_loss": 5.9, "steps": 120},
 }
 LINES = {
     "clm": "perplexity 95.3 (unigram 310.2: 3.25x lower)",
     "mlm": "MLM acc 0.120 (most-frequent token 0.061: 1.97x), MLM loss 5.10 (unigram 5.90)",
     "mlm_nsp": "MLM acc 0.120 (most-frequent token 0.061: 1.97x), MLM loss 5.10 (unigram 5.90), "
                "NSP acc 0.600 (majority class 0.571)",
+    "rtd": "RTD acc 0.912 (unreplaced share 0.889), replaced found 0.310, generator MLM acc 0.120 "
+           "(most-frequent token 0.061), MLM loss 5.10 (unigram 5.90)",
 }
 
 
@@ -47,7 +52,7 @@ def test_a_perplexity_above_the_unigram_one_says_so():
 def test_metrics_from_before_the_baselines_still_summarise(name):
     old = {k: v for k, v in METRICS[name].items() if k not in OBJECTIVES[name].baselines.values()}
     line = OBJECTIVES[name].pretraining_summary(old)[1]
-    assert "unigram" not in line and "most-frequent" not in line and "majority" not in line
+    assert not any(word in line for word in ("unigram", "most-frequent", "majority", "unreplaced"))
 
 
 def _run(name: str, architecture: str, pretrained: bool) -> dict:
@@ -64,7 +69,7 @@ def _run(name: str, architecture: str, pretrained: bool) -> dict:
 
 def test_the_report_table_and_lmforge_summary_show_metric_and_baseline(tmp_path, capsys):
     runs = [_run("clm", "gpt2", True), _run("mlm", "bert", True), _run("mlm_nsp", "bert", True),
-            _run("scratch-gpt2", "gpt2", False), _run("scratch-bert", "bert", False)]
+            _run("rtd", "bert", True), _run("scratch-gpt2", "gpt2", False), _run("scratch-bert", "bert", False)]
     table = markdown_table(runs, {"test_accuracy": 0.3, "test_macro_f1": 0.1})
     for name in OBJECTIVES:
         assert f"| {LINES[name]} |" in table

@@ -44,7 +44,7 @@ def test_metrics_for_every_objective_and_scratch(dvc_repo):
     runs = {r["run"]: r for r in report["runs"]}
     assert set(runs) == set(FINETUNE_RUN_NAMES)
     for run, r in runs.items():  # the report schema users and dashboards read
-        assert r["objective"] in ("clm", "mlm", "mlm_nsp", "scratch") and r["architecture"] in ("gpt2", "bert")
+        assert r["objective"] in ("clm", "mlm", "mlm_nsp", "rtd", "scratch") and r["architecture"] in ("gpt2", "bert")
         assert isinstance(r["pretrained"], bool) and r["pretrained"] == (r["objective"] != "scratch")
         assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 <= r["test_macro_f1"] <= 1.0
         assert r["pretrained"] == (not run.startswith("scratch-"))
@@ -60,7 +60,15 @@ def test_metrics_for_every_objective_and_scratch(dvc_repo):
             assert r["delta_macro_f1_vs_scratch"] == pytest.approx(
                 r["test_macro_f1_seed_mean"] - scratch["test_macro_f1_seed_mean"])
             assert r["pretraining_compute"]["tokens_seen"] > 0 and r["pretraining_compute"]["flops"] > 0
-    assert {r["objective"] for r in report["runs"]} == {"clm", "mlm", "mlm_nsp", "scratch"}
+    assert {r["objective"] for r in report["runs"]} == {"clm", "mlm", "mlm_nsp", "rtd", "scratch"}
+    # rtd against mlm at equal pretraining FLOPs: paired by seed, its CI, both FLOPs, in the markdown too.
+    versus = runs["rtd"]["versus_rival"]
+    assert versus["rival"] == "mlm" and versus["ci_low"] <= versus["delta_macro_f1"] <= versus["ci_high"]
+    assert versus["delta_macro_f1"] == pytest.approx(runs["rtd"]["test_macro_f1_seed_mean"]
+                                                     - runs["mlm"]["test_macro_f1_seed_mean"])
+    assert versus["flops"] == runs["rtd"]["pretraining_compute"]["flops"] <= versus["rival_flops"]
+    assert versus["flops_ratio"] > 0.8  # equal FLOPs: the most whole steps within mlm's
+    assert "**rtd** vs **mlm** at equal pretraining FLOPs" in (dvc_repo / paths.COMPARISON_MD).read_text()
     assert 0.0 <= report["majority_baseline"]["test_macro_f1"] <= 1.0
     pre = {o: json.loads((dvc_repo / paths.PRETRAIN_REPORTS / o / "metrics.json").read_text()) for o in OBJECTIVE_NAMES}
     assert pre["clm"]["val_perplexity"] > 1.0
@@ -71,6 +79,8 @@ def test_metrics_for_every_objective_and_scratch(dvc_repo):
             assert metric in pre[name] and baseline in pre[name]
             assert runs[name]["pretraining"][baseline] == pre[name][baseline]
     assert 0.5 <= pre["mlm_nsp"]["val_nsp_baseline_accuracy"] <= 1.0
+    assert 0.5 <= pre["rtd"]["val_rtd_baseline_accuracy"] < 1.0 and 0.0 <= pre["rtd"]["val_rtd_accuracy"] <= 1.0
+    assert pre["rtd"]["steps"] < pre["mlm"]["steps"] and pre["rtd"]["trained_parameters"] > pre["rtd"]["parameters"]
     shown = dvc(dvc_repo, "metrics", "show", "--json").stdout
     assert "test_macro_f1" in shown and "val_perplexity" in shown
     plots = json.loads(dvc(dvc_repo, "plots", "show", "--json").stdout)["data"]
@@ -117,9 +127,13 @@ def test_second_repro_is_up_to_date_and_the_sweep_reruns_only_what_a_budget_chan
     points = json.loads((dvc_repo / "reports/sweep/budget_curve.json").read_text())["points"]
     assert sorted(p["objective"] for p in points) == sorted(OBJECTIVE_NAMES)
     workspace = json.loads(before[paths.COMPARISON_METRICS])
+    by_objective = {p["objective"]: p for p in points}
     for p in points:
         assert p["max_steps"] == 6 and p["experiment"] == "sweep-steps-6"
-        assert p["tokens_seen"] * 8 == workspace[p["objective"]]["tokens_seen"] * 6
+        if p["objective"] == "rtd":  # the steps of mlm's FLOPs at the budget, and the comparison with it
+            assert p["flops"] <= by_objective["mlm"]["flops"] and "minus_mlm_macro_f1" in p
+        else:
+            assert p["tokens_seen"] * 8 == workspace[p["objective"]]["tokens_seen"] * 6
         assert p["ci_low"] <= p["delta"] <= p["ci_high"]
         assert p["verdict"] in ("pays off", "hurts", "cannot tell at this budget")
     assert (dvc_repo / "reports/sweep/budget_curve.png").stat().st_size > 1000

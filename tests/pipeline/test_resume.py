@@ -82,31 +82,34 @@ def result(workdir: Path, objective: str = "clm") -> tuple[dict, list[str]]:
     return metrics, curve
 
 
-def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("objective", ["clm", "rtd"])
+def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, objective):
+    """rtd too: its generator samples from the batch's own uniforms, so a resumed run draws
+    the same replacements."""
     steps = 24
-    straight = prepare(tmp_path / "straight", steps)
-    proc = run_pretrain(straight)
+    straight = prepare(tmp_path / "straight", steps, objective=objective)
+    proc = run_pretrain(straight, objective)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-3000:]
 
-    crashed = prepare(tmp_path / "crashed", steps)
-    proc = run_pretrain(crashed, start_new_session=True)
-    ckpt_dir = crashed / paths.checkpoint_dir("clm")
+    crashed = prepare(tmp_path / "crashed", steps, objective=objective)
+    proc = run_pretrain(crashed, objective, start_new_session=True)
+    ckpt_dir = crashed / paths.checkpoint_dir(objective)
     deadline = time.time() + 240
     while time.time() < deadline and not any(ckpt_dir.glob("step-00000008")):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # kill -9, no chance to clean up
     proc.wait()
-    assert not (crashed / paths.pretrained_dir("clm")).exists(), "killed before the end, no final model"
+    assert not (crashed / paths.pretrained_dir(objective)).exists(), "killed before the end, no final model"
     saved = sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith("step-"))
-    assert saved and int(saved[-1].split("-")[1]) < steps
+    a, curve_a = result(straight, objective)
+    assert saved and int(saved[-1].split("-")[1]) < a["steps"]
 
-    proc = run_pretrain(crashed)
+    proc = run_pretrain(crashed, objective)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-3000:]
     assert "resuming from" in out
-    a, curve_a = result(straight)
-    b, curve_b = result(crashed)
+    b, curve_b = result(crashed, objective)
     assert b["resumed_from"] >= 8
     assert abs(a["val_loss"] - b["val_loss"]) <= 1e-6
     assert curve_a == curve_b  # every logged training loss, before and after the crash
@@ -128,7 +131,7 @@ def test_changed_params_never_resume_a_stale_checkpoint(tmp_path):
 PARITY_RTOL = 1e-4
 
 
-@pytest.mark.parametrize("objective", ["clm", "mlm", "mlm_nsp"])
+@pytest.mark.parametrize("objective", ["clm", "mlm", "mlm_nsp", "rtd"])
 def test_torchrun_two_processes_match_one_process(tmp_path, objective):
     """Same global batch (masks drawn for the whole of it), gloo on CPU, no dropout: each rank
     divides its loss by the global masked count, so the gradients DDP averages add up to the

@@ -33,7 +33,7 @@ def _masked(batch: dict) -> int:
     return int((batch["labels"] != -100).sum())
 
 
-@pytest.mark.parametrize("objective", ["mlm", "mlm_nsp", "clm"])
+@pytest.mark.parametrize("objective", ["mlm", "mlm_nsp", "clm", "rtd"])
 def test_two_ranks_average_to_the_single_process_gradient(tmp_path, bert_tokenizer, gpt2_tokenizer, objective):
     spec = OBJECTIVES[objective]
     tokenizer = bert_tokenizer if spec.architecture.name == "bert" else gpt2_tokenizer
