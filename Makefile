@@ -39,7 +39,7 @@ summary: install
 	$(BIN)/lmforge summary
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The GPU check (benchmarks/gpu_check.py): no install, no network. It runs under the first of
 # the venv's python, python3 and python that imports torch (a GPU machine's own), and needs only

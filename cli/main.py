@@ -138,6 +138,11 @@ def cmd_summary(args) -> int:
     for r in rows:
         print("  ".join(str(r[h]).ljust(w) for h, w in zip(headers, widths)))
     comparison = json.loads((repo / paths.COMPARISON_JSON).read_text())
+    for run in comparison["runs"]:
+        if "versus_rival" in run:  # rtd against mlm at equal pretraining FLOPs
+            v = run["versus_rival"]
+            print(f"\n{run['run']} {v['verdict']} at equal pretraining FLOPs: {v['delta_macro_f1']:+.3f} macro-F1 "
+                  f"({v['ci_level']:.0%} CI {v['ci_low']:+.3f} to {v['ci_high']:+.3f})")
     print(f"\nSeeds {', '.join(map(str, comparison['seeds']))} (the first is the registered model). "
           f"{comparison['ci_method']} Per lr and seed: {paths.FINETUNE_REPORTS}/<run>.json.")
     return 0

@@ -53,6 +53,10 @@ def test_the_flow_graph_is_dvc_yaml(repo_root):
     upstream, _ = dvc_graph(repo_root)
     expected = graph_from_dvc_yaml(repo_root)
     assert {s: set(u) for s, u in upstream.items()} == expected
+    # The rtd branch (added in dvc.yaml and its spec, no flow code) is in the flow's graph.
+    assert set(upstream["pretrain@rtd"]) == {"tokenize@rtd", "train_tokenizer@bert"}
+    assert set(upstream["finetune@rtd"]) == {"ingest", "pretrain@rtd"}
+    assert "finetune@rtd" in upstream["evaluate"]
     order = list(upstream)
     for stage, ups in upstream.items():  # dependencies come first
         assert all(order.index(u) < order.index(stage) for u in ups), stage
