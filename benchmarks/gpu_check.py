@@ -103,7 +103,8 @@ def write_data(objective: str, tokenizer, rows: int, block: int, out: Path) -> P
         if isinstance(SPECS[objective], CausalLM):
             arrays = {"input_ids": phrase_rows(rng, n, block, topics, first_id, vocab)}
         else:
-            arrays = _bert_rows(SPECS[objective].next_sentence, tokenizer, rng, n, block, topics, first_id)
+            arrays = _bert_rows(getattr(SPECS[objective], "next_sentence", False), tokenizer, rng, n, block, topics,
+                                first_id)
         for name, arr in arrays.items():
             arr = arr.astype(dtype if name == "input_ids" else np.uint8)
             np.save(out / f"{split}.{name}.npy", arr)
@@ -114,7 +115,7 @@ def write_data(objective: str, tokenizer, rows: int, block: int, out: Path) -> P
 
 
 def _bert_rows(next_sentence: bool, tokenizer, rng, n, block, topics, first_id) -> dict[str, np.ndarray]:
-    """[CLS] A [SEP] (mlm), or [CLS] A [SEP] B [SEP] with B from another topic half the time (mlm_nsp)."""
+    """[CLS] A [SEP] (mlm, rtd), or [CLS] A [SEP] B [SEP] with B from another topic half the time (mlm_nsp)."""
     cls, sep, vocab = tokenizer.cls_token_id, tokenizer.sep_token_id, len(tokenizer)
     column = np.full((n, 1), 0)
     if not next_sentence:
@@ -132,10 +133,11 @@ def _bert_rows(next_sentence: bool, tokenizer, rng, n, block, topics, first_id) 
     return {"input_ids": ids, "token_type_ids": types, "nsp_labels": labels, "word_starts": np.ones_like(ids)}
 
 
-def model_flops_per_token(objective: str, model, shapes: dict, mlm_probability: float) -> float:
+def model_flops_per_token(objective: str, model, shapes: dict, masked_fraction: float) -> float:
     """Useful FLOPs per token (components/train/flops.py): matmul weights without embedding
-    lookups, the MLM head on its masked share, attention's 12*L*d*T; synthetic rows have no padding."""
-    return flops_per_token(model, shapes["block"], mlm_probability)
+    lookups, the MLM (rtd: generator) head on its masked share, attention's 12*L*d*T per network;
+    synthetic rows have no padding."""
+    return flops_per_token(model, shapes["block"], masked_fraction)
 
 
 class _Interrupted(Exception):
@@ -184,7 +186,7 @@ def train_phase(objective: str, tokenizer, data: Path, shapes: dict, steps: int,
     train = [(step, m) for step, m in logs if "train_loss" in m]
     windows = [m["tokens_per_s"] for _, m in train]
     steady = float(np.median(windows[1:] if len(windows) > 1 else windows))  # the first pays warm-up / compile
-    per_token = model_flops_per_token(objective, model, shapes, cfg.mlm_probability)
+    per_token = model_flops_per_token(objective, model, shapes, SPECS[objective].masked_fraction(cfg))
     peak = device_peak_flops(torch.cuda.get_device_name()) if cuda else None
     first, last = train[0], train[-1]
     return {
