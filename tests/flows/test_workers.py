@@ -213,7 +213,8 @@ def test_after_it_the_controller_is_up_to_date_and_versions_carry_full_lineage(k
     # The bert branch's data and its scratch twin (params unchanged for them) equal the single
     # checkout's too: with the clm branch, every cached out not downstream of pretraining.
     ours, theirs = dvc_out_hashes(repo / "dvc.lock"), dvc_out_hashes(dvc_run[0] / "dvc.lock")
-    same = ["data/tokenizers/bert", "data/tokenized/mlm", "data/tokenized/mlm_nsp", "models/finetuned/scratch-bert"]
+    same = ["data/tokenizers/bert", "data/tokenized/mlm", "data/tokenized/mlm_nsp", "data/tokenized/rtd",
+            "models/finetuned/scratch-bert"]
     assert {p: ours[p] for p in same} == {p: theirs[p] for p in same}
     _, versions = _lineage(cluster["mlflow"])
     _, one_versions = _lineage(f"sqlite:///{dvc_run[0] / 'mlflow.db'}")
