@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from components import paths
-from components.objectives import FINETUNE_RUN_NAMES
+from components.objectives import FINETUNE_RUN_NAMES, OBJECTIVE_NAMES
 from pipeline_repo import env_for, free_port, wait_until_up
 from registry_models import LABELS, trained_classifier
 
@@ -146,7 +146,8 @@ def test_lineage_commit_and_dvc_checkout_restore_the_exact_corpus(dvc_repo, tmp_
     first = json.loads((repo / paths.REGISTRY_JSON).read_text())
     run(sys.executable, "-m", "pipelines.register")
     again = json.loads((repo / paths.REGISTRY_JSON).read_text())
-    assert len(first["models"]) + len(first["bases"]) == 8 and all(m["new_version"] for m in first["models"])
+    assert len(first["models"]) + len(first["bases"]) == len(FINETUNE_RUN_NAMES) + len(OBJECTIVE_NAMES)
+    assert all(m["new_version"] for m in first["models"])
     assert [(m["name"], m["version"], m["new_version"]) for m in again["models"] + again["bases"]] == \
         [(m["name"], m["version"], False) for m in first["models"] + first["bases"]]
 
@@ -173,7 +174,8 @@ def test_pipeline_versions_name_the_runs_that_made_their_weights(dvc_repo):
     registry = json.loads((dvc_repo / paths.REGISTRY_JSON).read_text())
     assert [m["run"] for m in registry["models"]] == list(FINETUNE_RUN_NAMES)
     assert {b["name"]: b["task"] for b in registry["bases"]} == {
-        "lmforge-clm-base": "text-generation", "lmforge-mlm-base": "fill-mask", "lmforge-mlm_nsp-base": "fill-mask"}
+        "lmforge-clm-base": "text-generation", "lmforge-mlm-base": "fill-mask", "lmforge-mlm_nsp-base": "fill-mask",
+        "lmforge-rtd-base": "token-classification"}
     for entry in registry["models"] + registry["bases"]:
         tags = client.get_model_version(entry["name"], str(entry["version"])).tags
         if entry in registry["bases"]:
@@ -184,6 +186,22 @@ def test_pipeline_versions_name_the_runs_that_made_their_weights(dvc_repo):
         assert match == "weights" and made_by.data.tags["lmforge.weights_sha256"] == tags["lmforge.weights_sha256"]
         assert made_by.data.tags["lmforge.objective"] == entry["run"]
         assert tags["lmforge.validation_success"] == "true" and tags["lmforge.corpus_md5"].endswith(".dir")
+
+
+def test_the_registered_rtd_detector_predicts_a_replaced_probability_per_token(dvc_repo):
+    """Read-only: `lmforge predict` on the rtd base (ELECTRA's discriminator, task
+    token-classification) gives every word piece of the text a probability of being replaced."""
+    version = next(b for b in json.loads((dvc_repo / paths.REGISTRY_JSON).read_text())["bases"]
+                   if b["name"] == "lmforge-rtd-base")
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "--repo", str(dvc_repo), "predict",
+                           f"{version['name']}/{version['version']}", "Return a new list of the items.", "--json"],
+                          cwd=dvc_repo, env=env_for(dvc_repo), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["task"] == "token-classification"
+    tokens = out["predictions"][0]["tokens"]
+    assert [t["token"] for t in tokens][:2] == ["return", "a"] and len(tokens) >= 7  # lowercased word pieces, no specials
+    assert all(0.0 <= t["replaced"] <= 1.0 for t in tokens)
 
 
 def test_the_served_pipeline_champion_answers_every_test_text_as_evaluate_did(dvc_repo):
