@@ -35,11 +35,6 @@ class ReplacedTokenModel(torch.nn.Module):
         generator.electra.embeddings = embeddings
         generator.generator_lm_head.weight = embeddings.word_embeddings.weight
 
-    @property
-    def config(self):
-        """The discriminator's: the saved model's (its width and depth describe the run)."""
-        return self.discriminator.config
-
 
 def generator_shape(d_model: int, n_heads: int, d_ff: int, width: float) -> dict:
     """The generator's hidden size, heads and feed-forward size at `width` times the

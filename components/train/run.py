@@ -52,12 +52,12 @@ def pretrain_objective(objective, model_cfg: ModelConfig, train_cfg: PretrainCon
     Returns the final metrics on rank 0, None on the other ranks of a torchrun launch.
     """
     data_dir = Path(paths.tokenized_dir(objective.name))
-    block_size = PretrainData(data_dir, "train").meta["block_size"]
+    meta = PretrainData(data_dir, "train").meta
+    block_size, real_fraction = meta["block_size"], meta["splits"]["train"]["packing_efficiency"]
     if block_size > model_cfg.max_positions:
         raise ValueError(f"tokenize.block_size ({block_size}) exceeds model.max_positions "
                          f"({model_cfg.max_positions}); lower one or raise the other")
     tokenizer = load_tokenizer(paths.tokenizer_dir(objective.architecture.name))
-    real_fraction = PretrainData(data_dir, "train").meta["splits"]["train"]["packing_efficiency"]
     steps = objective.max_steps(model_cfg, tokenizer, train_cfg, block_size, real_fraction)
     if steps != train_cfg.max_steps:
         print(f"pretrain: {objective.name}: {steps} steps, the FLOPs of {objective.rival} at pretrain.max_steps "
