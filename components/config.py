@@ -62,8 +62,19 @@ class DataConfig:
     max_documents: int = 0
     """Keep only the first N documents by doc_id (0 = all): a hash sample, the same whatever
     order the files are read in; keeps tiny runs fast."""
+    decontaminate_ngram: int = 13
+    """A corpus passage sharing a word n-gram this long with a downstream validation or test
+    text is cut (GPT-3, lm-evaluation-harness: 13; components/data/decontaminate.py)."""
+    decontaminate_min_words: int = 8
+    """A held-out text shorter than `decontaminate_ngram` words is matched whole when it has at
+    least this many (GPT-3's floor); a shorter one only where a whole line of the corpus is it."""
 
     def __post_init__(self) -> None:
+        if self.decontaminate_ngram < 1:
+            raise ValueError(f"data.decontaminate_ngram must be >= 1, got {self.decontaminate_ngram}")
+        if not 1 <= self.decontaminate_min_words <= self.decontaminate_ngram:
+            raise ValueError(f"data.decontaminate_min_words must be in [1, data.decontaminate_ngram="
+                             f"{self.decontaminate_ngram}], got {self.decontaminate_min_words}")
         if self.source.startswith("builtin:") and self.source != BUILTIN_CORPUS:
             raise ValueError(f"data.source: unknown built-in {self.source!r}; use {BUILTIN_CORPUS!r} or a path")
         if not self.source.strip():
@@ -107,6 +118,11 @@ class DownstreamConfig:
     """Docstrings shorter than this are not examples (built-in task)."""
     max_examples_per_split: int = 0
     """Cap on each split's size (0 = all), subsampled so every class keeps examples."""
+    train_examples: int = 0
+    """The label budget: labelled training examples fine-tuning sees (0 = all), a stratified
+    subsample of the training split only (nested: 100 of them are among 400). Validation and
+    test are untouched. The built-in corpus keeps every training text, labelled or not, as
+    unlabelled pretraining text (ULMFiT's setting: more text than labels)."""
 
     def __post_init__(self) -> None:
         if not self.task.strip():
@@ -121,6 +137,8 @@ class DownstreamConfig:
                 raise ValueError(f"downstream.{name} must be in (0, 0.5), got {value}")
         if self.min_chars < 1:
             raise ValueError(f"downstream.min_chars must be >= 1, got {self.min_chars}")
+        if self.train_examples < 0:
+            raise ValueError(f"downstream.train_examples must be >= 0 (0 = all), got {self.train_examples}")
         for name in ("text_column", "label_column"):
             if not getattr(self, name).strip():
                 raise ValueError(f"downstream.{name} is empty; name the field that holds the {name[:-7]}")
@@ -386,11 +404,19 @@ class FinetuneConfig(OptimConfig):
     """Fine-tuning seeds per run: `seed`, `seed + 1`, ... (the same values for every run). The
     grid runs with the first; the others run at the chosen lr. Evaluate pairs runs by seed."""
     epochs: int = 3
+    """The cap in passes over the labelled examples; `max_steps`, when set, caps too."""
+    max_steps: int = 0
+    """The cap in optimizer steps (0 = `epochs` alone): with a label budget, `epochs` over 100
+    examples is a handful of steps, over all of them hundreds; the run stops at the smaller
+    cap, or earlier by `patience`. The same rule for every run, pretrained or scratch."""
+    eval_every: int = 0
+    """Steps between validation evaluations (0 = once an epoch); `patience` counts them."""
     max_length: int = 128
     """Tokens per example after truncation; unset in params.yaml, it follows model.max_positions
     (the demo profile sets 48: most docstrings fit, and fine-tuning runs faster)."""
     patience: int = 2
-    """Early stopping: epochs without a better validation macro-F1 before stopping."""
+    """Early stopping: evaluations (every `eval_every` steps, or epochs) without a better
+    validation macro-F1 before stopping; the best evaluation's weights are kept."""
     class_weighting: bool = True
     """Weight the loss by inverse class frequency (the built-in task is imbalanced)."""
     group_by_length: bool = True
@@ -401,6 +427,7 @@ class FinetuneConfig(OptimConfig):
     def __post_init__(self):
         super().__post_init__()
         at_least(self, 1, "epochs", "max_length", "patience", "seeds")
+        at_least(self, 0, "max_steps", "eval_every")
         self.learning_rates  # a bad grid fails here, with the params check
 
     @property

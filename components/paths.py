@@ -6,6 +6,7 @@ from __future__ import annotations
 CORPUS_DIR = "data/corpus"
 DOWNSTREAM_DIR = "data/downstream"
 CORPUS_STATS = "reports/corpus_stats.json"
+DECONTAMINATION = "reports/decontamination.json"
 VALIDATION_DIR = "reports/validation"
 TOKENIZERS_DIR = "data/tokenizers"
 TOKENIZED_DIR = "data/tokenized"

@@ -13,6 +13,7 @@ from pathlib import Path  # noqa: E402
 from components import paths  # noqa: E402
 from components.registry import tracking  # noqa: E402
 from components.data.corpus import build_corpus  # noqa: E402
+from components.data.decontaminate import Report  # noqa: E402
 from components.io import write_json_atomic  # noqa: E402
 from pipelines._stage import run_stage  # noqa: E402
 
@@ -21,9 +22,13 @@ def main(argv=None) -> None:
     def body(cfg: dict, _item) -> None:
         # The work first, the MLflow run after: a bad source then fails in about a second,
         # before MLflow is imported, with nothing written anywhere.
+        removed = Report()
         stats = build_corpus(cfg["data"], cfg["downstream"], cfg["seed"],
-                             Path(paths.CORPUS_DIR), Path(paths.DOWNSTREAM_DIR))
+                             Path(paths.CORPUS_DIR), Path(paths.DOWNSTREAM_DIR), removed)
         write_json_atomic(paths.CORPUS_STATS, stats)
+        write_json_atomic(paths.DECONTAMINATION, {
+            "ngram": cfg["data"].decontaminate_ngram, "min_words": cfg["data"].decontaminate_min_words,
+            **removed.counts(), "held_out_excluded": stats["held_out_excluded"], "examples": removed.examples})
         with tracking.stage_run("ingest", cfg):
             tracking.log_metrics(stats)
         print(f"ingest: {stats['documents']} documents, {stats['characters']:,} characters; "

@@ -13,9 +13,10 @@ validation a row group at a time. Memory holds one sort run, not the corpus.
 No downstream validation or test text reaches the corpus (pretraining on it would leak
 into model choice and the final score): the built-in corpus leaves out the test-split
 modules and every docstring or topic holding a validation or test text (near-duplicates,
-as ``clean.match_text`` compares, included); another corpus loses each document that, or
-one of whose paragraphs or lines, equals such a text after ``match_text``. Counted in
-``held_out_excluded``.
+as ``clean.match_text`` compares, included; counted in ``held_out_excluded``); then every
+corpus, built-in or not, passes through ``decontaminate``: each paragraph sharing a 13-word
+n-gram with such a text is cut, whatever its case, spacing or surroundings (counted in
+``decontaminated_*``, examples in reports/decontamination.json).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from components.config import BUILTIN_CORPUS, BUILTIN_TASK, DataConfig, Downstre
 from components.data import stdlib_docs
 from components.data.clean import Document, clean_documents, clean_text, match_key, new_counts
 from components.data.dedup import sort_unique
+from components.data.decontaminate import HeldOutIndex, Report, decontaminate
 from components.data.rows import DOWNSTREAM_SCHEMA, write_parquet
 from components.data.sources import read_documents
 from components.data.split import write_splits
@@ -89,9 +91,11 @@ def without_held_out(raw: Iterable[tuple[str, str | None]], held_out: set[str],
 
 
 def build_corpus(
-    data: DataConfig, downstream: DownstreamConfig, seed: int, corpus_dir: Path, downstream_dir: Path
+    data: DataConfig, downstream: DownstreamConfig, seed: int, corpus_dir: Path, downstream_dir: Path,
+    decontamination: Report | None = None,
 ) -> dict:
-    """Write the corpus and downstream splits; return flat stats for reports/corpus_stats.json.
+    """Write the corpus and downstream splits; return flat stats for reports/corpus_stats.json
+    (`decontamination`, when given, receives what was cut and a few examples).
 
     Both directories appear together or not at all: a bad source fails before either is
     replaced (a user's source is read first, so it fails before the slower stdlib parse).
@@ -105,7 +109,7 @@ def build_corpus(
         task, labels, held_out = read_downstream(downstream, seed, counts)
         excluded = 0
     if builtin and task is None:
-        task, raw, excluded = _builtin_task_and_corpus(downstream, seed, counts)
+        task, raw, excluded, held_out = _builtin_task_and_corpus(downstream, seed, counts)
     elif builtin:  # the built-in corpus with a user's task: its held-out texts left out
         raw = stdlib_docs.builtin_documents(stdlib_docs.cleaned_modules(clean_text), set(), held_out,
                                             clean_text, counts)
@@ -113,6 +117,14 @@ def build_corpus(
         raw = read_documents(data.source, data.text_column, data.txt_mode)
         if task is not None:
             raw = without_held_out(raw, held_out, counts)
+    if task is None:  # a user's corpus with the built-in task: the task first, for its held-out texts
+        modules = stdlib_docs.cleaned_modules(clean_text)
+        task, full = _task(modules, downstream, seed)
+        held_out, excluded = held_out_texts(full), 0
+    report = decontamination if decontamination is not None else Report()
+    raw = decontaminate(raw, HeldOutIndex(held_out, data.decontaminate_ngram, data.decontaminate_min_words), report)
+    available = len(task["train"])
+    task = _label_budget(task, downstream, len(labels), seed)
     with atomic_dir(corpus_dir) as tmp:
         work = tmp / ".sort"
         docs = sort_unique(clean_documents(raw, data.min_chars, counts), work, counts)
@@ -124,24 +136,33 @@ def build_corpus(
                 f"{counts['short_removed']} shorter than data.min_chars={data.min_chars}); "
                 "give a non-empty corpus or lower data.min_chars"
             )
-        if task is None:
-            task, excluded = _task(stdlib_docs.cleaned_modules(clean_text), downstream, seed)[0], 0
         with atomic_dir(downstream_dir) as out:
             for split, rows in task.items():
                 write_parquet(out / f"{split}.parquet", rows, DOWNSTREAM_SCHEMA)
             write_json_atomic(out / "labels.json", {"labels": labels})
 
-    stats = _stats(counts, corpus, task, excluded, len(labels))
+    stats = {**_stats(counts, corpus, task, excluded, len(labels)), "downstream_train_available": available,
+             **report.counts()}
     print(
         f"corpus: {stats['documents']} documents ({stats['train_documents']} train / "
         f"{stats['validation_documents']} validation), {stats['characters']:,} characters; "
         f"{stats['duplicates_removed']} duplicates and {stats['short_removed']} short documents removed; "
         f"{excluded} test-split modules and {stats['held_out_excluded']} holding a downstream validation/test "
-        f"text left out; {stats['downstream_overlap_removed']} downstream texts dropped from a later split "
-        "that repeated an earlier one",
+        f"text left out; decontamination ({data.decontaminate_ngram}-grams) cut {report.characters_removed:,} "
+        f"characters: {report.documents_dropped} documents dropped, {report.documents_cut} cut; "
+        f"{stats['downstream_overlap_removed']} downstream texts dropped from a later split that repeated an earlier one",
         file=sys.stderr,
     )
     return stats
+
+
+def _label_budget(task: dict, downstream: DownstreamConfig, n_labels: int, seed: int) -> dict:
+    """The task with its training split cut to `downstream.train_examples` (stratified, nested)."""
+    budget = downstream.train_examples
+    if budget and budget < n_labels:
+        raise ValueError(f"downstream.train_examples={budget} is fewer than the task's {n_labels} classes; "
+                         f"give at least {n_labels} (0 = every training example)")
+    return {**task, "train": stdlib_docs.subsample(task["train"], budget, seed)}
 
 
 def read_downstream(downstream: DownstreamConfig, seed: int,
@@ -166,9 +187,11 @@ def _task(modules: list[stdlib_docs.ModuleDocs], downstream: DownstreamConfig, s
 
 def _builtin_task_and_corpus(downstream: DownstreamConfig, seed: int, counts: dict):
     """The task first: the built-in corpus leaves out every module with a test example and
-    every docstring holding a validation or test example (even one that subsampling dropped)."""
+    every docstring holding a validation or test example (even one that subsampling dropped).
+    Returns (task, raw corpus, test-split modules left out, held-out texts)."""
     modules = stdlib_docs.cleaned_modules(clean_text)
     task, full = _task(modules, downstream, seed)
     test_modules = {module for _, _, module in full["test"]}
-    raw = stdlib_docs.builtin_documents(modules, test_modules, held_out_texts(full), clean_text, counts)
-    return task, raw, sum(m.name in test_modules for m in modules)
+    held_out = held_out_texts(full)
+    raw = stdlib_docs.builtin_documents(modules, test_modules, held_out, clean_text, counts)
+    return task, raw, sum(m.name in test_modules for m in modules), held_out

@@ -167,28 +167,41 @@ def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels:
     cfg = dataclasses.replace(cfg, dtype=str(dtype).removeprefix("torch."))  # what fit runs
     chosen = {"dtype": cfg.dtype, "precision_source": probe.record["source"] if probe else f"finetune.dtype on {device.type}",
               **({"precision_bf16_speedup": probe.record["bf16_speedup"]} if probe else {})}
-    best = {"val_macro_f1": -1.0, "epoch": 0, "state": None}
+    best = {"val_macro_f1": -1.0, "epoch": 0, "step": 0, "evals": 0, "state": None}
     history: list[dict] = []
+    total_steps, eval_every = finetune_steps(len(train_x), cfg)
 
     def evaluate(step: int) -> bool:
-        epoch = math.ceil(step / steps_per_epoch)
+        epoch = step / steps_per_epoch
+        epoch = int(epoch) if epoch.is_integer() else round(epoch, 2)
         preds = predict(model, val_x, pad_id, cfg.batch_size * 2, device, dtype).argmax(-1)
         score = macro_f1(val_y, preds, n_labels)
         acc = float(np.mean(preds == val_y))
-        history.append({"epoch": epoch, "val_macro_f1": score, "val_accuracy": acc})
+        history.append({"step": step, "epoch": epoch, "val_macro_f1": score, "val_accuracy": acc})
         if on_log:
             on_log(step, {"val_macro_f1": score, "val_accuracy": acc})
         if score > best["val_macro_f1"]:
-            best.update(val_macro_f1=score, val_accuracy=acc, epoch=epoch,
+            best.update(val_macro_f1=score, val_accuracy=acc, epoch=epoch, step=step, evals=len(history),
                         state=copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
-        return epoch - best["epoch"] >= cfg.patience
+        return len(history) - best["evals"] >= cfg.patience
 
     with fp32_head(model, head, device, dtype):
-        timing = fit(model, cfg, cfg.epochs * steps_per_epoch, next_batch, loss_fn, evaluate=evaluate,
-                     eval_every=steps_per_epoch, on_log=on_log, log_every=max(1, steps_per_epoch // 4))
+        timing = fit(model, cfg, total_steps, next_batch, loss_fn, evaluate=evaluate,
+                     eval_every=eval_every, on_log=on_log, log_every=max(1, eval_every // 4))
     model.load_state_dict(best["state"])
-    return {"best_epoch": best["epoch"], "val_macro_f1": best["val_macro_f1"], "val_accuracy": best["val_accuracy"],
-            "epochs_run": history[-1]["epoch"], "seconds": timing["seconds"], **chosen, "history": history}
+    return {"best_epoch": best["epoch"], "best_step": best["step"], "val_macro_f1": best["val_macro_f1"],
+            "val_accuracy": best["val_accuracy"], "epochs_run": history[-1]["epoch"],
+            "steps_run": history[-1]["step"], "seconds": timing["seconds"], **chosen, "history": history}
+
+
+def finetune_steps(n_examples: int, cfg: FinetuneConfig) -> tuple[int, int]:
+    """(the step cap, steps between evaluations) for `n_examples` labelled examples: `epochs`
+    passes, or `max_steps` when that is fewer; an evaluation each epoch or `eval_every` steps."""
+    steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum))
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    return total, min(total, cfg.eval_every or steps_per_epoch)
 
 
 @contextlib.contextmanager
@@ -297,5 +310,5 @@ def _save(model, tokenizer, out: Path) -> None:
 
 def _brief(result: dict) -> dict:
     """A fit's validation results without its weights (the history stays: one row per epoch)."""
-    return {k: result[k] for k in ("lr", "seed", "val_macro_f1", "val_accuracy", "best_epoch", "epochs_run",
-                                   "seconds", "history")}
+    return {k: result[k] for k in ("lr", "seed", "val_macro_f1", "val_accuracy", "best_epoch", "best_step",
+                                   "epochs_run", "steps_run", "seconds", "history")}
