@@ -65,11 +65,15 @@ def cmd_serve(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    """The budget curve: one DVC experiment per `--max-steps` value (cli/sweep.py)."""
+    """The two curves: one DVC experiment per `--max-steps` or `--train-examples` value (cli/sweep.py)."""
     from cli import sweep
 
     try:
-        budgets = sweep.parse_budgets(args.max_steps)
+        if bool(args.max_steps) == bool(args.train_examples):
+            raise ValueError("give one of --max-steps (the budget curve) or --train-examples (the label curve); "
+                             "fix the other with -S, e.g. -S downstream.train_examples=400")
+        axis = sweep.AXES["max_steps" if args.max_steps else "train_examples"]
+        budgets = sweep.parse_budgets(args.max_steps or args.train_examples, axis)
         sets = sweep.parse_sets(args.set)
     except ValueError as e:
         print(f"error: sweep: {e}", file=sys.stderr)
@@ -77,17 +81,17 @@ def cmd_sweep(args) -> int:
     import yaml
 
     typed = {k: yaml.safe_load(v) for k, v in sets.items()}  # as `dvc exp run -S` reads a value
-    for steps in budgets:  # every point's params, checked before anything is queued
-        if cmd_check_params(args, overrides={**typed, "pretrain.max_steps": steps}, quiet=True):
+    for value in budgets:  # every point's params, checked before anything is queued
+        if cmd_check_params(args, overrides={**typed, axis.param: value}, quiet=True):
             return 2
     repo = Path(args.repo)
     try:
-        names = sweep.run_sweep(repo, budgets, sets, args.name, args.jobs)
+        names = sweep.run_sweep(repo, budgets, sets, args.name, args.jobs, axis)
         points = sweep.collect(repo, names)
     except RuntimeError as e:
         print(f"error: sweep: {e}", file=sys.stderr)
         return 1
-    files = sweep.write_curve(repo, points)
+    files = sweep.write_curve(repo, points, axis)
     print(sweep.table(points))
     print(f"sweep: {', '.join(str(f.relative_to(repo)) for f in files)}; `dvc exp show` lists the experiments")
     return 0
@@ -232,11 +236,14 @@ def main(argv=None) -> int:
     wk.set_defaults(func=cmd_workers)
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("summary", help="print the results table").set_defaults(func=cmd_summary)
-    sweep = sub.add_parser("sweep", help="the budget curve: delta vs scratch by pretraining budget, as DVC experiments")
-    sweep.add_argument("--max-steps", required=True, help="pretrain.max_steps values, comma-separated (e.g. 150,450,1350)")
+    sweep = sub.add_parser("sweep", help="the budget or label curve: delta vs scratch by pretraining steps or "
+                                         "labelled examples, as DVC experiments")
+    sweep.add_argument("--max-steps", help="pretrain.max_steps values, comma-separated (e.g. 150,450,1350)")
+    sweep.add_argument("--train-examples", help="downstream.train_examples values, comma-separated, 0 = all "
+                                                "(e.g. 100,400,1600,0)")
     sweep.add_argument("-S", "--set", action="append", metavar="KEY=VALUE",
                        help="another param for every point, as `dvc exp run -S` (repeatable)")
-    sweep.add_argument("--name", default="sweep", help="experiment name prefix (default: sweep -> sweep-steps-450)")
+    sweep.add_argument("--name", default="sweep", help="experiment name prefix (default: sweep -> sweep-steps-450, sweep-labels-400)")
     sweep.add_argument("--jobs", type=int, default=1, help="experiments run at once (default: 1)")
     sweep.set_defaults(func=cmd_sweep)
     check = sub.add_parser("check-params", help="validate params.yaml without running anything")

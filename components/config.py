@@ -139,6 +139,9 @@ class DownstreamConfig:
             raise ValueError(f"downstream.min_chars must be >= 1, got {self.min_chars}")
         if self.train_examples < 0:
             raise ValueError(f"downstream.train_examples must be >= 0 (0 = all), got {self.train_examples}")
+        if self.task == BUILTIN_TASK and 0 < self.train_examples < BUILTIN_TASK_CLASSES:
+            raise ValueError(f"downstream.train_examples={self.train_examples} is fewer than the task's "
+                             f"{BUILTIN_TASK_CLASSES} classes; give at least {BUILTIN_TASK_CLASSES} (0 = all)")
         for name in ("text_column", "label_column"):
             if not getattr(self, name).strip():
                 raise ValueError(f"downstream.{name} is empty; name the field that holds the {name[:-7]}")

@@ -18,7 +18,12 @@ def sweep(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args, message", [
     (["--max-steps", "150,x"], "--max-steps: '150,x' is not a comma-separated list"),
-    (["--max-steps", "0"], "--max-steps: give at least one step count >= 1"),
+    (["--max-steps", "0"], "--max-steps: give at least one value >= 1"),
+    (["--train-examples", "100,-4"], "--train-examples: give at least one value >= 0"),
+    (["--train-examples", "a"], "--train-examples: 'a' is not a comma-separated list"),
+    (["--max-steps", "10", "--train-examples", "100"], "give one of --max-steps (the budget curve) or --train-examples"),
+    ([], "give one of --max-steps (the budget curve) or --train-examples"),
+    (["--train-examples", "4"], "downstream.train_examples=4 is fewer than"),
     (["--max-steps", "10", "-S", "nokey"], "-S 'nokey': write a dotted param and a value"),
     # -S values are read as YAML, as `dvc exp run -S` reads them: a typed value is checked as one
     (["--max-steps", "10", "-S", "finetune.seeds=5", "-S", "pretrain.lr=-1"], "pretrain.lr must be > 0, got -1.0"),

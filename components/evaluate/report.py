@@ -30,9 +30,11 @@ def _save(fig, out: Path) -> None:
     plt.close(fig)
 
 
-def plot_budget_curve(points: list[dict], out: Path) -> None:
+def plot_budget_curve(points: list[dict], out: Path, by_labels: bool = False) -> None:
     """`lmforge sweep`'s picture: delta macro-F1 against scratch (bars: its corrected CI)
-    against the pretraining tokens seen, one line per objective."""
+    against the pretraining tokens seen (or, `by_labels`, the labelled examples fine-tuning
+    saw: the label-efficiency curve), one line per objective."""
+    x_key = "train_examples" if by_labels else "tokens_seen"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,14 +43,14 @@ def plot_budget_curve(points: list[dict], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for objective in sorted({p["objective"] for p in points}):
         mine = [p for p in points if p["objective"] == objective]
-        ax.errorbar([p["tokens_seen"] for p in mine], [p["delta"] for p in mine], marker="o", capsize=3,
+        ax.errorbar([p[x_key] for p in mine], [p["delta"] for p in mine], marker="o", capsize=3,
                     yerr=[[p["delta"] - p["ci_low"] for p in mine], [p["ci_high"] - p["delta"] for p in mine]],
                     label=objective)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("pretraining tokens seen")
+    ax.set_xlabel("labelled training examples" if by_labels else "pretraining tokens seen")
     ax.set_ylabel("delta test macro-F1 vs scratch (corrected CI)")
-    ax.set_title("What pretraining buys, by budget")
+    ax.set_title("What pretraining buys, by label budget" if by_labels else "What pretraining buys, by budget")
     ax.legend()
     _save(fig, out)
 

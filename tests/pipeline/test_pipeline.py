@@ -140,6 +140,26 @@ def test_second_repro_is_up_to_date_and_the_sweep_reruns_only_what_a_budget_chan
     assert len((dvc_repo / "reports/sweep/budget_curve.csv").read_text().splitlines()) == 1 + len(points)
 
 
+def test_the_label_sweep_reruns_only_fine_tuning_and_keeps_the_corpus(dvc_repo):
+    """`lmforge sweep --train-examples` on the tiny profile, one point (40 of the 120 labels):
+    ingest reruns and writes the same corpus bytes, so no tokenizer or pretraining runs again;
+    only fine-tuning and evaluate do, and the label curve has the point with its CI."""
+    before = (dvc_repo / "dvc.lock").read_text()
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "--repo", str(dvc_repo), "sweep", "--train-examples", "40"],
+                          cwd=dvc_repo, env=env_for(dvc_repo), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (dvc_repo / "dvc.lock").read_text() == before
+    log = dvc(dvc_repo, "queue", "logs", "sweep-labels-40").stdout
+    ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+    assert ran == {"ingest", "validate", "evaluate"} | {f"finetune@{r}" for r in FINETUNE_RUN_NAMES}, log[-3000:]
+    points = json.loads((dvc_repo / "reports/sweep/label_curve.json").read_text())["points"]
+    assert sorted(p["objective"] for p in points) == sorted(OBJECTIVE_NAMES)
+    for p in points:
+        assert p["train_examples"] == 40 and p["experiment"] == "sweep-labels-40" and p["max_steps"] == 8
+        assert p["ci_low"] <= p["delta"] <= p["ci_high"]
+    assert (dvc_repo / "reports/sweep/label_curve.png").stat().st_size > 1000
+
+
 def test_every_downstream_mlflow_run_records_the_corpus_hash_from_dvc_lock(dvc_run):
     import mlflow
     import yaml
