@@ -73,7 +73,8 @@ def compare_runs(runs: Sequence, cfg: EvaluateConfig, seed: int, track: Callable
                                                      predictions, y, len(labels), cfg, seed)
                 log_metrics({f"{entry['run']}_minus_{rival}_macro_f1": entry["versus_rival"]["delta_macro_f1"]})
         majority = majority_baseline(train_labels, y, len(labels))
-        report = {"labels": labels, "test_examples": int(len(y)), "confidence": cfg.confidence, "seeds": seeds,
+        report = {"labels": labels, "test_examples": int(len(y)), "train_examples": int(len(train_labels)),
+                  "confidence": cfg.confidence, "seeds": seeds,
                   "ci_method": ci_method(len(seeds), cfg, len(compared)),
                   "majority_baseline": majority, "runs": entries}
         table = write_report(report, [run.objective for run in runs if run.pretrained])
@@ -215,7 +216,8 @@ def write_report(report: dict, objectives: Sequence) -> str:
         f"{_flops(v['rival_flops'])}, generator included): {r['objective']} {v['verdict']} "
         f"({v['delta_macro_f1']:+.3f} macro-F1, {v['ci_level']:.0%} CI {v['ci_low']:+.3f} to {v['ci_high']:+.3f})"
         for r in runs if "versus_rival" in r for v in [r["versus_rival"]])
-    write_text_atomic(paths.COMPARISON_MD, f"# Objective comparison ({report['test_examples']} test examples)\n\n"
+    write_text_atomic(paths.COMPARISON_MD, f"# Objective comparison ({report['test_examples']} test examples; "
+                      f"fine-tuned on {report['train_examples']} labelled examples)\n\n"
                       f"{table}\n{BASELINES_NOTE}\n\n{verdicts}\n\n"
                       "![macro-F1](comparison.png)\n![loss](pretraining_loss.png)\n\n"
                       f"{samples_markdown(report['samples'])}")

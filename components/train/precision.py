@@ -40,6 +40,10 @@ MAX_SECONDS = 10.0
 """Timed steps stop early past this (a slow or loaded machine: one demo step took 5 s on a
 2-core box at load 9); at least one timed step per precision is always taken."""
 CHOICES = ("float32", "bfloat16")
+FAR_BEHIND = 0.5
+"""A cached bf16 speedup below this, on this CPU and torch for any shape, settles fp32 for
+every shape without measuring: bf16 emulated in software (an AVX2-only AMD EPYC measured
+0.11x) is no shape's win, and each probe there costs about a minute (two bf16 steps)."""
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -163,6 +167,21 @@ def read_cache(path: Path, key: Mapping) -> dict | None:
     return record
 
 
+def bf16_far_behind(key: Mapping) -> dict | None:
+    """A cached record for this CPU and torch (any shape) whose bf16 speedup is under
+    FAR_BEHIND, or None."""
+    for path in sorted(cache_dir().glob("precision-*.json")):
+        try:
+            record = json.loads(path.read_text())
+            same = {k: v for k, v in record["key"].items() if k != "shape"} == \
+                {k: v for k, v in key.items() if k != "shape"}
+            if same and float(record["bf16_speedup"]) < FAR_BEHIND:
+                return record
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+    return None
+
+
 def write_cache(path: Path, record: dict) -> None:
     """Atomically (a stage running beside another may write the same key)."""
     write_json_atomic(path, record)
@@ -175,6 +194,9 @@ def choose(probe: Probe, label: str = "dtype") -> str:
     path = cache_path(key)
     record = read_cache(path, key)
     source = f"cached in {path}"
+    if record is None and (slow := bf16_far_behind(key)) is not None:
+        record = {"key": key, "dtype": "float32", "bf16_speedup": slow["bf16_speedup"]}
+        source = f"bf16 measured at {slow['bf16_speedup']:.2f}x for {slow['key']['shape'].get('model')} on this CPU"
     if record is None:
         start = time.perf_counter()
         timings = measure(probe.step)

@@ -73,6 +73,20 @@ def test_the_choice_is_cached_per_machine_and_shape_and_reused(cache, timed, cap
     assert timed["calls"] == 3 and len(list(cache.glob("precision-*.json"))) == 3
 
 
+def test_bf16_far_behind_on_this_cpu_settles_fp32_for_every_shape_unmeasured(cache, timed):
+    timed["timings"] = {"float32": [1.0] * 5, "bfloat16": [9.0] * 5}  # emulated bf16 (AVX2 only)
+    assert choose(_probe()) == "float32" and timed["calls"] == 1
+    probe = _probe(width=16)
+    assert choose(probe) == "float32" and timed["calls"] == 1  # another shape: not measured
+    assert "bf16 measured at 0.11x for M on this CPU" in probe.record["source"]
+    timed["timings"] = {"float32": [1.0] * 5, "bfloat16": [1.3] * 5}  # 0.77x: near enough to measure each shape
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch, "__version__", "0.0.0-other")  # another torch: its own records
+        choose(_probe())
+        choose(_probe(width=16))
+    assert timed["calls"] == 3
+
+
 @pytest.mark.parametrize("content", ["{not json", '{"dtype": "float16", "key": null}', "[]"])
 def test_a_corrupt_cache_file_is_ignored_with_a_warning_and_rewritten(cache, timed, content):
     choose(_probe())
