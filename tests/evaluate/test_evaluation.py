@@ -14,7 +14,7 @@ from components.config import EvaluateConfig
 from components.evaluate.metrics import bootstrap_diff_ci, classification_metrics, majority_baseline
 from components.objectives import ARCHITECTURES
 from components.config import FinetuneConfig
-from components.train.finetuning import encode_for_classifier, finetune, predict, read_labelled
+from components.train.finetuning import encode_for_classifier, finetune, finetune_steps, predict, read_labelled
 from components.config import ModelConfig
 from components.train.scores import macro_f1
 
@@ -172,6 +172,27 @@ def test_finetune_learns_a_separable_task_and_restores_the_best_epoch(architectu
     val_x = encode_for_classifier(tokenizer, val["text"].tolist(), cfg.max_length)
     preds = predict(model, val_x, tokenizer.pad_token_id, 16, torch.device("cpu"), torch.float32).argmax(-1)
     assert macro_f1(val["label"].to_numpy(), preds, 2) == pytest.approx(result["val_macro_f1"])
+
+
+@pytest.mark.parametrize("n, cfg, expected", [
+    (400, dict(epochs=20, batch_size=32), (260, 13)),  # the cap in epochs: 20 of 13 steps
+    (400, dict(epochs=20, max_steps=120, batch_size=32), (120, 13)),  # the step cap is smaller
+    (4165, dict(epochs=20, max_steps=120, batch_size=32), (120, 120)),  # under an epoch: one evaluation
+    (4165, dict(epochs=3, eval_every=50, batch_size=32), (393, 50)),
+    (100, dict(epochs=2, batch_size=16, grad_accum=2), (8, 4)),
+])
+def test_fine_tuning_length_follows_the_labels_by_one_rule(n, cfg, expected):
+    assert finetune_steps(n, _cfg(**cfg)) == expected
+
+
+def test_patience_counts_evaluations_and_max_steps_caps_a_run(bert_tokenizer):
+    torch.manual_seed(0)
+    tokenizer = copy.deepcopy(bert_tokenizer)
+    model = ARCHITECTURES["bert"].build_classifier(TINY, tokenizer, ["serialise", "filesystem"], None)
+    result = finetune(model, tokenizer, _toy_task(64, 0), _toy_task(32, 1), 2,
+                      _cfg(epochs=50, max_steps=12, eval_every=3, patience=50), seed=0)
+    assert [h["step"] for h in result["history"]] == [3, 6, 9, 12] and result["steps_run"] == 12
+    assert result["best_step"] in (3, 6, 9, 12)
 
 
 def test_finetune_stops_early_after_patience(bert_tokenizer):
