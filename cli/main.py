@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cli.registry_cmds import add_registry_commands
-from components.objectives import OBJECTIVE_NAMES
+from components.objectives import OBJECTIVE_NAMES, check_objectives
 
 
 def cmd_run(args) -> int:
@@ -139,6 +139,8 @@ def cmd_summary(args) -> int:
         print("  ".join(str(r[h]).ljust(w) for h, w in zip(headers, widths)))
     comparison = json.loads((repo / paths.COMPARISON_JSON).read_text())
     for run in comparison["runs"]:
+        if run.get("did_not_train"):  # its pretraining metric sits at its trivial baseline
+            print(f"\n{run['run']}: {run['verdict']}: {run['did_not_train']}; its Δ is no verdict on the objective")
         if "versus_rival" in run:  # rtd against mlm at equal pretraining FLOPs
             v = run["versus_rival"]
             print(f"\n{run['run']} {v['verdict']} at equal pretraining FLOPs: {v['delta_macro_f1']:+.3f} macro-F1 "
@@ -175,6 +177,7 @@ def cmd_check_params(args, overrides: dict | None = None, quiet: bool = False) -
                 resolved = load_params(Path(tmp) / "params.yaml")
         else:
             resolved = load_params(path)
+        check_objectives(resolved.objectives)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -190,6 +193,8 @@ def show_lines(resolved) -> list[str]:
     def scalar(value) -> str:
         if isinstance(value, bool):
             return str(value).lower()
+        if isinstance(value, (list, tuple)):
+            return f"[{', '.join(map(str, value))}]"
         if isinstance(value, str) and (not value or value.strip() != value):
             return repr(value)
         return str(value)
