@@ -62,7 +62,7 @@ def compare_runs(runs: Sequence, cfg: EvaluateConfig, seed: int, track: Callable
                                                                                          boot["per_seed"])),
                          delta_ci_low=low, delta_ci_high=high, delta_ci_level=level,
                          delta_p_value=boot["p_value"], delta_p_holm=holm_result["p_adjusted"],
-                         verdict=NOT_TRAINED if entry["did_not_train"] else verdict(low, high), beats_scratch=low > 0)
+                         verdict=pretrained_verdict(entry, low, high), beats_scratch=low > 0)
             log_metrics({f"{entry['run']}_delta_macro_f1": boot["diff"], f"{entry['run']}_delta_ci_low": low,
                          f"{entry['run']}_delta_ci_high": high})
         specs = {run.name: run for run in runs}
@@ -79,6 +79,12 @@ def compare_runs(runs: Sequence, cfg: EvaluateConfig, seed: int, track: Callable
         table = write_report(report, [run.objective for run in runs if run.pretrained])
         log_artifacts(REPORT_FILES)
     return table
+
+
+def pretrained_verdict(entry: dict, ci_low: float, ci_high: float) -> str:
+    """The verdict on a pretrained run against scratch, from its corrected CI; none on the
+    objective when its pretraining sat at its trivial baseline (`did_not_train`, the spec's rule)."""
+    return NOT_TRAINED if entry.get("did_not_train") else verdict(ci_low, ci_high)
 
 
 def versus_rival(entry: dict, rival: dict, predictions: dict, y: np.ndarray, n_labels: int, cfg: EvaluateConfig,
