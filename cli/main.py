@@ -221,7 +221,8 @@ def main(argv=None) -> int:
     serve.add_argument("--cron", default="0 3 * * *", help="schedule, UTC (default: nightly at 03:00; '' for none)")
     for p in (run, serve):
         p.add_argument("--objective", action="append", choices=OBJECTIVE_NAMES,
-                       help="run only what this objective needs (repeatable; default: all)")
+                       help="run only what this objective needs (repeatable; one of params.yaml's `objectives`; "
+                            "default: all of them)")
     serve.add_argument("--profile", choices=["tiny", "demo", "gpu-small"], help="set `profile` in params.yaml")
     serve.add_argument("--data-source", help="set `data.source` in params.yaml")
     run.set_defaults(func=cmd_run)
