@@ -16,6 +16,8 @@ def cmd_run(args) -> int:
     # Fail before a Prefect server starts or any stage runs; the overrides are checked too.
     if cmd_check_params(args, overrides={"profile": args.profile, "data.source": args.data_source}, quiet=True):
         return 2
+    if args.objective and unlisted_objectives(args):
+        return 2
     if args.pools:  # before anything is written: workers must be able to fetch this commit
         from flows.pools import SourceNotShareable, source
 
@@ -34,6 +36,18 @@ def cmd_run(args) -> int:
         print("lmforge run: evaluate left out (the other objectives are not up to date): no comparison yet")
         return 0
     return cmd_summary(args)
+
+
+def unlisted_objectives(args) -> list[str]:
+    """`--objective` names not in params.yaml's `objectives` (dvc.yaml has no stages for them), said in one line."""
+    from components.params import load_params
+
+    listed = load_params(Path(args.repo) / "params.yaml").objectives
+    unlisted = [o for o in args.objective if o not in listed]
+    if unlisted:
+        print(f"error: lmforge run --objective {unlisted[0]}: not in params.yaml objectives [{', '.join(listed)}]; "
+              f"add it there to run it", file=sys.stderr)
+    return unlisted
 
 
 def cmd_workers(args) -> int:

@@ -213,3 +213,10 @@ def test_a_stage_outside_the_objectives_list_refuses_to_run(tmp_path):
                                str(tmp_path / "params.yaml")], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
         assert ("does not run" in proc.stderr) != ("valid: clm, mlm, mlm_nsp, rtd" in proc.stderr), proc.stderr
+
+
+def test_lmforge_run_refuses_an_objective_not_in_the_list_before_starting_anything(tmp_path, capsys):
+    (tmp_path / "params.yaml").write_text("profile: tiny\nobjectives: [clm, mlm]\n")
+    assert lmforge(["--repo", str(tmp_path), "run", "--objective", "rtd"]) == 2
+    assert capsys.readouterr().err == ("error: lmforge run --objective rtd: not in params.yaml objectives [clm, mlm]; "
+                                       "add it there to run it\n")
