@@ -68,8 +68,8 @@ def _check_listed(path: str, objectives: Sequence[str], item: str, value: str, c
     if value not in choices:
         raise ConfigError(f"--{item}: unknown {item} {value!r}; valid: {', '.join(choices)}")
     if value not in runs:
-        raise ConfigError(f"{path}: 'objectives' ({', '.join(objectives)}) does not run {item} {value}; "
-                          f"add its objective to the list to run it")
+        raise ConfigError(f"{path}: {value!r} is not in 'objectives' ({', '.join(objectives)}); "
+                          f"add it there to run this stage")
 
 
 def _fail(stage: str, message: str, code: int = 1) -> NoReturn:
