@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 from cli.registry_cmds import add_registry_commands
-from components.objectives import OBJECTIVE_NAMES
+from components.objectives import OBJECTIVE_NAMES, check_objectives
 
 
 def cmd_run(args) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Fail before a Prefect server starts or any stage runs; the overrides are checked too.
     if cmd_check_params(args, overrides={"profile": args.profile, "data.source": args.data_source}, quiet=True):
+        return 2
+    if args.objective and unlisted_objectives(args):
         return 2
     if args.pools:  # before anything is written: workers must be able to fetch this commit
         from flows.pools import SourceNotShareable, source
@@ -34,6 +36,18 @@ def cmd_run(args) -> int:
         print("lmforge run: evaluate left out (the other objectives are not up to date): no comparison yet")
         return 0
     return cmd_summary(args)
+
+
+def unlisted_objectives(args) -> list[str]:
+    """`--objective` names not in params.yaml's `objectives` (dvc.yaml has no stages for them), said in one line."""
+    from components.params import load_params
+
+    listed = load_params(Path(args.repo) / "params.yaml").objectives
+    unlisted = [o for o in args.objective if o not in listed]
+    if unlisted:
+        print(f"error: lmforge run --objective {unlisted[0]}: not in params.yaml objectives [{', '.join(listed)}]; "
+              f"add it there to run it", file=sys.stderr)
+    return unlisted
 
 
 def cmd_workers(args) -> int:
@@ -143,6 +157,8 @@ def cmd_summary(args) -> int:
         print("  ".join(str(r[h]).ljust(w) for h, w in zip(headers, widths)))
     comparison = json.loads((repo / paths.COMPARISON_JSON).read_text())
     for run in comparison["runs"]:
+        if run.get("did_not_train"):  # its pretraining metric sits at its trivial baseline
+            print(f"\n{run['run']}: {run['verdict']}: {run['did_not_train']}; its Δ is no verdict on the objective")
         if "versus_rival" in run:  # rtd against mlm at equal pretraining FLOPs
             v = run["versus_rival"]
             print(f"\n{run['run']} {v['verdict']} at equal pretraining FLOPs: {v['delta_macro_f1']:+.3f} macro-F1 "
@@ -182,6 +198,7 @@ def cmd_check_params(args, overrides: dict | None = None, quiet: bool = False) -
                 resolved = load_params(Path(tmp) / "params.yaml")
         else:
             resolved = load_params(path)
+        check_objectives(resolved.objectives)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -197,6 +214,8 @@ def show_lines(resolved) -> list[str]:
     def scalar(value) -> str:
         if isinstance(value, bool):
             return str(value).lower()
+        if isinstance(value, (list, tuple)):
+            return f"[{', '.join(map(str, value))}]"
         if isinstance(value, str) and (not value or value.strip() != value):
             return repr(value)
         return str(value)
@@ -223,7 +242,8 @@ def main(argv=None) -> int:
     serve.add_argument("--cron", default="0 3 * * *", help="schedule, UTC (default: nightly at 03:00; '' for none)")
     for p in (run, serve):
         p.add_argument("--objective", action="append", choices=OBJECTIVE_NAMES,
-                       help="run only what this objective needs (repeatable; default: all)")
+                       help="run only what this objective needs (repeatable; one of params.yaml's `objectives`; "
+                            "default: all of them)")
     serve.add_argument("--profile", choices=["tiny", "demo", "gpu-small"], help="set `profile` in params.yaml")
     serve.add_argument("--data-source", help="set `data.source` in params.yaml")
     run.set_defaults(func=cmd_run)

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.evaluate.metrics import verdict
+from components.evaluate.metrics import NOT_TRAINED, verdict
 
 SWEEP_DIR = "reports/sweep"
 
@@ -136,7 +136,9 @@ def collect(repo: Path, names: list[str]) -> list[dict]:
                            "tokens_seen": m["tokens_seen"], "flops": m["flops"],
                            "test_macro_f1_seed_mean": m["test_macro_f1_seed_mean"],
                            "delta": m["delta_macro_f1_vs_scratch"], "ci_low": m["delta_ci_low"],
-                           "ci_high": m["delta_ci_high"], "verdict": verdict(m["delta_ci_low"], m["delta_ci_high"]),
+                           "ci_high": m["delta_ci_high"],
+                           "verdict": NOT_TRAINED if m.get("did_not_train") else verdict(m["delta_ci_low"],
+                                                                                         m["delta_ci_high"]),
                            # rtd: against mlm at equal pretraining FLOPs (evaluate's versus_rival)
                            **{k: v for k, v in m.items() if k.startswith("minus_")}})
     return sorted(points, key=lambda p: (p["objective"], p["max_steps"], p["train_examples"]))

@@ -185,6 +185,12 @@ class Objective:
         to its trivial baseline (where metrics.json has it) and how far it is from it."""
         raise NotImplementedError
 
+    def at_baseline(self, metrics: dict) -> str | None:
+        """Why pretraining did not train at this budget (its deciding validation metric sits at
+        its trivial baseline), or None: it trained, or metrics.json lacks the baseline. The
+        comparison then gives no verdict on the objective (components/evaluate/comparison.py)."""
+        raise NotImplementedError
+
     def samples(self, model_dir: Path) -> list[dict]:
         """What the pretrained model says on fixed prompts (the report's samples)."""
         raise NotImplementedError
@@ -213,6 +219,20 @@ class CausalLM(Objective):
                       else f"{perplexity / unigram:.2f}x higher: not yet past the unigram model")
             text += f" (unigram {unigram:.1f}: {versus})"
         return text
+
+    UNIGRAM_SHARE = 0.9
+    """Did not train: validation perplexity >= this share of the unigram model's. A model that
+    learned token frequencies only sits at the unigram perplexity; less than 10% below it,
+    context has bought next to nothing."""
+
+    def at_baseline(self, metrics):
+        if "val_unigram_perplexity" not in metrics:
+            return None
+        perplexity, unigram = metrics["val_perplexity"], metrics["val_unigram_perplexity"]
+        if perplexity < self.UNIGRAM_SHARE * unigram:
+            return None
+        return (f"perplexity {perplexity:.1f} >= {self.UNIGRAM_SHARE:g}x the unigram model's "
+                f"{unigram:.1f}")
 
     def samples(self, model_dir):
         from components.evaluate.report import generation_samples
@@ -252,6 +272,14 @@ class MaskedLM(Objective):
             if "val_nsp_baseline_accuracy" in metrics:
                 text += f" (majority class {metrics['val_nsp_baseline_accuracy']:.3f})"
         return text
+
+    MOST_FREQUENT_RATIO = 1.2
+    """Did not train: masked-token accuracy < this multiple of always guessing the most frequent
+    token at the same positions. With NSP, the MLM accuracy decides (the NSP head alone can
+    learn one-sentence chunks without learning language)."""
+
+    def at_baseline(self, metrics):
+        return mlm_at_baseline(metrics, self.MOST_FREQUENT_RATIO, "MLM")
 
     def samples(self, model_dir):
         from components.evaluate.report import fill_mask_samples
@@ -318,10 +346,33 @@ class ReplacedTokenDetection(Objective):
                      f"{metrics['val_mlm_loss']:.2f} (unigram {metrics['val_mlm_unigram_loss']:.2f})")
         return text
 
+    PRIOR_MARGIN = 0.01
+    """Did not train: discriminator accuracy within this of the unreplaced share (what "nothing
+    was replaced" scores: the prior)."""
+
+    def at_baseline(self, metrics):
+        if "val_rtd_baseline_accuracy" not in metrics:
+            return None
+        accuracy, prior = metrics["val_rtd_accuracy"], metrics["val_rtd_baseline_accuracy"]
+        if abs(accuracy - prior) > self.PRIOR_MARGIN:
+            return None
+        return (f"RTD acc {accuracy:.3f} within {self.PRIOR_MARGIN:g} of the unreplaced share {prior:.3f} "
+                f"(its prior)")
+
     def samples(self, model_dir):
         from components.evaluate.report import replaced_token_samples
 
         return replaced_token_samples(model_dir)
+
+
+def mlm_at_baseline(metrics: dict, ratio: float, what: str) -> str | None:
+    """Masked-token accuracy below `ratio` x the most-frequent-token accuracy: why, or None."""
+    if "val_mlm_baseline_accuracy" not in metrics:
+        return None
+    accuracy, baseline = metrics["val_mlm_accuracy"], metrics["val_mlm_baseline_accuracy"]
+    if accuracy >= ratio * baseline:
+        return None
+    return f"{what} acc {accuracy:.3f} < {ratio:g}x the most-frequent token's {baseline:.3f}"
 
 
 @dataclass(frozen=True)
@@ -336,6 +387,11 @@ class FinetuneRun:
     @property
     def pretrained(self) -> bool:
         return self.objective is not None
+
+    @property
+    def stage(self) -> str:
+        """Its dvc.yaml stage: finetune@<objective>, or finetune_scratch@<architecture>."""
+        return f"finetune@{self.name}" if self.objective else f"finetune_scratch@{self.architecture.name}"
 
     @property
     def report_objective(self) -> str:
@@ -418,3 +474,24 @@ OBJECTIVE_NAMES = tuple(OBJECTIVES)
 ARCHITECTURE_NAMES = tuple(ARCHITECTURES)
 FINETUNE_RUN_NAMES = tuple(FINETUNE_RUNS)
 SCRATCH_RUN_NAMES = tuple(a.scratch_run for a in ARCHITECTURES.values())
+
+
+def check_objectives(names) -> tuple[str, ...]:
+    """params.yaml `objectives` checked against the specs: the names, or a one-line ConfigError
+    naming the valid ones (components.params checks it is a non-empty list of strings)."""
+    from components.params import ConfigError
+
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown:
+        raise ConfigError(f"params.yaml: 'objectives': unknown objective {unknown[0]!r}; valid: "
+                          f"{', '.join(OBJECTIVE_NAMES)}")
+    return tuple(names)
+
+
+def finetune_runs(objectives) -> list[FinetuneRun]:
+    """The fine-tuning runs a list of objectives compares, in report order: each objective's
+    classifier, then the scratch twin of every architecture in use."""
+    names = check_objectives(objectives)
+    used = {OBJECTIVES[n].architecture.name for n in names}
+    return [r for r in FINETUNE_RUNS.values()
+            if (r.objective.name in names if r.objective else r.architecture.name in used)]

@@ -21,8 +21,10 @@ import yaml
 from components.config import SECTIONS
 
 PARAMS_FILE = "params.yaml"
-TOP_LEVEL = {"profile": "demo", "seed": 1337}
-"""Top-level scalar params and their defaults."""
+TOP_LEVEL = {"profile": "demo", "seed": 1337, "objectives": ("clm", "mlm", "mlm_nsp")}
+"""Top-level params and their defaults. `objectives` is the list of objectives the pipeline runs
+(dvc.yaml's per-objective stages iterate over it); components.objectives checks the names
+against the specs (this core module does not know them)."""
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # Seconds per stage, for tests and CI.
@@ -69,8 +71,9 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "tokenize": ("profile", "seed", "tokenize", SEQUENCE_LENGTH),
     "pretrain": ("profile", "seed", "model", "pretrain"),
     "finetune": ("profile", "seed", "model", "finetune"),
-    "evaluate": ("profile", "seed", "evaluate"),
-    "register": ("profile", "register"),
+    "finetune_scratch": ("profile", "seed", "model", "finetune"),
+    "evaluate": ("profile", "seed", "objectives", "evaluate"),
+    "register": ("profile", "objectives", "register"),
 }
 """The params each stage's outputs depend on. dvc.yaml declares exactly these
 (tests/test_dvc_yaml.py checks it), so a change reruns the right stages; a stage is handed
@@ -87,6 +90,8 @@ class Params:
 
     profile: str
     seed: int
+    objectives: tuple[str, ...]
+    """The objectives the pipeline runs, in params.yaml's order."""
     configs: dict[str, Any]
     """Section name -> its config (a components.config dataclass)."""
     sources: dict[str, str]
@@ -94,13 +99,13 @@ class Params:
 
     def for_stage(self, stage: str) -> dict[str, Any]:
         """What `stage` may read: its declared top-level values and sections."""
-        top = {"profile": self.profile, "seed": self.seed}
+        top = {"profile": self.profile, "seed": self.seed, "objectives": self.objectives}
         return {name: top[name] if name in top else self.configs[name]
                 for name in STAGE_PARAMS[stage] if "." not in name}
 
     def values(self) -> dict[str, Any]:
         """Dotted key -> resolved value, top-level keys first, then sections in pipeline order."""
-        out: dict[str, Any] = {"profile": self.profile, "seed": self.seed}
+        out: dict[str, Any] = {"profile": self.profile, "seed": self.seed, "objectives": list(self.objectives)}
         for section, cfg in self.configs.items():
             out.update({f"{section}.{k}": v for k, v in dataclasses.asdict(cfg).items()})
         return out
@@ -140,6 +145,7 @@ def resolve(params: dict[str, Any]) -> Params:
     profile = params.get("profile", TOP_LEVEL["profile"])
     if not isinstance(profile, str) or profile not in PROFILES:
         raise ConfigError(f"params.yaml: 'profile' must be one of {', '.join(PROFILES)}, got {profile!r}")
+    objectives = _check_objectives_list(params.get("objectives", list(TOP_LEVEL["objectives"])))
     sources = {key: "params.yaml" if key in params else "default" for key in TOP_LEVEL}
     configs: dict[str, Any] = {}
     knob_section = SEQUENCE_LENGTH.partition(".")[0]
@@ -148,7 +154,18 @@ def resolve(params: dict[str, Any]) -> Params:
         configs[section] = _resolve_section(params, section, profile, configs.get(knob_section), sources)
     configs = {section: configs[section] for section in SECTIONS}
     check_across_sections(configs)
-    return Params(profile, seed, configs, sources)
+    return Params(profile, seed, objectives, configs, sources)
+
+
+def _check_objectives_list(value: Any) -> tuple[str, ...]:
+    """`objectives`: a non-empty list of distinct names (their validity: components.objectives)."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"params.yaml: 'objectives' must be a non-empty list of objective names, "
+                          f"e.g. [clm, mlm], got {value!r}")
+    repeated = sorted({v for v in value if value.count(v) > 1})
+    if repeated:
+        raise ConfigError(f"params.yaml: 'objectives' lists {repeated[0]!r} twice")
+    return tuple(value)
 
 
 def _resolve_section(params: dict[str, Any], section: str, profile: str, knob_config: Any,

@@ -2,7 +2,9 @@
 
 The flow never lists stages itself. It asks DVC for the stages, their upstream stages
 (a dep of one stage that is an out of another) and which are out of date against
-dvc.lock, then picks the ones the requested objectives need.
+dvc.lock, then picks the ones the requested objectives need. The objectives in the graph
+are params.yaml's `objectives` (dvc.yaml's per-objective stages iterate over it); a requested
+objective must be one of them.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.objectives import OBJECTIVE_NAMES, OBJECTIVES
+from components.objectives import FINETUNE_RUNS, OBJECTIVE_NAMES, OBJECTIVES
 
 
 @dataclass
@@ -55,11 +57,16 @@ def ancestors(upstream: dict[str, list[str]], targets: set[str]) -> set[str]:
 
 def objective_targets(objectives: list[str]) -> set[str]:
     """The fine-tuning runs an objective needs: its own and its architecture's scratch twin."""
-    return {t for o in objectives for t in (f"finetune@{o}", f"finetune@{OBJECTIVES[o].architecture.scratch_run}")}
+    return {FINETUNE_RUNS[r].stage for o in objectives for r in (o, OBJECTIVES[o].architecture.scratch_run)}
+
+
+def graph_objectives(upstream: dict[str, list[str]]) -> list[str]:
+    """The objectives in the graph (params.yaml's `objectives`), in spec order."""
+    return [o for o in OBJECTIVE_NAMES if FINETUNE_RUNS[o].stage in upstream]
 
 
 def plan_stages(upstream: dict[str, list[str]], stale: set[str], objectives: list[str] | None = None) -> StagePlan:
-    """The stages a flow run for `objectives` runs (all of them when None).
+    """The stages a flow run for `objectives` runs (all of params.yaml's `objectives` when None).
 
     A subset runs everything its fine-tuning runs descend from. The stages after
     fine-tuning (evaluate, register) compare every objective, so they join only when the
@@ -67,13 +74,18 @@ def plan_stages(upstream: dict[str, list[str]], stale: set[str], objectives: lis
     out, and the plan says why.
     """
     up_to_date = {s for s in upstream if not ancestors(upstream, {s}) & stale}
-    if not objectives or set(objectives) >= set(OBJECTIVE_NAMES):
+    listed = graph_objectives(upstream)
+    if not objectives or set(objectives) >= set(listed):
         return StagePlan(upstream, stale, up_to_date)
     unknown = set(objectives) - set(OBJECTIVE_NAMES)
     if unknown:
         raise ValueError(f"unknown objective(s) {sorted(unknown)}; choose from {list(OBJECTIVE_NAMES)}")
+    unlisted = [o for o in objectives if o not in listed]
+    if unlisted:
+        raise ValueError(f"objective(s) {', '.join(unlisted)} not in params.yaml objectives [{', '.join(listed)}]; "
+                         f"add them there to run them")
     selected = ancestors(upstream, objective_targets(objectives))
-    fan_in = set(upstream) - selected - ancestors(upstream, objective_targets(list(OBJECTIVE_NAMES)))
+    fan_in = set(upstream) - selected - ancestors(upstream, objective_targets(listed))
     left_out: dict[str, str] = {}
     dropped: set[str] = set()
     for stage in upstream:

@@ -200,7 +200,8 @@ def pipeline(profile: Profile | None = None, objectives: list[Objective] | None 
              data_source: str | None = None, repo_dir: str = ".", wait_for_workspace_s: float = 3600.0,
              stage_retries: int = 3, retry_backoff_s: float = 10.0, pools: bool = False,
              repo_url: str | None = None, dvc_remote_url: str | None = None) -> dict[str, str]:
-    """Run the dvc.yaml stages that `objectives` need (all by default); returns {stage: 'ran' | 'skipped'}.
+    """Run the dvc.yaml stages that `objectives` need (by default all of params.yaml's `objectives`,
+    which dvc.yaml's per-objective stages iterate over); returns {stage: 'ran' | 'skipped'}.
 
     profile / data_source are written into params.yaml first (like `dvc exp run -S`), so
     dvc.lock records what ran. A second run on the same checkout waits up to

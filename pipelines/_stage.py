@@ -19,7 +19,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def run_stage(stage: str, body: Callable[[dict, str | None], None], item: str | None = None,
-              choices: Sequence[str] = (), argv: Sequence[str] | None = None) -> None:
+              choices: Sequence[str] = (), argv: Sequence[str] | None = None,
+              listed: Callable[[Sequence[str]], Sequence[str]] | None = None) -> None:
     """Parse argv, read and check all of params.yaml once, run `body(config, item)` with this
     stage's sections of that one resolution.
 
@@ -28,19 +29,28 @@ def run_stage(stage: str, body: Callable[[dict, str | None], None], item: str | 
     for 1 or 2); each with one line naming the problem; LMFORGE_DEBUG=1 for the traceback.
     Every stage checks the whole file (all sections, cross-section ranges), so a bad value
     fails the first stage `dvc repro` runs, not the one that reads it an hour later.
+    `listed(objectives)`: the items params.yaml's `objectives` runs (a ConfigError for an
+    unknown name in it); another item exits 2 (dvc.yaml never starts one, a person might).
     """
     parser = _OneLineParser(prog=f"python -m pipelines.{stage}")
     if item:
-        parser.add_argument(f"--{item}", required=True, choices=list(choices))
+        # With `listed`, a bad item is checked after the params, so a bad list is what gets named.
+        parser.add_argument(f"--{item}", required=True, choices=None if listed else list(choices))
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     try:
-        config = load_params(args.params).for_stage(stage)
+        params = load_params(args.params)
+        config = params.for_stage(stage)
+        if listed:
+            _check_listed(args.params, params.objectives, item, getattr(args, item), choices, listed)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
         body(config, getattr(args, item) if item else None)
+    except ConfigError as e:  # a stage that reads `objectives` checks the names against the specs
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except (FileNotFoundError, ValueError, FloatingPointError, DiskFullError) as e:
         _fail(stage, str(e))
     except Exception as e:
@@ -50,6 +60,16 @@ def run_stage(stage: str, body: Callable[[dict, str | None], None], item: str | 
         if message is None:
             raise
         _fail(stage, message, EXIT_TRANSIENT)
+
+
+def _check_listed(path: str, objectives: Sequence[str], item: str, value: str, choices: Sequence[str],
+                  listed: Callable[[Sequence[str]], Sequence[str]]) -> None:
+    runs = listed(objectives)  # checks the names first
+    if value not in choices:
+        raise ConfigError(f"--{item}: unknown {item} {value!r}; valid: {', '.join(choices)}")
+    if value not in runs:
+        raise ConfigError(f"{path}: {value!r} is not in 'objectives' ({', '.join(objectives)}); "
+                          f"add it there to run this stage")
 
 
 def _fail(stage: str, message: str, code: int = 1) -> NoReturn:

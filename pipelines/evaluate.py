@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from components.evaluate.comparison import compare_runs
-from components.objectives import FINETUNE_RUNS
+from components.objectives import finetune_runs
 from components.registry import tracking
 from pipelines._stage import run_stage
 
@@ -16,7 +16,7 @@ def log_report(files) -> None:
 
 def main(argv=None) -> None:
     def body(cfg: dict, _item) -> None:
-        table = compare_runs(list(FINETUNE_RUNS.values()), cfg["evaluate"], cfg["seed"],
+        table = compare_runs(finetune_runs(cfg["objectives"]), cfg["evaluate"], cfg["seed"],
                              track=lambda: tracking.stage_run("evaluate", cfg),
                              log_metrics=tracking.log_metrics, log_artifacts=log_report)
         print(table)

@@ -1,8 +1,11 @@
-"""Stage finetune: a pretrained model (or its scratch twin) fine-tuned on the downstream task."""
+"""Stages finetune and finetune_scratch: a pretrained model (or its architecture's scratch twin)
+fine-tuned on the downstream task. dvc.yaml runs this module for both (`--run <objective>` or
+`--run scratch-<architecture>`): a scratch twin is a fine-tuning run with the same params. Both
+twins always run (dvc.yaml cannot derive the architectures in use from `objectives`)."""
 from __future__ import annotations
 
 from components import paths
-from components.objectives import FINETUNE_RUN_NAMES, FINETUNE_RUNS
+from components.objectives import FINETUNE_RUN_NAMES, FINETUNE_RUNS, SCRATCH_RUN_NAMES, check_objectives
 from components.registry import tracking
 from components.train.finetuning import finetune_run
 from pipelines._stage import run_stage
@@ -18,7 +21,8 @@ def main(argv=None) -> None:
               f"{result['val_macro_f1_seed_mean']:.4f} ± {result['val_macro_f1_seed_std']:.4f} "
               f"({result['seconds']:.0f} s) -> {paths.finetuned_dir(run)}/seed-<s>")
 
-    run_stage("finetune", body, item="run", choices=FINETUNE_RUN_NAMES, argv=argv)
+    run_stage("finetune", body, item="run", choices=FINETUNE_RUN_NAMES, argv=argv,
+              listed=lambda objectives: [*check_objectives(objectives), *SCRATCH_RUN_NAMES])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import os
 import sys
 
 from components import paths
-from components.objectives import OBJECTIVE_NAMES, OBJECTIVES
+from components.objectives import OBJECTIVE_NAMES, OBJECTIVES, check_objectives
 from components.registry import tracking
 from components.train.distributed import relaunch_under_torchrun
 from components.train.run import pretrain_objective
@@ -34,7 +34,8 @@ def main(argv=None) -> None:
               f"{', resumed from step %d' % metrics['resumed_from'] if metrics['resumed_from'] else ''}; "
               f"{OBJECTIVES[name].summary_line(metrics)}) -> {paths.pretrained_dir(name)}")
 
-    run_stage("pretrain", body, item="objective", choices=OBJECTIVE_NAMES, argv=argv)
+    run_stage("pretrain", body, item="objective", choices=OBJECTIVE_NAMES, argv=argv,
+              listed=check_objectives)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 with lineage and a model card, `challenger` -> `champion` behind the gate."""
 from __future__ import annotations
 
-from components.objectives import FINETUNE_RUNS
+from components.objectives import finetune_runs
 from components.registry import tracking
 from components.registry.register import register_all
 from pipelines._stage import run_stage
@@ -10,7 +10,7 @@ from pipelines._stage import run_stage
 
 def main(argv=None) -> None:
     def body(cfg: dict, _item) -> None:
-        register_all(list(FINETUNE_RUNS.values()), cfg["register"], track=lambda: tracking.stage_run("register", cfg))
+        register_all(finetune_runs(cfg["objectives"]), cfg["register"], track=lambda: tracking.stage_run("register", cfg))
 
     run_stage("register", body, argv=argv)
 

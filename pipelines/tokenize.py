@@ -5,7 +5,7 @@ Stats go to reports/tokenize/<objective>.json (DVC metrics) and to MLflow.
 from __future__ import annotations
 
 from components import paths
-from components.objectives import OBJECTIVE_NAMES, OBJECTIVES
+from components.objectives import OBJECTIVE_NAMES, OBJECTIVES, check_objectives
 from components.registry import tracking
 from components.tokens.tokenization import tokenize_objective
 from pipelines._stage import run_stage
@@ -21,7 +21,8 @@ def main(argv=None) -> None:
               f"({train['tokens']:,} tokens, packing {train['packing_efficiency']:.3f}) in {report['seconds']:.1f}s "
               f"-> {paths.tokenized_dir(name)}")
 
-    run_stage("tokenize", body, item="objective", choices=OBJECTIVE_NAMES, argv=argv)
+    run_stage("tokenize", body, item="objective", choices=OBJECTIVE_NAMES, argv=argv,
+              listed=check_objectives)
 
 
 if __name__ == "__main__":

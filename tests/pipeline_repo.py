@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from components import paths
 from components.objectives import OBJECTIVE_NAMES
@@ -22,8 +23,9 @@ from components.objectives import OBJECTIVE_NAMES
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_repo(dest: Path) -> Path:
-    """Copy the tracked and untracked-but-not-ignored files into a fresh git repo, profile tiny.
+def make_repo(dest: Path, objectives: Sequence[str] = OBJECTIVE_NAMES) -> Path:
+    """Copy the tracked and untracked-but-not-ignored files into a fresh git repo, profile tiny,
+    running `objectives` (default: every objective, rtd included, so the tests cover them all).
 
     A developer's own run results (reports/, dvc.lock: git-tracked by design, see .gitignore)
     stay behind, so every test repo starts from the code alone."""
@@ -35,7 +37,10 @@ def make_repo(dest: Path) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     params = dest / "params.yaml"
-    params.write_text(params.read_text().replace("profile: demo", "profile: tiny", 1))
+    text = params.read_text().replace("profile: demo", "profile: tiny", 1)
+    text, n = re.subn(r"(?m)^objectives: .*$", f"objectives: [{', '.join(objectives)}]", text, count=1)
+    assert n == 1, "params.yaml: no top-level `objectives:` line"
+    params.write_text(text)
     git = ["git", "-c", "user.name=lmforge-test", "-c", "user.email=test@lmforge.invalid"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(git + ["add", "-A"], cwd=dest, check=True)

@@ -45,4 +45,4 @@ def test_write_restores_a_deleted_dep_and_keeps_the_rest(tmp_path):
     assert drift(root)["pretrain"] == ([dropped], [])
     assert "pretrain" in write(root)
     assert drift(root) == {}
-    assert "# checkpoints/pretrain/${key} is left out of the outs on purpose" in (root / "dvc.yaml").read_text()
+    assert "# checkpoints/pretrain/${item} is left out of the outs on purpose" in (root / "dvc.yaml").read_text()

@@ -21,7 +21,8 @@ import pytest
 
 from cli.main import main as lmforge
 from components.config import SECTIONS
-from components.params import FOLLOWS, PROFILES, SEQUENCE_LENGTH, STAGE_PARAMS, ConfigError, load_params, read_params, resolve
+from components.params import (FOLLOWS, PROFILES, SEQUENCE_LENGTH, STAGE_PARAMS, TOP_LEVEL, ConfigError, load_params,
+                               read_params, resolve)
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "resolved_params.json"
@@ -95,7 +96,8 @@ def test_a_stage_gets_only_what_it_declares(tmp_path):
         config = params.for_stage(stage)
         assert list(config) == [name for name in declared if "." not in name], stage
         for name, value in config.items():
-            assert value == {"profile": "tiny", "seed": 5}.get(name, params.configs.get(name)), (stage, name)
+            expected = {"profile": "tiny", "seed": 5, "objectives": TOP_LEVEL["objectives"]}
+            assert value == expected.get(name, params.configs.get(name)), (stage, name)
 
 
 def test_check_params_show_prints_every_value_and_its_source(tmp_path, capsys):
@@ -103,10 +105,11 @@ def test_check_params_show_prints_every_value_and_its_source(tmp_path, capsys):
     assert lmforge(["--repo", str(tmp_path), "check-params", "--show"]) == 0
     lines = capsys.readouterr().out.splitlines()
     expected = load_params(tmp_path / "params.yaml")
-    assert len(lines) == len(expected.values()) == 2 + sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
+    assert len(lines) == len(expected.values()) == len(TOP_LEVEL) + sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
     shown = {line.split(" = ")[0]: " ".join(line.split(" = ", 1)[1].split()) for line in lines}
     assert shown["profile"] == "tiny (params.yaml)"
     assert shown["seed"] == "1337 (default)"
+    assert shown["objectives"] == f"[{', '.join(TOP_LEVEL['objectives'])}] (default)"
     assert shown["pretrain.max_steps"] == "3 (params.yaml)"
     assert shown["pretrain.batch_size"] == "8 (profile tiny)"
     assert shown["pretrain.lr"] == "0.001 (default)"  # null: not set here
@@ -182,3 +185,37 @@ if __name__ == "__main__":
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps(resolved_table(ROOT / "params.yaml"), indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[clm, gpt]", "params.yaml: 'objectives': unknown objective 'gpt'; valid: clm, mlm, mlm_nsp, rtd"),
+    ("[]", "params.yaml: 'objectives' must be a non-empty list of objective names, e.g. [clm, mlm], got []"),
+    ("clm", "params.yaml: 'objectives' must be a non-empty list of objective names, e.g. [clm, mlm], got 'clm'"),
+    ("[mlm, mlm]", "params.yaml: 'objectives' lists 'mlm' twice"),
+])
+def test_a_bad_objectives_list_is_one_line_naming_the_valid_ones(tmp_path, capsys, value, message):
+    (tmp_path / "params.yaml").write_text(f"profile: tiny\nobjectives: {value}\n")
+    assert lmforge(["--repo", str(tmp_path), "check-params"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@pytest.mark.parametrize("params, module, item, message", [
+    # a stage that reads the list refuses an unknown name in it the same way, before it writes anything
+    ("[clm, gpt]", "evaluate", None, "params.yaml: 'objectives': unknown objective 'gpt'; valid: clm, mlm, mlm_nsp, rtd"),
+    # dvc.yaml starts only the listed objectives' stages; started by hand, another one says why
+    ("[clm, mlm]", "finetune", "--run=rtd", "params.yaml: 'rtd' is not in 'objectives' (clm, mlm); add it there "
+                                           "to run this stage"),
+])
+def test_a_stage_refuses_a_bad_list_or_an_objective_outside_it(tmp_path, params, module, item, message):
+    (tmp_path / "params.yaml").write_text(f"profile: tiny\nobjectives: {params}\n")
+    proc = subprocess.run([sys.executable, "-m", f"pipelines.{module}", *filter(None, [item])],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (proc.returncode, proc.stderr) == (2, f"error: {message}\n")
+
+
+def test_lmforge_run_refuses_an_objective_not_in_the_list_before_starting_anything(tmp_path, capsys):
+    (tmp_path / "params.yaml").write_text("profile: tiny\nobjectives: [clm, mlm]\n")
+    assert lmforge(["--repo", str(tmp_path), "run", "--objective", "rtd"]) == 2
+    assert capsys.readouterr().err == ("error: lmforge run --objective rtd: not in params.yaml objectives [clm, mlm]; "
+                                       "add it there to run it\n")

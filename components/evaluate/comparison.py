@@ -11,7 +11,7 @@ import numpy as np
 
 from components import paths
 from components.config import EvaluateConfig
-from components.evaluate.metrics import (classification_metrics, holm, majority_baseline, markdown_table, percentile_ci,
+from components.evaluate.metrics import (NOT_TRAINED, classification_metrics, holm, majority_baseline, markdown_table, percentile_ci,
                                          seeds_and_examples_bootstrap, verdict, verdict_table)
 from components.evaluate.report import BASELINES_NOTE, plot_loss_curves, plot_macro_f1, read_curve, samples_markdown
 from components.io import read_json, write_json_atomic, write_text_atomic
@@ -62,7 +62,7 @@ def compare_runs(runs: Sequence, cfg: EvaluateConfig, seed: int, track: Callable
                                                                                          boot["per_seed"])),
                          delta_ci_low=low, delta_ci_high=high, delta_ci_level=level,
                          delta_p_value=boot["p_value"], delta_p_holm=holm_result["p_adjusted"],
-                         verdict=verdict(low, high), beats_scratch=low > 0)
+                         verdict=pretrained_verdict(entry, low, high), beats_scratch=low > 0)
             log_metrics({f"{entry['run']}_delta_macro_f1": boot["diff"], f"{entry['run']}_delta_ci_low": low,
                          f"{entry['run']}_delta_ci_high": high})
         specs = {run.name: run for run in runs}
@@ -82,6 +82,12 @@ def compare_runs(runs: Sequence, cfg: EvaluateConfig, seed: int, track: Callable
     return table
 
 
+def pretrained_verdict(entry: dict, ci_low: float, ci_high: float) -> str:
+    """The verdict on a pretrained run against scratch, from its corrected CI; none on the
+    objective when its pretraining sat at its trivial baseline (`did_not_train`, the spec's rule)."""
+    return NOT_TRAINED if entry.get("did_not_train") else verdict(ci_low, ci_high)
+
+
 def versus_rival(entry: dict, rival: dict, predictions: dict, y: np.ndarray, n_labels: int, cfg: EvaluateConfig,
                  seed: int) -> dict:
     """An objective against the objective it is judged with at equal pretraining FLOPs (its
@@ -91,9 +97,12 @@ def versus_rival(entry: dict, rival: dict, predictions: dict, y: np.ndarray, n_l
                                         cfg.bootstrap_samples, seed)
     low, high = percentile_ci(boot["replicates"], cfg.confidence)
     ours, theirs = (e.get("pretraining_compute", {}).get("flops") for e in (entry, rival))
-    said = ("beats" if low > 0 else "loses to" if high < 0 else "cannot be told from")
+    said = f"{'beats' if low > 0 else 'loses to' if high < 0 else 'cannot be told from'} {rival['run']}"
+    untrained = [e["run"] for e in (entry, rival) if e.get("did_not_train")]
+    if untrained:  # no verdict on objectives that did not train
+        said = f"not judged against {rival['run']}: {' and '.join(untrained)} {NOT_TRAINED}"
     return {"rival": rival["run"], "delta_macro_f1": boot["diff"], "ci_low": low, "ci_high": high,
-            "ci_level": cfg.confidence, "p_value": boot["p_value"], "verdict": f"{said} {rival['run']}",
+            "ci_level": cfg.confidence, "p_value": boot["p_value"], "verdict": said,
             "flops": ours, "rival_flops": theirs, "flops_ratio": ours / theirs if ours and theirs else None}
 
 
@@ -158,6 +167,8 @@ def score_run(run, selection: dict, test, labels: list[str], batch_size: int, de
     if run.pretrained:
         metrics = read_json(Path(paths.PRETRAIN_REPORTS) / run.objective.name / "metrics.json")
         entry["pretraining"], entry["pretraining_metric"] = run.objective.pretraining_summary(metrics)
+        # At its trivial baseline: the objective did not train at this budget (the spec's rule).
+        entry["did_not_train"] = run.objective.at_baseline(metrics)
         entry["pretraining_compute"] = metrics.get("compute", {})
     return entry, np.stack(predictions)
 
@@ -179,7 +190,8 @@ def _delta_metrics(run: dict) -> dict:
     """A pretrained run's delta against scratch, its CI and its pretraining compute, flat: what
     `dvc exp show` and `lmforge sweep` read per experiment."""
     compute = run.get("pretraining_compute", {})
-    return {"delta_macro_f1_vs_scratch": round(run["delta_macro_f1_vs_scratch"], 6),
+    return {"did_not_train": bool(run.get("did_not_train")),
+            "delta_macro_f1_vs_scratch": round(run["delta_macro_f1_vs_scratch"], 6),
             "delta_ci_low": round(run["delta_ci_low"], 6), "delta_ci_high": round(run["delta_ci_high"], 6),
             **{k: compute[k] for k in ("tokens_seen", "supervised_targets", "flops") if k in compute},
             **({f"minus_{run['versus_rival']['rival']}_macro_f1": round(run["versus_rival"]["delta_macro_f1"], 6),
@@ -210,6 +222,8 @@ def write_report(report: dict, objectives: Sequence) -> str:
     verdicts = "\n".join(
         f"- **{r['objective']}** vs scratch {r['architecture']}: {r['verdict']} ({r['delta_macro_f1_vs_scratch']:+.3f} "
         f"macro-F1, {r['delta_ci_level']:.1%} CI {r['delta_ci_low']:+.3f} to {r['delta_ci_high']:+.3f})"
+        + (f"; pretraining sits at its trivial baseline: {r['did_not_train']}, so this is no verdict on "
+           f"{r['objective']}" if r.get("did_not_train") else "")
         for r in runs if r["pretrained"])
     verdicts += "".join(
         f"\n- **{r['objective']}** vs **{v['rival']}** at equal pretraining FLOPs ({_flops(v['flops'])} vs "

@@ -108,6 +108,11 @@ def holm(p_values: list[float], alpha: float) -> list[dict]:
     return out
 
 
+NOT_TRAINED = "did not train at this budget"
+"""The verdict of an objective whose pretraining metric sits at its trivial baseline
+(components.objectives: Objective.at_baseline): its Δ against scratch says nothing about it."""
+
+
 def verdict(ci_low: float, ci_high: float) -> str:
     """The one-line verdict of a corrected CI of (pretrained - scratch)."""
     if ci_low > 0:

@@ -16,14 +16,15 @@ import pytest
 import yaml
 
 from components.objectives import OBJECTIVE_NAMES
-from flows.graph import ancestors, dvc_graph, objective_targets, plan_stages
+from flows.graph import ancestors, dvc_graph, graph_objectives, objective_targets, plan_stages
 from flows.pipeline import set_params, transient_reason
 from flows.workspace import WorkspaceBusy, workspace_lock
 
 
 def graph_from_dvc_yaml(repo_root) -> dict[str, set[str]]:
-    """dvc.yaml read without DVC: foreach expanded, a stage upstream of another when one of
-    its outs (outs, metrics, plots) is, or contains, a dep of the other."""
+    """dvc.yaml read without DVC: foreach expanded (`${objectives}` from params.yaml), a stage
+    upstream of another when one of its outs (outs, metrics, plots) is, contains or sits in a
+    dep of the other (evaluate depends on the folders the fine-tuning runs write into)."""
     def subst(text: str, key, item) -> str:
         text = text.replace("${key}", str(key))
         if isinstance(item, dict):
@@ -34,8 +35,10 @@ def graph_from_dvc_yaml(repo_root) -> dict[str, set[str]]:
         return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
 
     stages = {}
+    objectives = yaml.safe_load((repo_root / "params.yaml").read_text())["objectives"]
     for name, stage in yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"].items():
         items = stage.get("foreach")
+        items = objectives if items == "${objectives}" else items
         body = stage.get("do", stage)
         expanded = ({k: v for k, v in items.items()} if isinstance(items, dict) else {i: i for i in items}) \
             if items else {None: None}
@@ -44,7 +47,8 @@ def graph_from_dvc_yaml(repo_root) -> dict[str, set[str]]:
             deps = [subst(p, key, item) for p in body.get("deps", [])]
             stages[f"{name}@{key}" if key is not None else name] = (deps, outs)
     return {s: {u for u, (_, outs) in stages.items() if u != s
-                and any(d == o or d.startswith(o.rstrip("/") + "/") for d in deps for o in outs)}
+                and any(d == o or d.startswith(o.rstrip("/") + "/") or o.startswith(d.rstrip("/") + "/")
+                        for d in deps for o in outs)}
             for s, (deps, _) in stages.items()}
 
 
@@ -53,10 +57,12 @@ def test_the_flow_graph_is_dvc_yaml(repo_root):
     upstream, _ = dvc_graph(repo_root)
     expected = graph_from_dvc_yaml(repo_root)
     assert {s: set(u) for s, u in upstream.items()} == expected
-    # The rtd branch (added in dvc.yaml and its spec, no flow code) is in the flow's graph.
-    assert set(upstream["pretrain@rtd"]) == {"tokenize@rtd", "train_tokenizer@bert"}
-    assert set(upstream["finetune@rtd"]) == {"ingest", "pretrain@rtd"}
-    assert "finetune@rtd" in upstream["evaluate"]
+    # The graph follows params.yaml's `objectives` (no flow code names them): the listed ones only.
+    assert graph_objectives(upstream) == list(yaml.safe_load((repo_root / "params.yaml").read_text())["objectives"])
+    assert set(upstream["pretrain@mlm_nsp"]) == {"tokenize@mlm_nsp", "train_tokenizer@gpt2", "train_tokenizer@bert"}
+    assert set(upstream["finetune@mlm_nsp"]) == {"ingest", "pretrain@mlm_nsp"}
+    assert set(upstream["finetune_scratch@bert"]) == {"ingest", "train_tokenizer@bert"}
+    assert {"finetune@mlm_nsp", "finetune_scratch@gpt2", "pretrain@clm"} <= set(upstream["evaluate"])
     order = list(upstream)
     for stage, ups in upstream.items():  # dependencies come first
         assert all(order.index(u) < order.index(stage) for u in ups), stage
@@ -75,7 +81,7 @@ def test_objectives_run_what_their_finetuning_descends_from(repo_root, objective
     upstream, _ = dvc_graph(repo_root)
     need = ancestors({s: sorted(u) for s, u in expected.items()}, objective_targets(objectives))
     assert all(f"pretrain@{o}" in need for o in objectives)
-    others = [o for o in OBJECTIVE_NAMES if o not in objectives]
+    others = [o for o in graph_objectives(upstream) if o not in objectives]
     assert not any(f"pretrain@{o}" in need for o in others)
 
     # The other objectives up to date: evaluate and register join, with every edge kept.
@@ -88,6 +94,8 @@ def test_objectives_run_what_their_finetuning_descends_from(repo_root, objective
     assert f"pretrain@{others[0]}" in plan.left_out["evaluate"] and "register" in plan.left_out
     with pytest.raises(ValueError, match="unknown objective"):
         plan_stages(upstream, set(), ["gpt"])
+    with pytest.raises(ValueError, match=r"objective\(s\) rtd not in params.yaml objectives \[clm, mlm, mlm_nsp\]"):
+        plan_stages(upstream, set(), ["rtd"])
 
 
 @pytest.mark.parametrize("output, code, transient", [

@@ -84,7 +84,9 @@ def test_metrics_for_every_objective_and_scratch(dvc_repo):
     shown = dvc(dvc_repo, "metrics", "show", "--json").stdout
     assert "test_macro_f1" in shown and "val_perplexity" in shown
     plots = json.loads(dvc(dvc_repo, "plots", "show", "--json").stdout)["data"]
-    assert "pretraining_loss" in plots and paths.COMPARISON_PNG in plots and paths.LOSS_PNG in plots
+    assert paths.COMPARISON_PNG in plots and paths.LOSS_PNG in plots  # the loss curves in one figure
+    assert all(f"{paths.PRETRAIN_REPORTS}/{o}/train_loss.csv" in plots for o in OBJECTIVE_NAMES)
+    assert all(isinstance(r["did_not_train"], (str, type(None))) for r in report["runs"] if r["pretrained"])
 
 
 def test_registry_has_a_champion_per_objective_loadable_in_a_fresh_process(dvc_repo):
@@ -178,3 +180,42 @@ def test_every_downstream_mlflow_run_records_the_corpus_hash_from_dvc_lock(dvc_r
         objective = r.data.tags["lmforge.objective"]
         tokenized = next(o["md5"] for o in lock["stages"][f"tokenize@{objective}"]["outs"])
         assert r.data.tags["lmforge.tokenized_md5"] == tokenized
+
+
+def test_an_experiment_on_two_objectives_runs_evaluates_and_registers_only_them(dvc_repo, tmp_path):
+    """`dvc exp run -S 'objectives=[clm,mlm]'` (issue 24's acceptance), in a temporary copy made
+    from the commit (so the shared workspace stays as it was): the stages of the other objectives
+    are not in the graph, those of clm and mlm and both scratch twins come back from DVC's run
+    cache (the session's workspace ran them with the same inputs), and evaluate and register
+    compare and register exactly those runs. Registered into a copy of the session's MLflow
+    database, so the shared registry is left alone."""
+    import shutil
+
+    env = env_for(dvc_repo)
+    shutil.copy2(dvc_repo / "mlflow.db", tmp_path / "mlflow.db")
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", "two-objectives",
+                           "-S", "objectives=[clm,mlm]"], cwd=dvc_repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout
+    ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+    # validate has no cached output, so DVC's run cache cannot skip it (seconds)
+    assert ran - {"validate"} == {"evaluate", "register"}, log[-3000:]
+    assert "mlm_nsp" not in log and "rtd" not in log, log[-3000:]
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], cwd=dvc_repo,
+                          capture_output=True, text=True, check=True).stdout.split("\n")
+    commit = next(line.split()[0] for line in refs if line.endswith("/two-objectives"))
+
+    def at_commit(rel: str) -> dict:
+        return json.loads(subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=dvc_repo, capture_output=True,
+                                         text=True, check=True).stdout)
+
+    runs = ["clm", "mlm", "scratch-gpt2", "scratch-bert"]
+    comparison = at_commit(paths.COMPARISON_JSON)
+    assert [r["run"] for r in comparison["runs"]] == runs
+    assert all(r["verdict"] for r in comparison["runs"] if r["pretrained"])
+    assert "versus_rival" not in comparison["runs"][1]  # rtd's comparison with mlm needs rtd
+    assert list(at_commit(paths.COMPARISON_METRICS)) == runs
+    registry = at_commit(paths.REGISTRY_JSON)
+    assert [m["run"] for m in registry["models"]] == runs and [b["run"] for b in registry["bases"]] == ["clm", "mlm"]
+    assert (dvc_repo / paths.pretrained_dir("rtd")).is_dir()  # the workspace keeps its four objectives
