@@ -163,9 +163,9 @@ def cmd_summary(args) -> int:
             v = run["versus_rival"]
             print(f"\n{run['run']} {v['verdict']} at equal pretraining FLOPs: {v['delta_macro_f1']:+.3f} macro-F1 "
                   f"({v['ci_level']:.0%} CI {v['ci_low']:+.3f} to {v['ci_high']:+.3f})")
-    labelled = comparison.get("train_examples")
-    print(f"\n{comparison['test_examples']} test examples" + (f"; fine-tuned on {labelled} labelled examples "
-          "(downstream.train_examples)" if labelled else "") + ".")
+    if comparison.get("train_examples"):
+        print(f"\n{comparison['test_examples']} test examples; fine-tuned on {comparison['train_examples']} "
+              "labelled examples (downstream.train_examples).")
     print(f"Seeds {', '.join(map(str, comparison['seeds']))} (the first is the registered model). "
           f"{comparison['ci_method']} Per lr and seed: {paths.FINETUNE_REPORTS}/<run>.json.")
     return 0

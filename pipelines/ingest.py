@@ -33,7 +33,10 @@ def main(argv=None) -> None:
             tracking.log_metrics(stats)
         print(f"ingest: {stats['documents']} documents, {stats['characters']:,} characters; "
               f"downstream {stats['downstream_train']}/{stats['downstream_validation']}/{stats['downstream_test']} "
-              f"train/val/test examples in {stats['downstream_classes']} classes")
+              f"train/val/test examples in {stats['downstream_classes']} classes"
+              + (f" (label budget downstream.train_examples: {stats['downstream_train']} of "
+                 f"{stats['downstream_train_available']} training examples)"
+                 if stats["downstream_train"] < stats["downstream_train_available"] else ""))
 
     run_stage("ingest", body, argv=argv)
 

@@ -62,7 +62,7 @@ CASES = {
         "profile: tiny\ntokenize:\n  block_size: 128\n", ["-m", "pipelines.ingest"],
         "error: params.yaml: tokenize.block_size (128) exceeds model.max_positions (64)"),
     "unknown_objective": ("profile: tiny\n", ["-m", "pipelines.pretrain", "--objective", "gpt5"],
-                          "error: python -m pipelines.pretrain: argument --objective: invalid choice: 'gpt5'"),
+                          "error: --objective: unknown objective 'gpt5'; valid: "),
     "missing_tokenizer_directory": (
         "profile: tiny\ntokenizer:\n  pretrained_gpt2: tokenizers/missing\n",
         ["-m", "pipelines.train_tokenizer", "--architecture", "gpt2"],
