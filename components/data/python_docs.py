@@ -17,6 +17,8 @@ What is read, in a deterministic order:
   vendored copies of other packages too);
 - each distribution's ``.py`` files as its RECORD lists them (``dist.files``), sorted by path,
   that lie inside the distribution's site-packages directory (scripts in ``bin/`` are not);
+  a file an earlier distribution listed too is read once, for the first (``mlflow-skinny``
+  lists ``mlflow``'s files);
 - less tests (a ``test``/``tests`` directory, ``test_*.py``, ``*_test.py``, ``conftest.py``)
   and vendored copies (``_vendor``, ``vendor``, ``vendored``, ``extern``, ``third_party``,
   ``_distutils`` ...): a vendored copy repeats another distribution's text, or the
@@ -103,15 +105,20 @@ class PythonDocs:
     manifest: list[dict] = field(default_factory=list)
     unparsable: list[str] = field(default_factory=list)
     missing: int = 0
+    shared: int = 0
 
     def documents(self) -> Iterator[tuple[str, str]]:
-        read = 0
+        read, seen = 0, set()
         for dist in distributions(self.paths if self.paths is not None else DEFAULT_PATHS):
             name, version = normalized_name(dist.metadata["Name"]), dist.version
             entry = {"package": name, "version": version, "files": 0, "characters": 0}
             for rel, path in modules_of(dist):
                 if self.max_characters and read >= self.max_characters:
                     break
+                if path in seen:  # claimed by an earlier distribution too (mlflow-skinny lists mlflow's files)
+                    self.shared += 1
+                    continue
+                seen.add(path)
                 try:
                     source = path.read_bytes()
                 except OSError:  # listed in RECORD but gone (deleted by hand, or a broken install)

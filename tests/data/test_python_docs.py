@@ -63,6 +63,7 @@ def make_site(root: Path, planted: str = "A planted docstring with enough words 
     _dist(site, "Aardvark", "2.1", {
         "aardvark.py": _module("Aardvark: a single-module distribution, first by normalized name."),
     })
+    _dist(site, "fakepkg-skinny", "1.0", {}, record_extra=("fakepkg/core.py,,",))  # fakepkg's file again
     _dist(site, "pip", "26.0", {"pip/__init__.py": _module("PIP IS AN INSTALLER: left out of the corpus.")})
     return site
 
@@ -90,6 +91,7 @@ def test_reads_docstrings_in_package_then_path_order(site):
         assert absent not in text
     assert reader.unparsable == ["fakepkg==1.0:fakepkg/broken.py"]
     assert reader.missing == 1  # listed in RECORD, not on disk
+    assert reader.shared == 1  # fakepkg-skinny's copy of fakepkg/core.py is not read twice
 
 
 def test_two_reads_give_the_same_documents_and_bytes(site):
