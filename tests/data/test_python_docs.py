@@ -1,6 +1,7 @@
 """builtin:python-docs: the installed packages' docstrings, read from a fake site-packages."""
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -205,3 +206,16 @@ def test_stdlib_and_python_docs_together(tmp_path, monkeypatch):
     assert len(stdlib_modules) > 100 and any(s.startswith("pydoc-topic:") for s in sources)
     assert stats["python_docs_packages"] == 3 and len(manifest["packages"]) == 3
     assert stats["excluded_test_documents"] > 0  # the stdlib part still leaves out the test-split modules
+
+
+def test_lineage_reads_the_manifest_digest(tmp_path, site):
+    from components.registry.lineage import corpus_manifest_digest
+
+    path = tmp_path / "corpus_manifest.json"
+    assert corpus_manifest_digest(path) == "unknown"  # ingest has not run
+    path.write_text(json.dumps({"source": "builtin:stdlib-docs", **PythonDocs().report()}))
+    assert corpus_manifest_digest(path) == "none"  # a corpus that read no package
+    reader = PythonDocs(0, [site])
+    list(reader.documents())
+    path.write_text(json.dumps({"source": "builtin:python-docs", **reader.report()}))
+    assert corpus_manifest_digest(path) == python_docs.manifest_digest(reader.manifest)[:16]
