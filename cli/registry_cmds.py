@@ -109,7 +109,8 @@ def format_lineage(ref: str, chain: dict) -> str:
         f"  params       sha256 {chain['params']['sha256']} (params.yaml in the model's artifacts)",
         f"  tokenizer    md5 {chain['tokenizer']['md5']}",
         f"  tokenized    md5 {chain['tokenized']['md5']}",
-        f"  corpus       md5 {chain['corpus']['md5']} ({paths.CORPUS_DIR}, source {chain['corpus']['source']})",
+        f"  corpus       md5 {chain['corpus']['md5']} ({paths.CORPUS_DIR}, source {chain['corpus']['source']}, "
+        f"python-docs manifest {chain['corpus'].get('manifest_sha256', 'n/a')})",
         f"  validation   success {chain['validation']['success']} "
         f"({chain['validation']['expectations']} expectations, md5 {chain['validation']['md5']})",
         f"  test split   sha256 {chain['test_split_sha256']}",

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BUILTIN_CORPUS = "builtin:stdlib-docs"
+PYTHON_DOCS = "builtin:python-docs"
+BOTH_CORPORA = "builtin:stdlib-docs+python-docs"
+# The built-in corpora data.source may name (components/data/stdlib_docs.py, python_docs.py).
+BUILTIN_CORPORA = (BUILTIN_CORPUS, PYTHON_DOCS, BOTH_CORPORA)
 BUILTIN_TASK = "builtin:stdlib-chapters"
 # Its classes (components/data/stdlib_docs.py LABELS; tests/data/test_corpus.py checks they agree):
 # config sits below data, so it may not import them.
@@ -19,6 +23,12 @@ HF_PREFIX = "hf:"
 TXT_MODES = ("file", "paragraph")
 DTYPES = ("auto", "float32", "bfloat16")
 SCHEDULES = ("cosine", "one_cycle", "trapezoid")
+
+
+def builtin_corpora(source: str) -> tuple[str, ...]:
+    """The built-in corpora a data.source names, in reading order: ``builtin:stdlib-docs+python-docs``
+    -> ("stdlib-docs", "python-docs"); () for a path or a hub dataset."""
+    return tuple(source.removeprefix("builtin:").split("+")) if source in BUILTIN_CORPORA else ()
 
 
 def _section(config) -> str:
@@ -49,8 +59,10 @@ class DataConfig:
     """params.yaml section ``data``: where the pretraining corpus comes from."""
 
     source: str = BUILTIN_CORPUS
-    """``builtin:stdlib-docs``; a local file, directory or glob of .txt, .jsonl, .json, .csv
-    (each optionally .gz) and .parquet; a ``save_to_disk`` directory; or ``hf:<name>[:<config>]``."""
+    """``builtin:stdlib-docs`` (the task's own text), ``builtin:python-docs`` (the installed
+    packages' docstrings), ``builtin:stdlib-docs+python-docs`` (both, stdlib first); a local
+    file, directory or glob of .txt, .jsonl, .json, .csv (each optionally .gz) and .parquet; a
+    ``save_to_disk`` directory; or ``hf:<name>[:<config>]``."""
     text_column: str = "text"
     """Field (jsonl, json, Hugging Face) or column (csv, parquet) holding each document's text."""
     txt_mode: str = "file"
@@ -62,6 +74,10 @@ class DataConfig:
     max_documents: int = 0
     """Keep only the first N documents by doc_id (0 = all): a hash sample, the same whatever
     order the files are read in; keeps tiny runs fast."""
+    max_characters: int = 0
+    """``builtin:python-docs``: stop reading once its documents reach this many characters
+    (0 = all), in its fixed order (package, then file), so a smaller corpus is a prefix of a
+    larger one. Counted before cleaning and decontamination; the stdlib part is not capped."""
     decontaminate_ngram: int = 13
     """A corpus passage sharing a word n-gram this long with a downstream validation or test
     text is cut (GPT-3, lm-evaluation-harness: 13; components/data/decontaminate.py)."""
@@ -75,8 +91,9 @@ class DataConfig:
         if not 1 <= self.decontaminate_min_words <= self.decontaminate_ngram:
             raise ValueError(f"data.decontaminate_min_words must be in [1, data.decontaminate_ngram="
                              f"{self.decontaminate_ngram}], got {self.decontaminate_min_words}")
-        if self.source.startswith("builtin:") and self.source != BUILTIN_CORPUS:
-            raise ValueError(f"data.source: unknown built-in {self.source!r}; use {BUILTIN_CORPUS!r} or a path")
+        if self.source.startswith("builtin:") and self.source not in BUILTIN_CORPORA:
+            raise ValueError(f"data.source: unknown built-in {self.source!r}; use one of "
+                             f"{', '.join(BUILTIN_CORPORA)}, or a path")
         if not self.source.strip():
             raise ValueError(f"data.source must be {BUILTIN_CORPUS!r} or a path, got an empty string")
         if self.source.startswith(HF_PREFIX) and not self.source.removeprefix(HF_PREFIX).partition(":")[0]:
@@ -91,6 +108,11 @@ class DataConfig:
             raise ValueError(f"data.min_chars must be >= 1, got {self.min_chars}")
         if self.max_documents < 0:
             raise ValueError(f"data.max_documents must be >= 0 (0 = all), got {self.max_documents}")
+        if self.max_characters < 0:
+            raise ValueError(f"data.max_characters must be >= 0 (0 = all), got {self.max_characters}")
+        if self.max_characters and PYTHON_DOCS.removeprefix("builtin:") not in builtin_corpora(self.source):
+            raise ValueError(f"data.max_characters caps {PYTHON_DOCS} only, but data.source is {self.source!r}; "
+                             "set it to 0 (or use data.max_documents)")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path  # noqa: E402
 
 from components import paths  # noqa: E402
 from components.registry import tracking  # noqa: E402
+from components.registry.lineage import corpus_manifest_digest, tag  # noqa: E402
 from components.data.corpus import build_corpus  # noqa: E402
 from components.data.decontaminate import Report  # noqa: E402
 from components.io import write_json_atomic  # noqa: E402
@@ -22,15 +23,21 @@ def main(argv=None) -> None:
     def body(cfg: dict, _item) -> None:
         # The work first, the MLflow run after: a bad source then fails in about a second,
         # before MLflow is imported, with nothing written anywhere.
-        removed = Report()
+        removed, manifest = Report(), {}
         stats = build_corpus(cfg["data"], cfg["downstream"], cfg["seed"],
-                             Path(paths.CORPUS_DIR), Path(paths.DOWNSTREAM_DIR), removed)
+                             Path(paths.CORPUS_DIR), Path(paths.DOWNSTREAM_DIR), removed, manifest)
         write_json_atomic(paths.CORPUS_STATS, stats)
+        write_json_atomic(paths.CORPUS_MANIFEST, {"source": cfg["data"].source, **manifest})
         write_json_atomic(paths.DECONTAMINATION, {
             "ngram": cfg["data"].decontaminate_ngram, "min_words": cfg["data"].decontaminate_min_words,
             **removed.counts(), "held_out_excluded": stats["held_out_excluded"], "examples": removed.examples})
         with tracking.stage_run("ingest", cfg):
             tracking.log_metrics(stats)
+            import mlflow
+
+            # Which installed packages (and versions) builtin:python-docs was read from.
+            mlflow.log_artifact(paths.CORPUS_MANIFEST)
+            mlflow.set_tag(tag("corpus_manifest_sha256"), corpus_manifest_digest())
         print(f"ingest: {stats['documents']} documents, {stats['characters']:,} characters; "
               f"downstream {stats['downstream_train']}/{stats['downstream_validation']}/{stats['downstream_test']} "
               f"train/val/test examples in {stats['downstream_classes']} classes"

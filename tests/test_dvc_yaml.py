@@ -60,7 +60,8 @@ def test_outs_use_the_paths_module(repo_root):
         body = stage.get("do", stage)
         return [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
 
-    assert outs(stages["ingest"]) == [paths.CORPUS_DIR, paths.DOWNSTREAM_DIR, paths.DECONTAMINATION]
+    assert outs(stages["ingest"]) == [paths.CORPUS_DIR, paths.DOWNSTREAM_DIR, paths.DECONTAMINATION,
+                                      paths.CORPUS_MANIFEST]
     assert outs(stages["validate"]) == [paths.VALIDATION_DIR]
     assert outs(stages["train_tokenizer"]) == [paths.tokenizer_dir("${item}")]
     assert outs(stages["tokenize"]) == [paths.tokenized_dir("${item}")]

@@ -20,14 +20,15 @@ n-gram with such a text is cut, whatever its case, spacing or surroundings (coun
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from components.config import BUILTIN_CORPUS, BUILTIN_TASK, DataConfig, DownstreamConfig
-from components.data import stdlib_docs
+from components.config import BUILTIN_TASK, DataConfig, DownstreamConfig, builtin_corpora
+from components.data import python_docs, stdlib_docs
 from components.data.clean import Document, clean_documents, clean_text, match_key, new_counts
 from components.data.dedup import sort_unique
 from components.data.decontaminate import HeldOutIndex, Report, decontaminate
@@ -92,35 +93,21 @@ def without_held_out(raw: Iterable[tuple[str, str | None]], held_out: set[str],
 
 def build_corpus(
     data: DataConfig, downstream: DownstreamConfig, seed: int, corpus_dir: Path, downstream_dir: Path,
-    decontamination: Report | None = None,
+    decontamination: Report | None = None, manifest: dict | None = None,
 ) -> dict:
     """Write the corpus and downstream splits; return flat stats for reports/corpus_stats.json
-    (`decontamination`, when given, receives what was cut and a few examples).
+    (`decontamination`, when given, receives what was cut and a few examples; `manifest`, the
+    packages ``builtin:python-docs`` was read from, as reports/corpus_manifest.json holds them).
 
     Both directories appear together or not at all: a bad source fails before either is
     replaced (a user's source is read first, so it fails before the slower stdlib parse).
+    ``builtin:python-docs`` is read as a user's corpus is (after the stdlib part when both are
+    named), and is decontaminated the same way.
     """
-    builtin = data.source == BUILTIN_CORPUS
-    task = excluded = None
-    labels = list(stdlib_docs.LABELS)
+    corpora = builtin_corpora(data.source)
+    packages = python_docs.PythonDocs(data.max_characters) if "python-docs" in corpora else None
     counts = {**new_counts(), "held_out_excluded": 0, "downstream_overlap_removed": 0}
-    if downstream.task != BUILTIN_TASK:
-        # A user's task is read (and its labels checked) before any corpus work.
-        task, labels, held_out = read_downstream(downstream, seed, counts)
-        excluded = 0
-    if builtin and task is None:
-        task, raw, excluded, held_out = _builtin_task_and_corpus(downstream, seed, counts)
-    elif builtin:  # the built-in corpus with a user's task: its held-out texts left out
-        raw = stdlib_docs.builtin_documents(stdlib_docs.cleaned_modules(clean_text), set(), held_out,
-                                            clean_text, counts)
-    else:
-        raw = read_documents(data.source, data.text_column, data.txt_mode)
-        if task is not None:
-            raw = without_held_out(raw, held_out, counts)
-    if task is None:  # a user's corpus with the built-in task: the task first, for its held-out texts
-        modules = stdlib_docs.cleaned_modules(clean_text)
-        task, full = _task(modules, downstream, seed)
-        held_out, excluded = held_out_texts(full), 0
+    task, labels, raw, excluded, held_out = _task_and_raw(data, downstream, seed, counts, packages)
     report = decontamination if decontamination is not None else Report()
     raw = decontaminate(raw, HeldOutIndex(held_out, data.decontaminate_ngram, data.decontaminate_min_words), report)
     available = len(task["train"])
@@ -142,7 +129,52 @@ def build_corpus(
             write_json_atomic(out / "labels.json", {"labels": labels})
 
     stats = {**_stats(counts, corpus, task, excluded, len(labels)), "downstream_train_available": available,
-             **report.counts()}
+             **report.counts(), **(packages.stats() if packages is not None else python_docs.empty_stats())}
+    if manifest is not None:
+        manifest.update(packages.report() if packages is not None else python_docs.PythonDocs().report())
+    _print_summary(stats, data, report, excluded, packages is not None)
+    return stats
+
+
+def _task_and_raw(data: DataConfig, downstream: DownstreamConfig, seed: int, counts: dict,
+                  packages: python_docs.PythonDocs | None):
+    """(task, labels, raw corpus stream, test-split modules left out, held-out texts): the
+    task's held-out texts are known before the corpus is read."""
+    builtin = "stdlib-docs" in builtin_corpora(data.source)
+    task = excluded = None
+    labels = list(stdlib_docs.LABELS)
+    if downstream.task != BUILTIN_TASK:
+        # A user's task is read (and its labels checked) before any corpus work.
+        task, labels, held_out = read_downstream(downstream, seed, counts)
+        excluded = 0
+    if builtin and task is None:
+        task, raw, excluded, held_out = _builtin_task_and_corpus(downstream, seed, counts)
+    elif builtin:  # the built-in corpus with a user's task: its held-out texts left out
+        raw = stdlib_docs.builtin_documents(stdlib_docs.cleaned_modules(clean_text), set(), held_out,
+                                            clean_text, counts)
+    elif packages is not None:
+        raw = iter(())
+    else:
+        raw = read_documents(data.source, data.text_column, data.txt_mode)
+        if task is not None:
+            raw = without_held_out(raw, held_out, counts)
+    if task is None:  # a user's corpus with the built-in task: the task first, for its held-out texts
+        modules = stdlib_docs.cleaned_modules(clean_text)
+        task, full = _task(modules, downstream, seed)
+        held_out, excluded = held_out_texts(full), 0
+    if packages is not None:  # after the stdlib part; a user's task's held-out texts left out as from a user's corpus
+        more = packages.documents()
+        if downstream.task != BUILTIN_TASK:
+            more = without_held_out(more, held_out, counts)
+        raw = itertools.chain(raw, more)
+    return task, labels, raw, excluded, held_out
+
+
+def _print_summary(stats: dict, data: DataConfig, report: Report, excluded: int, python_docs_read: bool) -> None:
+    if python_docs_read:
+        print(f"python-docs: {stats['python_docs_characters']:,} characters from {stats['python_docs_files']} modules "
+              f"of {stats['python_docs_packages']} installed packages ({stats['python_docs_unparsable_files']} files "
+              "that do not parse skipped)", file=sys.stderr)
     print(
         f"corpus: {stats['documents']} documents ({stats['train_documents']} train / "
         f"{stats['validation_documents']} validation), {stats['characters']:,} characters; "
@@ -153,7 +185,6 @@ def build_corpus(
         f"{stats['downstream_overlap_removed']} downstream texts dropped from a later split that repeated an earlier one",
         file=sys.stderr,
     )
-    return stats
 
 
 def _label_budget(task: dict, downstream: DownstreamConfig, n_labels: int, seed: int) -> dict:

@@ -86,6 +86,17 @@ def _out_hashes(lock: dict) -> dict[str, str]:
     return hashes
 
 
+def corpus_manifest_digest(manifest_path: str | Path = paths.CORPUS_MANIFEST) -> str:
+    """The digest of the packages and versions ``builtin:python-docs`` was read from (written by
+    ingest in reports/corpus_manifest.json); "none" when the corpus read none, "unknown" when
+    ingest has not written it. The corpus' DVC hash names its bytes; this names where they came from."""
+    path = Path(manifest_path)
+    if not path.exists():
+        return "unknown"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    return manifest.get("sha256", "unknown")[:16] if manifest.get("packages") else "none"
+
+
 def params_digest(params_path: str | Path = "params.yaml") -> str:
     data = yaml.safe_load(Path(params_path).read_text()) or {}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -154,6 +165,7 @@ def model_lineage(run: str, architecture: str, pretrained: bool, lock_path: str 
     lineage["params_sha256"] = params_digest(params_path)
     params = yaml.safe_load(Path(params_path).read_text()) or {}
     lineage["data_source"] = redact(str((params.get("data") or {}).get("source", "")))
+    lineage["corpus_manifest_sha256"] = corpus_manifest_digest()
     lineage.update({f"{k}_md5": hashes.get(v, "unknown") for k, v in wanted.items()})
     lineage.update(validation_summary())
     test_split = Path(paths.DOWNSTREAM_DIR) / "test.parquet"
@@ -184,7 +196,8 @@ def version_chain(version, run=None) -> dict[str, Any]:
         "tokenizer": {"md5": field("tokenizer_md5")},
         "tokenized": {"md5": field("tokenized_md5", "n/a")},
         "pretrained": {"md5": field("pretrained_md5", "n/a")},
-        "corpus": {"md5": field("corpus_md5"), "source": field("data_source", "")},
+        "corpus": {"md5": field("corpus_md5"), "source": field("data_source", ""),
+                   "manifest_sha256": field("corpus_manifest_sha256", "n/a")},
         "validation": {"md5": field("validation_md5"), "success": field("validation_success"),
                        "expectations": f"{field('validation_successful_expectations', '?')}/"
                                        f"{field('validation_evaluated_expectations', '?')}"},
