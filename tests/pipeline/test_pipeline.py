@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from components import paths
+from components.evaluate.metrics import NOT_TRAINED
 from components.objectives import ARCHITECTURE_NAMES, FINETUNE_RUN_NAMES, OBJECTIVE_NAMES, OBJECTIVES
 from pipeline_repo import dvc, env_for
 
@@ -54,7 +55,9 @@ def test_metrics_for_every_objective_and_scratch(dvc_repo):
         if r["pretrained"]:
             assert r["delta_ci_low"] <= r["delta_macro_f1_vs_scratch"] <= r["delta_ci_high"]
             assert isinstance(r["beats_scratch"], bool) and 0.95 < r["delta_ci_level"] < 1
-            assert r["verdict"] in ("pays off", "hurts", "cannot tell at this budget")
+            # the tiny profile's 8 steps may leave an objective at its trivial baseline: then no verdict on it
+            assert r["verdict"] == NOT_TRAINED if r["did_not_train"] else r["verdict"] in (
+                "pays off", "hurts", "cannot tell at this budget")
             scratch = runs[f"scratch-{r['architecture']}"]
             # Paired by seed over the same seeds: the mean of the differences is the difference of the means.
             assert r["delta_macro_f1_vs_scratch"] == pytest.approx(
@@ -137,7 +140,7 @@ def test_second_repro_is_up_to_date_and_the_sweep_reruns_only_what_a_budget_chan
         else:
             assert p["tokens_seen"] * 8 == workspace[p["objective"]]["tokens_seen"] * 6
         assert p["ci_low"] <= p["delta"] <= p["ci_high"]
-        assert p["verdict"] in ("pays off", "hurts", "cannot tell at this budget")
+        assert p["verdict"] in ("pays off", "hurts", "cannot tell at this budget", NOT_TRAINED)
     assert (dvc_repo / "reports/sweep/budget_curve.png").stat().st_size > 1000
     assert len((dvc_repo / "reports/sweep/budget_curve.csv").read_text().splitlines()) == 1 + len(points)
 
