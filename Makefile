@@ -81,6 +81,15 @@ deps:
 	test -x $(BIN)/python || $(MAKE) install
 	$(BIN)/python tests/code_deps.py --write
 
+# Each tool's own UI after a tiny pipeline run, in headless Chromium (tests/ui_check.py): the MLflow
+# registry, the Prefect flow run, GX's Data Docs. Screenshots and server logs in reports/ui/
+# (git-ignored); one JSON line at the end. Not in `make test`: it needs a browser (Debian's
+# chromium, installed here with apt-get when missing: root) and about 10 minutes on 2 cores.
+ui-check: install
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	$(BIN)/python tests/ui_check.py --out reports/ui
+
 # Known vulnerabilities in the installed dependencies (needs network: PyPI / OSV advisories).
 audit: install
 	$(BIN)/pip install -q pip-audit
