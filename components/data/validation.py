@@ -13,6 +13,7 @@ import html
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,25 @@ READ_BATCH_ROWS = 10_000
 DATA_DOCS_DIR = "gx"
 DATA_DOCS_SITE = "lmforge"
 DATA_DOCS_RUN_NAME = "lmforge-validate"
+VENDOR_DIR = Path(__file__).resolve().parent / "gx_vendor"
+_BT = "https://unpkg.com/bootstrap-table@1.19.1/dist"
+_VENDORED = {  # CDN URL in GX's pages -> our copy (gx_vendor/README.md)
+    "https://code.jquery.com/jquery-3.7.1.min.js": "jquery.min.js",
+    "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css": "bootstrap.min.css",
+    "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js": "bootstrap.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js": "popper.min.js",
+    f"{_BT}/bootstrap-table.min.css": "bootstrap-table.min.css",
+    f"{_BT}/bootstrap-table.min.js": "bootstrap-table.min.js",
+    f"{_BT}/extensions/filter-control/bootstrap-table-filter-control.min.js": "bootstrap-table-filter-control.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js":
+        "bootstrap-datepicker.min.js",  # filter-control calls it: without it the index's table stays empty
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css":
+        "bootstrap-datepicker.min.css",
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css":
+        "bootstrap-table-filter-control.min.css",
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css":
+        "bootstrap-table-filter-control.min.css",
+}
 
 
 def _printable_share(text: str) -> float:
@@ -226,6 +246,7 @@ def _build_data_docs(context: Any, site_dir: Path) -> None:
     })
     context.build_data_docs(site_names=[DATA_DOCS_SITE])
     _prune_static(Path(site_dir))
+    _vendor_cdn_files(Path(site_dir))
 
 
 def _prune_static(site: Path) -> None:
@@ -235,6 +256,22 @@ def _prune_static(site: Path) -> None:
     for path in (site / "static").rglob("*"):
         if path.is_file() and path.suffix not in (".html", ".css") and path.name not in texts:
             path.unlink()
+
+
+def _vendor_cdn_files(site: Path) -> None:
+    """Point the pages at local copies of the CDN files they need to render (gx_vendor/README.md):
+    offline, the index would be empty and every page unstyled. Subresource-integrity attributes
+    go too: a file:// page cannot fetch with CORS, and the copies are the releases themselves."""
+    vendor = site / "static" / "vendor"
+    vendor.mkdir(parents=True, exist_ok=True)
+    for name in set(_VENDORED.values()):
+        shutil.copyfile(VENDOR_DIR / name, vendor / name)
+    for page in site.rglob("*.html"):
+        prefix = os.path.relpath(vendor, page.parent).replace(os.sep, "/")
+        text = page.read_text(encoding="utf-8")
+        for url, name in _VENDORED.items():
+            text = text.replace(url, f"{prefix}/{name}")
+        page.write_text(re.sub(r'\s(?:integrity|crossorigin)="[^"]*"', "", text), encoding="utf-8")
 
 
 def _entry(name: str, description: str, raw: dict, stats: pd.DataFrame) -> dict:

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -354,6 +355,11 @@ def test_gx_data_docs_show_every_expectation_and_its_observed_value(corpora, tmp
     link = f'href="gx/{validation_page.relative_to(out / "gx").as_posix()}"'
     assert link in ours and 'href="gx/expectations/corpus.html"' in ours and 'href="gx/index.html"' in ours
     assert sum(p.stat().st_size for p in out.rglob("*")) < 1_000_000  # GX's unused GIFs and fonts pruned
+    # Offline-complete: the scripts and styles the pages need are local copies, linked relatively.
+    index = (out / "gx" / "index.html").read_text(encoding="utf-8")
+    assert 'src="static/vendor/jquery.min.js"' in index and 'src="static/vendor/bootstrap-table.min.js"' in index
+    assert "../../../../static/vendor/bootstrap.min.css" in validation_page.read_text(encoding="utf-8")
+    assert not [p for p in (out / "gx").rglob("*.html") if re.search(r"(unpkg\.com|code\.jquery\.com|bootstrapcdn)", p.read_text())]
 
 
 def test_validate_stage_exits_1_and_prints_the_summary(tmp_path):
