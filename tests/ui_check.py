@@ -102,7 +102,8 @@ def check_mlflow(repo: Path, env: dict, out: Path) -> list[dict]:
     registry = json.loads((repo / "reports" / "registry.json").read_text())
     names, (name, version) = sorted(_registered(registry)), _champion(registry)
     port = free_port()
-    cmd = [str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port),
+    # One worker: four (the default) take minutes to start on a busy 2-core machine, for one reader.
+    cmd = [str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}"]
     with server(cmd, env, f"http://127.0.0.1:{port}/health", out / "mlflow.log", repo):
         root = f"http://127.0.0.1:{port}/#"
