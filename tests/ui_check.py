@@ -59,7 +59,8 @@ def server(cmd: list[str], env: dict, health: str, log: Path, cwd: Path):
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_until_up(health, proc, cmd[1], lambda: log.read_text()[-3000:])
+            # 10 minutes: `mlflow ui` took over 3 to answer on a 2-core machine busy with other jobs.
+            wait_until_up(health, proc, cmd[1], lambda: log.read_text()[-3000:], seconds=600)
             yield proc
         finally:
             with contextlib.suppress(ProcessLookupError):
