@@ -13,9 +13,13 @@ WORKDIR /opt/lmforge
 ARG TORCH_VERSION=2.13.0
 # PyPI's Linux torch wheel is the CUDA build (its CUDA libraries come as pip packages).
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}"
-# The dependencies first (a layer that survives code changes), then the code.
-COPY pyproject.toml README.md ./
-RUN mkdir -p components pipelines flows cli && pip install --no-cache-dir ".[remote]" && pip uninstall -y lmforge
+# The dependencies first (a layer that survives code changes), then the code: exactly
+# requirements.lock, as `make install` does; then the `remote` extra (dvc-s3), which the lock
+# leaves out, resolved around the locked versions.
+COPY pyproject.toml README.md requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock \
+    && mkdir -p components pipelines flows cli && pip install --no-cache-dir ".[remote]" && pip uninstall -y lmforge \
+    && pip check
 COPY . .
 RUN pip install --no-cache-dir --no-deps -e . && git config --global --add safe.directory '*'
 

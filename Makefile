@@ -11,11 +11,16 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast deps pipeline summary clean audit gpu-check mlflow-server image
+.PHONY: install lock ui-check demo test test-fast deps pipeline summary clean audit gpu-check mlflow-server image
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package but torch, with hashes (`make lock` writes it from
+# pyproject.toml). torch comes first, at TORCH_VERSION, with its own deps: the CUDA build and
+# its nvidia-* wheels where a GPU answers, else the CPU build; one hash list cannot hold both.
+# Then the lock exactly (--no-deps: no resolver, nothing unlocked slips in), our code, `pip check`.
+LOCK := requirements.lock
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# CUDA torch where an NVIDIA GPU answers, else the CPU build (a local +cpu wheel or PyTorch's CPU index).
@@ -25,8 +30,23 @@ $(STAMP): pyproject.toml
 	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
 	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu; \
 	fi
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Re-resolve pyproject.toml's ranges into requirements.lock (pins and sha256 hashes; torch left
+# to the install above). pip-tools lives in its own venv, so the project's stays exactly the lock;
+# pip-compile, unlike uv and poetry, sees pip's find-links (a local +cpu torch wheel) too.
+# Without LOCK_ARGS it keeps the pins the ranges still allow: a pyproject edit changes only what it must.
+LOCK_TOOLS := $(VENV)/lock-tools
+LOCK_ARGS ?=  # `make lock LOCK_ARGS=--upgrade` moves every pin to the newest release the ranges allow
+lock:
+	test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install -q pip-tools==7.7.0; }
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile --quiet --generate-hashes --strip-extras \
+	  --extra test --unsafe-package torch --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) \
+	  --output-file $(LOCK) pyproject.toml
+	$(PYTHON) -m components.registry.environment --stamp
 
 demo: install
 	$(BIN)/dvc repro
@@ -60,6 +80,15 @@ test-fast: install
 deps:
 	test -x $(BIN)/python || $(MAKE) install
 	$(BIN)/python tests/code_deps.py --write
+
+# Each tool's own UI after a tiny pipeline run, in headless Chromium (tests/ui_check.py): the MLflow
+# registry, the Prefect flow run, GX's Data Docs. Screenshots and server logs in reports/ui/
+# (git-ignored); one JSON line at the end. Not in `make test`: it needs a browser (Debian's
+# chromium, installed here with apt-get when missing: root) and about 10 minutes on 2 cores.
+ui-check: install
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	$(BIN)/python tests/ui_check.py --out reports/ui
 
 # Known vulnerabilities in the installed dependencies (needs network: PyPI / OSV advisories).
 audit: install

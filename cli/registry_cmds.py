@@ -114,6 +114,8 @@ def format_lineage(ref: str, chain: dict) -> str:
         f"  validation   success {chain['validation']['success']} "
         f"({chain['validation']['expectations']} expectations, md5 {chain['validation']['md5']})",
         f"  test split   sha256 {chain['test_split_sha256']}",
+        "  environment  " + ", ".join(f"{k} {v}" for k, v in chain["environment"].items() if k != "requirements_lock_sha256")
+        + f" (requirements.lock sha256 {chain['environment']['requirements_lock_sha256'][:16]})",
         f"  git commit   {chain['git']['commit']}{' (dirty tree)' if chain['git']['dirty'] else ''}",
         f"  restore      {chain['restore']}",
     ]

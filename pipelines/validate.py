@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 from components import paths
@@ -14,8 +15,10 @@ from pipelines._stage import run_stage
 def main(argv=None) -> None:
     def body(cfg: dict, _item) -> None:
         with tracking.stage_run("validate", cfg):
-            result = validate_corpus(Path(paths.CORPUS_DIR), cfg["validate"])
-            write_validation_report(result, Path(paths.VALIDATION_DIR))
+            # GX builds its Data Docs beside our table: a scratch folder, moved in with the report.
+            with tempfile.TemporaryDirectory(prefix="lmforge-gx-docs-") as docs:
+                result = validate_corpus(Path(paths.CORPUS_DIR), cfg["validate"], data_docs_dir=Path(docs))
+                write_validation_report(result, Path(paths.VALIDATION_DIR), data_docs_dir=Path(docs))
             import mlflow
 
             mlflow.log_artifacts(paths.VALIDATION_DIR, artifact_path="validation")

@@ -13,6 +13,8 @@ import html
 import json
 import math
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,29 @@ REPLACEMENT_CHAR = "\ufffd"
 EXAMPLES = 5  # doc_ids kept per failed expectation
 SNIPPET_CHARS = 80  # of each offending document's text, in the failure report
 READ_BATCH_ROWS = 10_000
+# GX Data Docs go in this folder of the report (reports/validation/gx/index.html).
+DATA_DOCS_DIR = "gx"
+DATA_DOCS_SITE = "lmforge"
+DATA_DOCS_RUN_NAME = "lmforge-validate"
+VENDOR_DIR = Path(__file__).resolve().parent / "gx_vendor"
+_BT = "https://unpkg.com/bootstrap-table@1.19.1/dist"
+_VENDORED = {  # CDN URL in GX's pages -> our copy (gx_vendor/README.md)
+    "https://code.jquery.com/jquery-3.7.1.min.js": "jquery.min.js",
+    "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css": "bootstrap.min.css",
+    "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js": "bootstrap.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js": "popper.min.js",
+    f"{_BT}/bootstrap-table.min.css": "bootstrap-table.min.css",
+    f"{_BT}/bootstrap-table.min.js": "bootstrap-table.min.js",
+    f"{_BT}/extensions/filter-control/bootstrap-table-filter-control.min.js": "bootstrap-table-filter-control.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js":
+        "bootstrap-datepicker.min.js",  # filter-control calls it: without it the index's table stays empty
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css":
+        "bootstrap-datepicker.min.css",
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css":
+        "bootstrap-table-filter-control.min.css",
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css":
+        "bootstrap-table-filter-control.min.css",
+}
 
 
 def _printable_share(text: str) -> float:
@@ -171,11 +196,13 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _run_suite(stats: pd.DataFrame, cfg: ValidateConfig) -> tuple[dict, list[tuple[str, str, dict]]]:
+def _run_suite(stats: pd.DataFrame, cfg: ValidateConfig,
+               data_docs_dir: Path | None = None) -> tuple[dict, list[tuple[str, str, dict]]]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.expectations.row_conditions import Column
 
     context = gx.get_context(mode="ephemeral")
@@ -199,10 +226,52 @@ def _run_suite(stats: pd.DataFrame, cfg: ValidateConfig) -> tuple[dict, list[tup
         result_format={"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES,
                        "unexpected_index_column_names": ["doc_id"]},
     ))
-    run = checkpoint.run(batch_parameters={"dataframe": stats})
+    run = checkpoint.run(batch_parameters={"dataframe": stats},
+                         run_id=RunIdentifier(run_name=DATA_DOCS_RUN_NAME))
+    if data_docs_dir is not None:
+        _build_data_docs(context, data_docs_dir)
     (validation,) = run.run_results.values()
     by_id = {r.expectation_config.id: r.to_json_dict() for r in validation.results}
     return validation.statistics, [(name, desc, by_id[eid]) for name, desc, eid in checks]
+
+
+def _build_data_docs(context: Any, site_dir: Path) -> None:
+    """GX's own Data Docs of this run (the suite's page, the validation result's page with
+    every expectation and its observed value, an index) as static files under `site_dir`:
+    the ephemeral context's in-memory stores hold the suite and the result to render."""
+    context.add_data_docs_site(DATA_DOCS_SITE, {
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(site_dir).resolve())},
+    })
+    context.build_data_docs(site_names=[DATA_DOCS_SITE])
+    _prune_static(Path(site_dir))
+    _vendor_cdn_files(Path(site_dir))
+
+
+def _prune_static(site: Path) -> None:
+    """Drop the static files no page or stylesheet names (GX copies 3.4 MB of tutorial GIFs and
+    logos it does not show): reports/validation is versioned with git."""
+    texts = "".join(p.read_text(errors="ignore") for p in site.rglob("*") if p.suffix in (".html", ".css"))
+    for path in (site / "static").rglob("*"):
+        if path.is_file() and path.suffix not in (".html", ".css") and path.name not in texts:
+            path.unlink()
+
+
+def _vendor_cdn_files(site: Path) -> None:
+    """Point the pages at local copies of the CDN files they need to render (gx_vendor/README.md):
+    offline, the index would be empty and every page unstyled. Subresource-integrity attributes
+    go too: a file:// page cannot fetch with CORS, and the copies are the releases themselves."""
+    vendor = site / "static" / "vendor"
+    vendor.mkdir(parents=True, exist_ok=True)
+    for name in set(_VENDORED.values()):
+        shutil.copyfile(VENDOR_DIR / name, vendor / name)
+    for page in site.rglob("*.html"):
+        prefix = os.path.relpath(vendor, page.parent).replace(os.sep, "/")
+        text = page.read_text(encoding="utf-8")
+        for url, name in _VENDORED.items():
+            text = text.replace(url, f"{prefix}/{name}")
+        page.write_text(re.sub(r'\s(?:integrity|crossorigin)="[^"]*"', "", text), encoding="utf-8")
 
 
 def _entry(name: str, description: str, raw: dict, stats: pd.DataFrame) -> dict:
@@ -261,11 +330,12 @@ def _summary(entries: list[dict]) -> str:
     return f"{len(failed)} of {len(entries)} expectations failed: {details}"
 
 
-def validate_corpus(corpus_dir: Path, cfg: ValidateConfig) -> dict:
+def validate_corpus(corpus_dir: Path, cfg: ValidateConfig, data_docs_dir: Path | None = None) -> dict:
     """Check the corpus in `corpus_dir` against `cfg`; a JSON-able result (never raises on
-    a failed expectation, only on a missing or unreadable corpus)."""
+    a failed expectation, only on a missing or unreadable corpus). With `data_docs_dir`, GX's
+    Data Docs of the run are built there too (`write_validation_report` moves them in)."""
     stats = corpus_stats(Path(corpus_dir))
-    statistics, raw = _run_suite(stats, cfg)
+    statistics, raw = _run_suite(stats, cfg, data_docs_dir)
     entries = [_entry(name, description, r, stats) for name, description, r in raw]
     wanted = {i for e in entries if not e["success"] for i in e["unexpected_examples"]}
     found = _find_documents(Path(corpus_dir), wanted) if wanted else {}
@@ -333,7 +403,16 @@ def _show(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _report_html(result: dict) -> str:
+def _data_docs_html(links: dict[str, str]) -> str:
+    if not links:
+        return ""
+    names = {"validation": "this run's validation result (every expectation, its observed value)",
+             "suite": "the expectation suite", "index": "the site's index"}
+    items = ", ".join(f'<a href="{html.escape(links[k])}">{names[k]}</a>' for k in names if k in links)
+    return f"<p>Great Expectations' own Data Docs of this run: {items}.</p>"
+
+
+def _report_html(result: dict, links: dict[str, str] | None = None) -> str:
     e = html.escape
     rows = []
     for x in result["expectations"]:
@@ -362,6 +441,7 @@ tr.fail td:first-child {{ color: #b00020; font-weight: bold; }}
 <p>{e(result["summary"])}</p>
 <p>{corpus.get("train_documents", "?")} train and {corpus.get("validation_documents", "?")}
 validation documents, {corpus.get("characters", "?")} characters.</p>
+{_data_docs_html(links or {})}
 <table><thead><tr><th>Status</th><th>Check</th><th>Expectation</th><th>Column</th>
 <th>Observed</th><th>Offending documents</th></tr></thead>
 <tbody>
@@ -376,10 +456,24 @@ def _document_html(doc: dict) -> str:
             f'<q>{html.escape(doc.get("text", ""))}</q>')
 
 
-def write_validation_report(result: dict, out_dir: Path) -> Path:
-    """Write `out_dir/result.json` and `out_dir/index.html`, replacing `out_dir` atomically."""
+def data_docs_links(site: Path, prefix: str = DATA_DOCS_DIR) -> dict[str, str]:
+    """Relative links into a built Data Docs site: its index, the validation result's page and
+    the suite's page (GX names the first by run, time and batch, so it is looked up)."""
+    found = {"index": site / "index.html",
+             "validation": next(iter(sorted((site / "validations").rglob("*.html"))), None),
+             "suite": next(iter(sorted((site / "expectations").rglob("*.html"))), None)}
+    return {k: f"{prefix}/{v.relative_to(site).as_posix()}" for k, v in found.items() if v and v.is_file()}
+
+
+def write_validation_report(result: dict, out_dir: Path, data_docs_dir: Path | None = None) -> Path:
+    """Write `out_dir/result.json` and `out_dir/index.html` (and GX's Data Docs from
+    `data_docs_dir` into `out_dir/gx/`, linked from the table), replacing `out_dir` atomically."""
     json.dumps(result, allow_nan=False)  # fail before touching out_dir if it is not JSON
     with atomic_dir(out_dir) as tmp:
+        links = {}
+        if data_docs_dir is not None:
+            shutil.copytree(data_docs_dir, tmp / DATA_DOCS_DIR)
+            links = data_docs_links(tmp / DATA_DOCS_DIR)
         write_json_atomic(tmp / "result.json", result)
-        write_text_atomic(tmp / "index.html", _report_html(result))
+        write_text_atomic(tmp / "index.html", _report_html(result, links))
     return Path(out_dir)

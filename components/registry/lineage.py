@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +24,9 @@ _SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL", re.I)
 # The user part of a URL, with or without a password: `https://token@host` carries a credential too.
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.I)
 TAG_PREFIX = "lmforge."
+LOCK_FILE = "requirements.lock"  # `make lock` writes it (components/registry/environment.py checks it)
+# Versions a model's lineage records beside the lock's hash: the ones that change its numbers.
+RECORDED_PACKAGES = ("torch", "transformers", "tokenizers")
 METRIC_PREFIXES = ("test_", "val_", "delta_", "majority_")
 
 
@@ -97,6 +101,23 @@ def corpus_manifest_digest(manifest_path: str | Path = paths.CORPUS_MANIFEST) ->
     return manifest.get("sha256", "unknown")[:16] if manifest.get("packages") else "none"
 
 
+def lock_sha256(lock: str | Path = LOCK_FILE) -> str:
+    """The lock file's hash, or `unknown` where there is none (a checkout without it)."""
+    path = Path(lock)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "unknown"
+
+
+def environment_record(lock: str | Path = LOCK_FILE) -> dict[str, str]:
+    """What a registered model's lineage records of the environment that made it."""
+    record = {"requirements_lock_sha256": lock_sha256(lock)}
+    for dist in RECORDED_PACKAGES:
+        try:
+            record[f"{dist}_version"] = metadata.version(dist)  # keeps +cpu / +cu128: the build matters
+        except metadata.PackageNotFoundError:
+            record[f"{dist}_version"] = "not installed"
+    return record
+
+
 def params_digest(params_path: str | Path = "params.yaml") -> str:
     data = yaml.safe_load(Path(params_path).read_text()) or {}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -156,7 +177,8 @@ def model_lineage(run: str, architecture: str, pretrained: bool, lock_path: str 
                   params_path: str | Path = "params.yaml") -> dict[str, str]:
     """The lineage record of one fine-tuning run's models (classifier and, for an objective,
     its pretrained base): git state, params hash, data source, DVC hashes of every input,
-    the validation verdict and the hash of the test split the metrics come from."""
+    the validation verdict, the hash of the test split the metrics come from, and the
+    environment (requirements.lock's hash; torch, transformers and tokenizers versions)."""
     hashes = dvc_out_hashes(lock_path)
     wanted = input_paths(run, architecture, pretrained)
     lineage = {"objective": run, **git_state()}
@@ -170,6 +192,8 @@ def model_lineage(run: str, architecture: str, pretrained: bool, lock_path: str 
     lineage.update(validation_summary())
     test_split = Path(paths.DOWNSTREAM_DIR) / "test.parquet"
     lineage["test_split_sha256"] = file_digest(test_split)[:16] if test_split.exists() else "unknown"
+    # The environment too: the same data and code under another torch can give other numbers.
+    lineage.update(environment_record(Path(lock_path).with_name(LOCK_FILE)))
     return lineage
 
 
@@ -202,6 +226,8 @@ def version_chain(version, run=None) -> dict[str, Any]:
                        "expectations": f"{field('validation_successful_expectations', '?')}/"
                                        f"{field('validation_evaluated_expectations', '?')}"},
         "test_split_sha256": field("test_split_sha256"),
+        "environment": {"requirements_lock_sha256": field("requirements_lock_sha256"),
+                        **{dist: field(f"{dist}_version") for dist in RECORDED_PACKAGES}},
         "git": {"commit": commit, "dirty": field("git_dirty") == "true",
                 "dvc_lock_committed": field("dvc_lock_committed") == "true"},
         "restore": f"git checkout {commit} && dvc checkout",

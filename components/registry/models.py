@@ -218,8 +218,21 @@ def _log_and_register(name: str, model_dir: Path, task: str, tags: dict[str, str
                 (extra / target).write_text(redact(Path(source).read_text()))
         client.log_model_artifacts(info.model_id, str(extra))
     version = mlflow.register_model(info.model_uri, name, tags=tags)
-    client.update_model_version(name, version.version, description=description[:4000])
+    client.update_model_version(name, version.version, description=_version_description(card_text, description))
     return client.get_model_version(name, version.version)
+
+
+DESCRIPTION_CHARS = 4000  # below MLflow's 5000-character column
+
+
+def _version_description(card: str, summary: str) -> str:
+    """The model card as the version's description (the MLflow UI shows it as markdown on the
+    version's page), after a one-line summary; a long card is cut, pointing at the whole one."""
+    text = f"{summary}\n\n{card}"
+    if len(text) <= DESCRIPTION_CHARS:
+        return text
+    more = "\n\n... (the whole card: README.md in this version's artifacts)"
+    return text[:DESCRIPTION_CHARS - len(more)] + more
 
 
 def register_model(name: str, model_dir: Path, task: str, metrics: dict[str, float], lineage: dict[str, str],

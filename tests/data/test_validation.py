@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -318,6 +319,49 @@ def test_failure_report_names_expectation_observed_value_and_documents(results, 
     assert few[1:] == ["  FAILED document_count: expected documents >= 50; observed 40"]
 
 
+def _page_text(path: Path) -> str:
+    """What a browser shows of a static page: tags, scripts and styles out, whitespace squeezed."""
+    import html
+    import re
+
+    body = re.sub(r"<(script|style)\b.*?</\1>", " ", path.read_text(encoding="utf-8"), flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body)))
+
+
+@pytest.mark.parametrize("case", ["good", "binary_garbage"])
+def test_gx_data_docs_show_every_expectation_and_its_observed_value(corpora, tmp_path, case):
+    """GX builds its own Data Docs from the same suite and results; our table links to them."""
+    docs, out = tmp_path / "docs", tmp_path / "reports" / "validation"
+    docs.mkdir()
+    result = validate_corpus(corpora[case][0], ValidateConfig(), data_docs_dir=docs)
+    write_validation_report(result, out, data_docs_dir=docs)
+    assert sorted(p.name for p in out.iterdir()) == ["gx", "index.html", "result.json"]
+    (validation_page,) = (out / "gx" / "validations").rglob("*.html")
+    assert (out / "gx" / "index.html").is_file() and (out / "gx" / "expectations" / "corpus.html").is_file()
+
+    page = _page_text(validation_page)
+    assert f"Status: {'Succeeded' if result['success'] else 'Failed'}" in page
+    assert "Evaluated Expectations 8" in page and f"Successful Expectations {result['statistics']['successful_expectations']}" in page
+    per_document = [e for e in result["expectations"] if e["observed_value"] is None]
+    assert page.count("% unexpected") == len(per_document) == 4  # a column-map check's observed value
+    for e in result["expectations"]:
+        assert e["column"] is None or e["column"] in page
+        if isinstance(e["observed_value"], int):  # row counts and the character sum, as GX prints them
+            assert f" {e['observed_value']} " in page, e["name"]
+    suite = _page_text(out / "gx" / "expectations" / "corpus.html")
+    assert all(e["column"] in suite for e in result["expectations"] if e["column"])
+
+    ours = (out / "index.html").read_text(encoding="utf-8")
+    link = f'href="gx/{validation_page.relative_to(out / "gx").as_posix()}"'
+    assert link in ours and 'href="gx/expectations/corpus.html"' in ours and 'href="gx/index.html"' in ours
+    assert sum(p.stat().st_size for p in out.rglob("*")) < 1_000_000  # GX's unused GIFs and fonts pruned
+    # Offline-complete: the scripts and styles the pages need are local copies, linked relatively.
+    index = (out / "gx" / "index.html").read_text(encoding="utf-8")
+    assert 'src="static/vendor/jquery.min.js"' in index and 'src="static/vendor/bootstrap-table.min.js"' in index
+    assert "../../../../static/vendor/bootstrap.min.css" in validation_page.read_text(encoding="utf-8")
+    assert not [p for p in (out / "gx").rglob("*.html") if re.search(r"(unpkg\.com|code\.jquery\.com|bootstrapcdn)", p.read_text())]
+
+
 def test_validate_stage_exits_1_and_prints_the_summary(tmp_path):
     """The stage as DVC runs it, on a corpus with a binary document and a duplicate."""
     train, validation = good_texts()
@@ -341,5 +385,7 @@ def test_validate_stage_exits_1_and_prints_the_summary(tmp_path):
     ]
     result = json.loads((tmp_path / "reports" / "validation" / "result.json").read_text(encoding="utf-8"))
     assert result["success"] is False and (tmp_path / "reports" / "validation" / "index.html").is_file()
+    assert (tmp_path / "reports" / "validation" / "gx" / "index.html").is_file()  # GX's Data Docs of the failed run
     logged = list((tmp_path / "mlartifacts").rglob("validation/result.json"))
     assert len(logged) == 1 and json.loads(logged[0].read_text(encoding="utf-8")) == result
+    assert list((tmp_path / "mlartifacts").rglob("validation/gx/index.html"))

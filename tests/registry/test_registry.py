@@ -249,6 +249,9 @@ def test_a_version_carries_card_lineage_params_and_pinned_requirements_but_no_se
 
     version = MlflowClient().get_model_version(NAME, str(decision["version"]))
     assert version.tags["lmforge.corpus_md5"] == "c0ffee.dir" and version.tags["lmforge.task"] == "text-classification"
+    # The MLflow UI shows the description on the version's page: the model card, after a summary line.
+    assert version.description.startswith("text-classification from ") and "# card\nmacro-F1 0.7000" in version.description
+    assert secret not in version.description
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@{CHAMPION}"))
     card = (local / "README.md").read_text()
     assert "macro-F1 0.7000" in card

@@ -17,7 +17,9 @@ LINEAGE = {"objective": "mlm", "git_commit": "0123abcd", "git_dirty": "false", "
            "params_sha256": "feedbeef", "corpus_md5": "c0ffee.dir", "tokenizer_md5": "70ce.dir",
            "tokenized_md5": "70ced.dir", "validation_success": "true", "test_split_sha256": "5p117",
            "finetune_run_id": "ft-run", "finetune_run_match": "weights",
-           "pretrain_run_id": "pt-run", "pretrain_run_match": "weights"}
+           "pretrain_run_id": "pt-run", "pretrain_run_match": "weights",
+           "requirements_lock_sha256": "10c4" * 16, "torch_version": "2.13.0+cpu",
+           "transformers_version": "5.24.0", "tokenizers_version": "0.23.0"}
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +109,16 @@ def test_lineage_prints_the_chain_from_version_to_commit(store, capsys):
     assert rc == 0
     rows = [line.split()[0] for line in out.splitlines()[1:]]
     assert rows == ["promotion", "run", "finetune", "pretrain", "metrics", "params", "tokenizer", "tokenized",
-                    "corpus", "validation", "test", "git", "restore"]
+                    "corpus", "validation", "test", "environment", "git", "restore"]
     assert "git checkout 0123abcd && dvc checkout" in out and "c0ffee.dir" in out
     chain = json.loads(run_cli(store, capsys, "lineage", "toy-clf/1", "--json")[1])
     assert chain["corpus"]["md5"] == "c0ffee.dir" and chain["git"] == {
         "commit": "0123abcd", "dirty": False, "dvc_lock_committed": True}
     assert chain["pretrain_run"]["id"] == "pt-run" and chain["metrics"]["test_macro_f1"] == 0.5
     assert chain["run"] == {"id": None, "name": None, "stage": None}  # logged outside a stage run here
+    assert chain["environment"] == {"requirements_lock_sha256": "10c4" * 16, "torch": "2.13.0+cpu",
+                                    "transformers": "5.24.0", "tokenizers": "0.23.0"}
+    assert "torch 2.13.0+cpu, transformers 5.24.0, tokenizers 0.23.0 (requirements.lock sha256 10c410c410c410c4)" in out
 
 
 def test_models_that_need_custom_code_are_refused(tmp_path):
