@@ -253,10 +253,11 @@ def _routes(repo: Path, upstream: dict[str, list[str]], repo_url: str | None, re
     """{stage: what its flow run on a pool needs}: the pool (dvc.yaml meta), the upstream stages
     to `dvc pull`, the upstream uncached outs to send, its own to get back, and the code and data source."""
     src = pool_io.source(repo, repo_url, remote_url)
-    pools, uncached = pool_io.stage_layout(repo)
+    pools, uncached, deps = pool_io.stage_layout(repo)
     get_run_logger().info(f"pools: workers check out {report.redact(src.repo_url)} at {src.revision[:12]}, "
                           f"data through DVC remote {report.redact(src.remote_url)}")
-    return {stage: {"pool": pools[stage], "pulls": ups, "reads": [p for u in ups for p in uncached[u]],
+    return {stage: {"pool": pools[stage], "pulls": ups,
+                    "reads": pool_io.needed_files([p for u in ups for p in uncached[u]], deps[stage]),
                     "returns": uncached[stage],
                     "source": {"repo_url": src.repo_url, "revision": src.revision, "remote_url": src.remote_url}}
             for stage, ups in upstream.items()}

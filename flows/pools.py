@@ -59,15 +59,28 @@ def source(repo: Path, repo_url: str | None = None, remote_url: str | None = Non
     return Source(repo_url or str(repo), revision, remote_url)
 
 
-def stage_layout(repo: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """({stage: work pool, from dvc.yaml's `meta: {pool: ...}`, default cpu}, {stage: its uncached outs})."""
+def stage_layout(repo: Path) -> tuple[dict[str, str], dict[str, list[str]], dict[str, list[str]]]:
+    """({stage: work pool, from dvc.yaml's `meta: {pool: ...}`, default cpu}, {stage: its uncached
+    outs}, {stage: its deps})."""
     from dvc.repo import Repo
 
     with Repo(str(repo)) as dvc_repo:
         stages = list(dvc_repo.index.stages)
         pools = {s.name: str((s.meta or {}).get("pool", DEFAULT_POOL)) for s in stages}
         uncached = {s.name: [str(o.def_path) for o in s.outs if not o.use_cache] for s in stages}
-    return pools, uncached
+        deps = {s.name: [str(d.def_path) for d in s.deps] for s in stages}
+    return pools, uncached, deps
+
+
+def needed_files(outs: list[str], deps: list[str]) -> list[str]:
+    """Of upstream uncached `outs`, what a stage with `deps` reads: an out it depends on, or
+    one inside a folder it depends on, whole; only the file it names inside an out folder
+    (validate's out holds GX's Data Docs, a megabyte a flow run's parameters cannot carry,
+    while train_tokenizer depends on its result.json alone)."""
+    under = lambda path, folder: path == folder or path.startswith(folder.rstrip("/") + "/")  # noqa: E731
+    found = [o for o in outs if any(under(o, d) for d in deps)]
+    found += [d for d in deps for o in outs if d != o and under(d, o)]
+    return list(dict.fromkeys(found))
 
 
 def read_lock(repo: Path) -> str:
