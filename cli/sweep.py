@@ -126,9 +126,13 @@ def collect(repo: Path, names: list[str]) -> list[dict]:
     points = []
     for name in names:
         data = found[name]
-        steps = resolve(data["params"]["params.yaml"]["data"]).configs["pretrain"].max_steps
+        resolved = resolve(data["params"]["params.yaml"]["data"]).configs
+        steps = resolved["pretrain"].max_steps
         metrics = data["metrics"]["reports/metrics.json"]["data"]
-        labels = data["metrics"]["reports/corpus_stats.json"]["data"]["downstream_train"]
+        # the labelled examples ingest kept; where the experiment did not rerun ingest and
+        # carries no corpus stats of its own, the label budget its params name (0 = all)
+        stats = (data["metrics"].get("reports/corpus_stats.json") or {}).get("data") or {}
+        labels = stats.get("downstream_train", resolved["downstream"].train_examples)
         for run, m in metrics.items():
             if "delta_macro_f1_vs_scratch" not in m:
                 continue  # a scratch twin
