@@ -73,13 +73,14 @@ def stage_layout(repo: Path) -> tuple[dict[str, str], dict[str, list[str]], dict
 
 
 def needed_files(outs: list[str], deps: list[str]) -> list[str]:
-    """Of upstream uncached `outs`, what a stage with `deps` reads: an out it depends on, or
-    one inside a folder it depends on, whole; only the file it names inside an out folder
-    (validate's out holds GX's Data Docs, a megabyte a flow run's parameters cannot carry,
-    while train_tokenizer depends on its result.json alone)."""
-    under = lambda path, folder: path == folder or path.startswith(folder.rstrip("/") + "/")  # noqa: E731
-    found = [o for o in outs if any(under(o, d) for d in deps)]
-    found += [d for d in deps for o in outs if d != o and under(d, o)]
+    """Of upstream uncached `outs`, what a stage with `deps` is sent: each out whole, except an
+    out folder the stage names files inside, of which it gets just those files (validate's
+    folder holds GX's Data Docs, a megabyte a flow run's parameters cannot carry, while
+    train_tokenizer and register depend on its result.json alone)."""
+    found = []
+    for out in outs:
+        inside = [d for d in deps if d.startswith(out.rstrip("/") + "/")]
+        found += inside or [out]
     return list(dict.fromkeys(found))
 
 

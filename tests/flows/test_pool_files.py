@@ -3,15 +3,19 @@ from __future__ import annotations
 
 from flows.pools import needed_files
 
+OUTS = ["reports/validation", "reports/pretrain/clm/metrics.json", "reports/corpus_manifest.json"]
 
-def test_a_stage_is_sent_only_the_uncached_files_it_depends_on():
-    outs = ["reports/validation", "reports/pretrain/clm/metrics.json", "reports/pretrain/clm/train_loss.csv",
-            "reports/corpus_stats.json"]
+
+def test_an_out_folder_is_cut_to_the_files_a_stage_names_inside_it():
     # train_tokenizer names one file inside validate's folder (which also holds GX's Data Docs)
-    assert needed_files(outs, ["data/corpus", "reports/validation/result.json"]) == ["reports/validation/result.json"]
-    # evaluate depends on the parent folder of the pretrain reports: all of them
-    assert needed_files(outs, ["models/finetuned", "reports/pretrain"]) == [
-        "reports/pretrain/clm/metrics.json", "reports/pretrain/clm/train_loss.csv"]
-    # an out depended on by its own path comes whole; a look-alike prefix is not inside it
-    assert needed_files(outs, ["reports/validation", "reports/corpus_stats.json.bak"]) == ["reports/validation"]
-    assert needed_files(outs, ["components/data/corpus.py"]) == []
+    assert needed_files(["reports/validation"], ["data/corpus", "reports/validation/result.json"]) == [
+        "reports/validation/result.json"]
+    # a look-alike prefix is not inside it
+    assert needed_files(["reports/validation"], ["reports/validation-old/x"]) == ["reports/validation"]
+
+
+def test_every_other_uncached_out_goes_whole_as_before():
+    # register reads the corpus manifest for its lineage without naming it: it still gets it
+    assert needed_files(OUTS, ["reports/comparison.json", "reports/validation/result.json"]) == [
+        "reports/validation/result.json", "reports/pretrain/clm/metrics.json", "reports/corpus_manifest.json"]
+    assert needed_files(OUTS, ["models/finetuned", "reports/pretrain"]) == OUTS
