@@ -22,6 +22,7 @@ from components.tokens.tokenization import load_tokenizer, tokenize_corpus
 pytestmark = pytest.mark.slow
 PARAMS = """profile: tiny
 seed: 7
+objectives: [{objective}]
 pretrain: {{dropout: {dropout}, max_steps: {steps}, checkpoint_every: 4, eval_every: 4, log_every: 1, batch_size: 8, dtype: float32, nproc_per_node: {nproc}}}
 """
 
@@ -36,7 +37,7 @@ def prepare(workdir: Path, steps: int, dropout: float = 0.1, nproc: int = 1, obj
     spec.architecture.train_tokenizer(texts, TokenizerConfig(vocab_size=400, min_frequency=1), tok_dir)
     tokenize_corpus(spec, load_tokenizer(tok_dir), {"train": texts, "validation": texts[:3]},
                     TokenizeConfig(block_size=32), 0, workdir / paths.tokenized_dir(objective))
-    (workdir / "params.yaml").write_text(PARAMS.format(steps=steps, dropout=dropout, nproc=nproc))
+    (workdir / "params.yaml").write_text(PARAMS.format(steps=steps, dropout=dropout, nproc=nproc, objective=objective))
     return workdir
 
 
@@ -119,7 +120,7 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, ob
 def test_changed_params_never_resume_a_stale_checkpoint(tmp_path):
     work = prepare(tmp_path, 8)
     assert run_pretrain(work).wait(timeout=300) == 0
-    (work / "params.yaml").write_text(PARAMS.format(steps=12, dropout=0.1, nproc=1))
+    (work / "params.yaml").write_text(PARAMS.format(steps=12, dropout=0.1, nproc=1, objective="clm"))
     proc = run_pretrain(work)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0 and "resuming from" not in out
