@@ -42,11 +42,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # The dataclass defaults, with a label budget: 100 labelled examples (chosen on validation
     # from the label curve; the built-in task's every training text stays in the pretraining
     # corpus, so pretraining sees about 40x more text than fine-tuning has labels), and
-    # fine-tuning's length by the same rule for every run: up to 20 epochs or 120 steps, early
-    # stopping after 3 evaluations without a better validation macro-F1 (docs/RECIPE.md, "Labels
-    # as a budget"); fine-tuning truncates to 48 tokens (most docstrings fit) for speed.
+    # fine-tuning's length by the same rule for every run: up to 20 epochs or 120 steps, a
+    # validation macro-F1 every 20 steps, early stopping after 3 without a better one, so no run
+    # stops before step 80 whatever the label budget (an evaluation each epoch stopped scratch
+    # BERT on its starting plateau at step 16 at 100 labels: docs/RECIPE.md, "Labels as a
+    # budget"); fine-tuning truncates to 48 tokens (most docstrings fit) for speed.
     "demo": {"downstream": {"train_examples": 100},
-             "finetune": {"max_length": 48, "epochs": 20, "max_steps": 120, "patience": 3}},
+             "finetune": {"max_length": 48, "epochs": 20, "max_steps": 120, "eval_every": 20, "patience": 3}},
     # GPT-2 124M / BERT-base shapes for a GPU worker.
     "gpu-small": {
         "tokenizer": {"vocab_size": 32_000},

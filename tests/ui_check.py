@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline_repo import free_port, make_repo, wait_until_up  # noqa: E402
+from pipeline_repo import free_port, make_repo, stop_group, wait_until_up  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -63,13 +62,7 @@ def server(cmd: list[str], env: dict, health: str, log: Path, cwd: Path):
             wait_until_up(health, proc, cmd[1], lambda: log.read_text()[-3000:], seconds=600)
             yield proc
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
 
 
 def base_env(home: Path) -> dict:

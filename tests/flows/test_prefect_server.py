@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from components.objectives import ARCHITECTURE_NAMES, FINETUNE_RUN_NAMES, OBJECTIVE_NAMES
-from pipeline_repo import comparable_metrics, dvc, free_port, make_repo, wait_until_up
+from pipeline_repo import comparable_metrics, dvc, free_port, make_repo, stop_group as stop, wait_until_up
 from test_flow import graph_from_dvc_yaml
 
 # ingest, validate, evaluate, register; a tokenizer per architecture; tokenize and pretrain per
@@ -30,20 +29,6 @@ STAGES = 4 + len(ARCHITECTURE_NAMES) + 2 * len(OBJECTIVE_NAMES) + len(FINETUNE_R
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 NOOP_LIMIT_S = 30.0
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group (worker -> flow-run subprocesses -> dvc -> stages), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def prefect_cli(env: dict, *args: str, cwd: Path | None = None) -> str:

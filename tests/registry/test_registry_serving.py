@@ -8,7 +8,6 @@ import json
 import re
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -19,7 +18,7 @@ import yaml
 
 from components import paths
 from components.objectives import FINETUNE_RUN_NAMES, OBJECTIVE_NAMES
-from pipeline_repo import env_for, free_port, wait_until_up
+from pipeline_repo import env_for, free_port, stop_group, wait_until_up
 from registry_models import LABELS, trained_classifier
 
 pytestmark = pytest.mark.slow
@@ -91,12 +90,7 @@ def test_champion_loads_in_a_fresh_process_and_mlflow_serve_answers_with_labels(
         assert [p["label"] for p in answer["predictions"]] == expected
         assert all(0.5 <= p["score"] <= 1.0 for p in answer["predictions"])
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker, nothing else
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)  # the server and its uvicorn worker, nothing else
 
 
 def _dir_manifest(repo: Path, md5: str) -> dict[str, str]:
@@ -236,12 +230,7 @@ def test_the_served_pipeline_champion_answers_every_test_text_as_evaluate_did(dv
         assert len(served["predictions"]) == 24
         answer = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": texts})
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
     labels = [p["label"] for p in answer["predictions"]]
     expected = [report["labels"][i] for i in evaluated["test_predictions"]]
     print(f"served {len(labels)} test texts (24 longest: {min(lengths)}-{max(lengths)} tokens, trained at "
