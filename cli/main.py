@@ -99,6 +99,12 @@ def cmd_sweep(args) -> int:
         if cmd_check_params(args, overrides={**typed, axis.param: value}, quiet=True):
             return 2
     repo = Path(args.repo)
+    loose = sweep.uncommitted_results(repo)
+    if loose:
+        print(f"warning: sweep: {len(loose)} result file(s) not committed ({', '.join(loose[:3])}"
+              f"{', ...' if len(loose) > 3 else ''}): each experiment starts from the last commit and reruns the "
+              "stages they belong to, pretraining included; `git add dvc.lock reports && git commit` first to "
+              "reuse them", file=sys.stderr)
     try:
         names = sweep.run_sweep(repo, budgets, sets, args.name, args.jobs, axis)
         points = sweep.collect(repo, names)

@@ -75,6 +75,16 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True)
 
 
+def uncommitted_results(repo: Path) -> list[str]:
+    """dvc.lock and the files under reports/ that git does not hold as committed (modified or
+    untracked). DVC's queued experiments start from the last commit, so a stage whose uncached
+    outs (reports) or lock entry are not there runs again in every experiment: after `make demo`,
+    every pretraining stage."""
+    proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "dvc.lock", "reports"],
+                          cwd=repo, capture_output=True, text=True)
+    return [line[3:] for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 else []
+
+
 def run_sweep(repo: Path, budgets: list[int], sets: dict[str, str], prefix: str, jobs: int,
               axis: Axis = AXES["max_steps"]) -> list[str]:
     """Queue one experiment per value of `axis` (replacing an earlier one of the same name) and

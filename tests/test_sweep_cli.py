@@ -33,3 +33,26 @@ def test_bad_sweep_input_is_one_line_exit_2_before_anything_is_queued(args, mess
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert "queued" not in proc.stdout
+
+
+def test_results_not_committed_are_named_before_a_sweep(tmp_path):
+    """After `make demo` dvc.lock and reports/ are loose; the sweep warns that its experiments,
+    which start from the last commit, would run those stages again."""
+    from cli.sweep import uncommitted_results
+
+    def git(*a: str) -> None:
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "reports" / "kept.json").write_text("{}")
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    assert uncommitted_results(tmp_path) == []
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (tmp_path / "reports" / "pretrain").mkdir()
+    (tmp_path / "reports" / "pretrain" / "validation.json").write_text("{}")
+    (tmp_path / "params.yaml").write_text("seed: 2\n")  # a param change is the sweep's business, not a loose result
+    assert sorted(uncommitted_results(tmp_path)) == ["dvc.lock", "reports/pretrain/validation.json"]
