@@ -50,6 +50,18 @@ def make_repo(dest: Path, objectives: Sequence[str] = OBJECTIVE_NAMES) -> Path:
     return dest
 
 
+def commit_results(repo: Path) -> None:
+    """Commit dvc.lock and the uncached reports, as a user does after `dvc repro` and as
+    `lmforge sweep` asks: a DVC experiment starts from the commit, so a stage whose results
+    are only in the workspace runs again in it."""
+    git = ["git", "-c", "user.name=lmforge-test", "-c", "user.email=test@lmforge.invalid"]
+    subprocess.run(git + ["add", "dvc.lock", "reports", *[str(p.relative_to(repo)) for p in repo.rglob(".gitignore")
+                                                          if ".dvc" not in p.relative_to(repo).parts]],
+                   cwd=repo, check=True, capture_output=True)
+    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode:
+        subprocess.run(git + ["commit", "-qm", "pipeline results"], cwd=repo, check=True)
+
+
 def env_for(repo: Path) -> dict:
     env = os.environ.copy()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"

@@ -95,15 +95,15 @@ def pools_run(cluster):
 
 @pytest.fixture(scope="module")
 def killed_run(pools_run, cluster):
-    """Every objective, with longer pretraining (params changed in the controller, as
-    `dvc exp run -S` would); the GPU worker that pretrains is SIGKILLed at its first stored
+    """Two objectives (clm and mlm: two pretrainings for the two GPU workers), with longer
+    pretraining (params changed in the controller, as `dvc exp run -S` would); the GPU worker that pretrains is SIGKILLed at its first stored
     checkpoint and a new worker started."""
     repo, root, env, client = cluster["repo"], cluster["root"], cluster["env"], cluster["client"]
     store = root / "checkpoint-store"
     before = set(os.listdir(store)) if store.exists() else set()
     known = {r["id"] for r in stage_runs(client)}
-    set_params(repo, {"pretrain.max_steps": 250, "pretrain.checkpoint_every": 10, "pretrain.eval_every": 200,
-                      "pretrain.log_every": 100})
+    set_params(repo, {"objectives": ["clm", "mlm"], "pretrain.max_steps": 250, "pretrain.checkpoint_every": 10,
+                      "pretrain.eval_every": 200, "pretrain.log_every": 100})
     start = time.monotonic()
     controller = subprocess.Popen([str(BIN / "lmforge"), "--repo", str(repo), "run", "--pools"],
                                   env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -120,7 +120,7 @@ def killed_run(pools_run, cluster):
     seconds = time.monotonic() - start
     assert controller.returncode == 0, output[-6000:]
     runs = [r for r in stage_runs(client) if r["id"] not in known]
-    print(f"\npools: every objective at 250 pretraining steps, {victim} killed while pretraining "
+    print(f"\npools: clm and mlm at 250 pretraining steps, {victim} killed while pretraining "
           f"{newest[victim][1]}, in {seconds:.0f} s")
     return {"runs": runs, "output": output, "victim": victim, "objective": newest[victim][1]}
 
@@ -216,8 +216,7 @@ def test_after_it_the_controller_is_up_to_date_and_versions_carry_full_lineage(k
     # The bert branch's data and its scratch twin (params unchanged for them) equal the single
     # checkout's too: with the clm branch, every cached out not downstream of pretraining.
     ours, theirs = dvc_out_hashes(repo / "dvc.lock"), dvc_out_hashes(dvc_run[0] / "dvc.lock")
-    same = ["data/tokenizers/bert", "data/tokenized/mlm", "data/tokenized/mlm_nsp", "data/tokenized/rtd",
-            "models/finetuned/scratch-bert"]
+    same = ["data/tokenizers/bert", "data/tokenized/mlm", "models/finetuned/scratch-bert"]
     assert {p: ours[p] for p in same} == {p: theirs[p] for p in same}
     _, versions = _lineage(cluster["mlflow"])
     _, one_versions = _lineage(f"sqlite:///{dvc_run[0] / 'mlflow.db'}")

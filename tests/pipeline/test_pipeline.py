@@ -13,7 +13,7 @@ import pytest
 from components import paths
 from components.evaluate.metrics import NOT_TRAINED
 from components.objectives import ARCHITECTURE_NAMES, FINETUNE_RUN_NAMES, OBJECTIVE_NAMES, OBJECTIVES
-from pipeline_repo import dvc, env_for
+from pipeline_repo import commit_results, dvc, env_for
 
 pytestmark = pytest.mark.slow
 
@@ -119,6 +119,7 @@ def test_second_repro_is_up_to_date_and_the_sweep_reruns_only_what_a_budget_chan
     again = dvc(dvc_repo, "repro")
     assert "Running stage" not in again.stdout
     assert "up to date" in again.stdout.lower()
+    commit_results(dvc_repo)
     before = {rel: (dvc_repo / rel).read_text() for rel in ("params.yaml", paths.COMPARISON_METRICS)}
     proc = subprocess.run([sys.executable, "-m", "cli.main", "--repo", str(dvc_repo), "sweep", "--max-steps", "6"],
                           cwd=dvc_repo, env=env_for(dvc_repo), capture_output=True, text=True)
@@ -126,10 +127,8 @@ def test_second_repro_is_up_to_date_and_the_sweep_reruns_only_what_a_budget_chan
     assert {rel: (dvc_repo / rel).read_text() for rel in before} == before
     log = dvc(dvc_repo, "queue", "logs", "sweep-steps-6").stdout
     ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
-    # ingest and validate have uncached outputs (reports), so DVC's run cache cannot skip them in the
-    # experiment's copy (seconds); ingest writes the same corpus bytes, so no tokenizer runs again
-    assert ran - {"ingest"} == {"validate"} | {f"pretrain@{o}" for o in OBJECTIVE_NAMES} \
-        | {f"finetune@{o}" for o in OBJECTIVE_NAMES} | {"evaluate"}, log[-3000:]
+    assert ran == {f"pretrain@{o}" for o in OBJECTIVE_NAMES} | {f"finetune@{o}" for o in OBJECTIVE_NAMES} \
+        | {"evaluate"}, log[-3000:]
     points = json.loads((dvc_repo / "reports/sweep/budget_curve.json").read_text())["points"]
     assert sorted(p["objective"] for p in points) == sorted(OBJECTIVE_NAMES)
     workspace = json.loads(before[paths.COMPARISON_METRICS])
@@ -150,6 +149,7 @@ def test_the_label_sweep_reruns_only_fine_tuning_and_keeps_the_corpus(dvc_repo):
     """`lmforge sweep --train-examples` on the tiny profile, one point (40 of the 120 labels):
     ingest reruns and writes the same corpus bytes, so no tokenizer or pretraining runs again;
     only fine-tuning and evaluate do, and the label curve has the point with its CI."""
+    commit_results(dvc_repo)
     before = (dvc_repo / "dvc.lock").read_text()
     proc = subprocess.run([sys.executable, "-m", "cli.main", "--repo", str(dvc_repo), "sweep", "--train-examples", "40"],
                           cwd=dvc_repo, env=env_for(dvc_repo), capture_output=True, text=True)
@@ -157,12 +157,10 @@ def test_the_label_sweep_reruns_only_fine_tuning_and_keeps_the_corpus(dvc_repo):
     assert (dvc_repo / "dvc.lock").read_text() == before
     log = dvc(dvc_repo, "queue", "logs", "sweep-labels-40").stdout
     ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
-    # The corpus comes out byte-identical, so no tokenizer or tokenize stage runs again. Stages with
-    # uncached reports (validate, pretrain) may rerun here: this repo's reports are not committed, so
-    # the experiment's copy lacks them (in a committed demo clone every pretraining stage was skipped).
-    assert {"ingest", "evaluate"} | {f"finetune@{o}" for o in OBJECTIVE_NAMES} \
-        | {f"finetune_scratch@{a}" for a in ARCHITECTURE_NAMES} <= ran, log[-3000:]
-    assert not {s for s in ran if s.startswith(("train_tokenizer@", "tokenize@"))}, log[-3000:]
+    # The corpus comes out byte-identical, so nothing between it and fine-tuning runs again:
+    # no validate, tokenizer, tokenize or pretraining stage (the results are committed).
+    assert ran == {"ingest", "evaluate"} | {f"finetune@{o}" for o in OBJECTIVE_NAMES} \
+        | {f"finetune_scratch@{a}" for a in ARCHITECTURE_NAMES}, log[-3000:]
     points = json.loads((dvc_repo / "reports/sweep/label_curve.json").read_text())["points"]
     assert sorted(p["objective"] for p in points) == sorted(OBJECTIVE_NAMES)
     for p in points:
@@ -194,12 +192,13 @@ def test_every_downstream_mlflow_run_records_the_corpus_hash_from_dvc_lock(dvc_r
 def test_an_experiment_on_two_objectives_runs_evaluates_and_registers_only_them(dvc_repo, tmp_path):
     """`dvc exp run -S 'objectives=[clm,mlm]'` (issue 24's acceptance), in a temporary copy made
     from the commit (so the shared workspace stays as it was): the stages of the other objectives
-    are not in the graph, those of clm and mlm run or come back from DVC's run cache (the
-    session's workspace ran them with the same inputs), and evaluate and register compare and
+    are not in the graph, those of clm and mlm are up to date (the session's workspace ran them
+    with the same inputs, its results committed), and evaluate and register compare and
     register exactly those runs. Registered into a copy of the session's MLflow
     database, so the shared registry is left alone."""
     import shutil
 
+    commit_results(dvc_repo)
     env = env_for(dvc_repo)
     shutil.copy2(dvc_repo / "mlflow.db", tmp_path / "mlflow.db")
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -208,14 +207,9 @@ def test_an_experiment_on_two_objectives_runs_evaluates_and_registers_only_them(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout
     ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
-    # Only what clm and mlm need. DVC's run cache restores the stages whose outs are all cached
-    # (the data, tokenizers, tokenized data, scratch twins); ingest, validate and pretrain have an
-    # uncached out (the corpus reports, the validation report, validation.json), so they may run
-    # again, as in the sweep.
-    need = {"ingest", "validate", "train_tokenizer@gpt2", "train_tokenizer@bert", "tokenize@clm", "tokenize@mlm",
-            "pretrain@clm", "pretrain@mlm", "finetune@clm", "finetune@mlm", "finetune_scratch@gpt2",
-            "finetune_scratch@bert", "evaluate", "register"}
-    assert {"evaluate", "register"} <= ran <= need, log[-3000:]
+    # The results are committed, so clm's and mlm's stages are up to date in the experiment too:
+    # only evaluate and register (the stages that read the list) run, over those two.
+    assert ran == {"evaluate", "register"}, log[-3000:]
     assert "mlm_nsp" not in log and "rtd" not in log, log[-3000:]
     refs = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], cwd=dvc_repo,
                           capture_output=True, text=True, check=True).stdout.split("\n")
