@@ -51,10 +51,12 @@ def make_repo(dest: Path, objectives: Sequence[str] = OBJECTIVE_NAMES) -> Path:
 
 
 def commit_results(repo: Path) -> None:
-    """Commit dvc.lock and the uncached reports, as a user does after `dvc repro` and as
-    `lmforge sweep` asks: a DVC experiment starts from the commit, so a stage whose results
-    are only in the workspace runs again in it."""
+    """Commit dvc.lock, the uncached reports and every tracked file a run changed, as a user
+    does after `dvc repro` and as `lmforge sweep` asks: a DVC experiment starts from the commit,
+    so a stage whose results are only in the workspace runs again in it. Leaves the tree clean
+    of tracked changes (a lineage then reads `dirty: false`); a no-op when nothing changed."""
     git = ["git", "-c", "user.name=lmforge-test", "-c", "user.email=test@lmforge.invalid"]
+    subprocess.run(git + ["add", "-u"], cwd=repo, check=True, capture_output=True)
     subprocess.run(git + ["add", "dvc.lock", "reports", *[str(p.relative_to(repo)) for p in repo.rglob(".gitignore")
                                                           if ".dvc" not in p.relative_to(repo).parts]],
                    cwd=repo, check=True, capture_output=True)

@@ -18,7 +18,7 @@ import yaml
 
 from components import paths
 from components.objectives import FINETUNE_RUN_NAMES, OBJECTIVE_NAMES
-from pipeline_repo import env_for, free_port, stop_group, wait_until_up
+from pipeline_repo import commit_results, env_for, free_port, stop_group, wait_until_up
 from registry_models import LABELS, trained_classifier
 
 pytestmark = pytest.mark.slow
@@ -121,9 +121,7 @@ def test_lineage_commit_and_dvc_checkout_restore_the_exact_corpus(dvc_repo, tmp_
         return proc.stdout
 
     # Commit the lock with the code, as one does after `dvc repro`, then register at that commit.
-    run("git", "add", "-u")
-    run("git", "add", "dvc.lock", *[str(p.relative_to(repo)) for p in repo.rglob(".gitignore")])
-    run("git", "commit", "-q", "--allow-empty", "-m", "pipeline results")  # (the sweep tests may have committed them)
+    commit_results(repo)
     run(sys.executable, "-m", "pipelines.register")
     chain = json.loads(run(sys.executable, "-m", "cli.main", "lineage", "lmforge-mlm@champion", "--json"))
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
