@@ -1,106 +1,226 @@
-"""Training-loop benchmark: transformers' Trainer vs lmforge's `fit`, bf16 vs fp32, and
-what `dtype: auto` picks here against fp32 (`auto_vs_fp32`: 1.0 when it picks fp32; below 1.0
-it picked the slower one).
+"""Training-step benchmark: how close each step comes to this machine's matmul peak, and
+lmforge's `fit` against transformers' Trainer.
 
-Both sides get the same demo-size model config, the same packed data (the built-in corpus,
-tokenized by our stages' code), batch size, sequence length, optimiser steps, threads,
-precision and compile setting; all printed. CLM and MLM, three repetitions each; medians.
-The last line is one JSON object.
+1. **The limit** (`peak_gflops`): the best dense matmul rate torch reaches here, square GEMMs
+   of 1024 to 4096 in fp32 and bf16, with the threads the stages use (torch's default).
+2. **Achieved** (`achieved_gflops`, `share_of_peak`): each objective's pretraining step
+   (clm, mlm, mlm_nsp, rtd at the demo profile's shapes) and the fine-tuning step (each
+   architecture's classifier on the built-in task, batched by length as the stage does), in
+   the precision `dtype: auto` picks on this machine, with the useful FLOPs of
+   `components/train/flops.py` (padding and embedding lookups count nothing), against the peak
+   in that precision.
+3. **Against a peer**: Trainer and `fit` on the same model, data, batch, steps, threads and
+   precision (the one auto picks; `--precisions both` adds the other), CLM and MLM; and
+   the steps as they ran before issue 26 (torch's CPU dropout, foreach AdamW: `*_torch_kernels`,
+   `cpu_kernels_speedup_*`).
 
-    python -m benchmarks.train [--steps 40] [--repeats 3]
+Every side runs `--steps` optimiser steps `--repeats` times; rates come from the steps after
+`WARMUP`, medians over repetitions. `--profile` prints torch.profiler's table for one MLM
+pretraining step and one fine-tuning step instead. The last line is one JSON object.
+
+    python -m benchmarks.train [--steps 40] [--repeats 3] [--precisions auto|both] [--profile]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from components.config import DataConfig, DownstreamConfig
 from components.data.corpus import build_corpus
+from components.io import read_json
 from components.objectives import ARCHITECTURES, OBJECTIVES
-from components.config import ModelConfig
-from components.config import TokenizeConfig, TokenizerConfig
+from components.params import resolve
 from components.tokens.tokenization import iter_texts, load_tokenizer, tokenize_corpus
+from components.train.finetuning import precision_probe, read_labelled, training_step
+from components.train.flops import flops_per_token
 from components.train.loop import fit, resolve_device_dtype
-from components.train.models import fast_cpu_attention
+from components.train.models import fast_cpu_attention, fp32_head
 from components.train.precision import CACHE_ENV, training_probe
-from components.config import PretrainConfig
 from components.train.pretraining import PretrainData, _Trainable
 
 WARMUP = 5
-"""Steps left out of the timing on every side (see steady_tokens_per_s)."""
+"""Steps left out of the timing on every side (see steady_rate)."""
 LOSS_TOLERANCE = 0.02
 """bf16 vs fp32: relative gap of the mean training loss over the last 10 steps."""
+PRETRAIN_OBJECTIVES = ("clm", "mlm", "mlm_nsp", "rtd")
+CPU = torch.device("cpu")
 
 
-def prepare_data(work: Path) -> dict[str, tuple]:
-    """Corpus -> tokenizers -> packed blocks, with the pipeline's own components."""
-    build_corpus(DataConfig(), DownstreamConfig(), 1337, work / "corpus", work / "downstream")
+def demo_configs() -> dict:
+    """The demo profile's resolved sections (what `make demo` runs), on the CPU."""
+    configs = resolve({"profile": "demo"}).configs
+    return {**configs, "pretrain": replace(configs["pretrain"], device="cpu"),
+            "finetune": replace(configs["finetune"], device="cpu")}
+
+
+def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048, 4096), budget_s: float = 2.0) -> dict:
+    """The best rate of an n x n x n matmul in `dtype` over `sizes` (median of >= 3 timed
+    products after one warm-up), in GFLOP/s. A size whose one product takes longer than
+    `budget_s` ends the climb (bf16 without hardware support runs ~100x below fp32)."""
+    rates = {}
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        start = time.perf_counter()
+        a @ b
+        first = time.perf_counter() - start
+        times = []
+        while len(times) < 3 or (sum(times) < 0.5 and len(times) < 50):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        rates[n] = 2 * n**3 / statistics.median(times) / 1e9
+        if first > budget_s:
+            break
+    return {"gflops": max(rates.values()), "by_size": rates}
+
+
+def prepare_data(work: Path, configs: dict) -> dict:
+    """Corpus -> tokenizers -> packed blocks, with the pipeline's own components; returns, per
+    objective, (tokenizer, PretrainData) and, under "downstream", (labels, train split)."""
+    build_corpus(configs["data"], configs["downstream"], 1337, work / "corpus", work / "downstream")
     texts = {s: list(iter_texts(work / "corpus" / f"{s}.parquet")) for s in ("train", "validation")}
     out = {}
-    for objective in ("clm", "mlm"):
-        arch = OBJECTIVES[objective].architecture.name
-        ARCHITECTURES[arch].train_tokenizer(iter(texts["train"]), TokenizerConfig(), work / arch)
-        tok = load_tokenizer(work / arch)
-        tokenize_corpus(OBJECTIVES[objective], tok, texts, TokenizeConfig(), 1337, work / objective)
+    for arch in ARCHITECTURES.values():
+        arch.train_tokenizer(iter(texts["train"]), configs["tokenizer"], work / arch.name)
+    for objective in PRETRAIN_OBJECTIVES:
+        tok = load_tokenizer(work / OBJECTIVES[objective].architecture.name)
+        tokenize_corpus(OBJECTIVES[objective], tok, texts, configs["tokenize"], 1337, work / objective)
         out[objective] = (tok, PretrainData(work / objective, "train"))
+    labels = read_json(work / "downstream" / "labels.json")["labels"]
+    # Every training example (not the demo's 100): the step's cost is per batch, and the full
+    # split gives the length mix the stage batches from.
+    out["downstream"] = (labels, read_labelled(work / "downstream" / "train.parquet", labels))
     return out
 
 
-def run_ours(objective: str, tok, data: PretrainData, cfg: PretrainConfig, steps: int) -> tuple[float, list[float]]:
+def steady_rate(step_ends: list[float], amounts: list[float]) -> float:
+    """Amount per second over the steps after WARMUP (end to end: data, forward, backward,
+    update): the first steps pay one-off costs (oneDNN builds kernels for each new shape, the
+    allocator grows) that a real run amortises over thousands. `amounts[i]` is step i's."""
+    return float(sum(amounts[WARMUP:]) / (step_ends[-1] - step_ends[WARMUP - 1]))
+
+
+def steady_tokens_per_s(step_ends: list[float], tokens_per_step: int) -> float:
+    """Tokens/s from the median step period after WARMUP steps (fixed-shape steps)."""
+    periods = np.diff(step_ends[WARMUP - 1:])
+    return tokens_per_step / float(np.median(periods))
+
+
+def _pretraining(objective: str, tok, data: PretrainData, configs: dict, cfg):
     torch.manual_seed(0)
-    model = OBJECTIVES[objective].build_model(ModelConfig(), tok)
+    model = OBJECTIVES[objective].build_model(replace(configs["model"], dropout=cfg.dropout), tok, cfg)
     obj = OBJECTIVES[objective].training(tok, cfg)
     order = np.random.default_rng(0).permutation(data.n)
-    losses: list[float] = []
 
     def next_batch(step, micro):
         idx = order[(step * cfg.batch_size) % (data.n - cfg.batch_size):][: cfg.batch_size]
-        return obj.prepare(data.batch(idx, torch.device("cpu")), torch.Generator().manual_seed(step))
+        return obj.prepare(data.batch(idx, CPU), torch.Generator().manual_seed(step))
 
-    ends: list[float] = []
+    return _Trainable(model, obj), next_batch
+
+
+def run_pretraining(objective: str, tok, data: PretrainData, configs: dict, cfg, steps: int) -> dict:
+    """One pretraining run of `steps`: tokens/s, useful GFLOP/s and the losses."""
+    trainable, next_batch = _pretraining(objective, tok, data, configs, cfg)
+    block = data.meta["block_size"]
+    real = data.meta["splits"]["train"]["packing_efficiency"]
+    per_position = flops_per_token(trainable, block, OBJECTIVES[objective].masked_fraction(cfg), real)
+    ends, losses = [], []
 
     def on_log(step, metrics):
         ends.append(time.perf_counter())
         losses.append(metrics["train_loss"])
 
-    fit(_Trainable(model, obj), cfg, steps, next_batch, lambda m, b: m(b), on_log=on_log, log_every=1)
-    return steady_tokens_per_s(ends, cfg.batch_size * data.meta["block_size"]), losses
+    fit(trainable, cfg, steps, next_batch, lambda m, b: m(b), on_log=on_log, log_every=1)
+    tokens_per_s = steady_tokens_per_s(ends, cfg.batch_size * block)
+    return {"tokens_per_s": tokens_per_s, "gflops": tokens_per_s * per_position / 1e9, "losses": losses}
 
 
-def probe_auto(objective: str, tok, data: PretrainData, cfg: PretrainConfig) -> dict:
-    """What `dtype: auto` picks for this objective's demo step on this machine (measured
-    now: the caller points the cache at a fresh directory), and what the probe cost."""
+def _classifier(arch_name: str, tok, labels, configs: dict):
+    arch = ARCHITECTURES[arch_name]
+    tok = arch.prepare_classifier_tokenizer(tok, configs["finetune"].max_length)
     torch.manual_seed(0)
-    model = OBJECTIVES[objective].build_model(ModelConfig(), tok)
-    obj = OBJECTIVES[objective].training(tok, cfg)
-    trainable = _Trainable(model, obj)
-    batch = obj.prepare(data.batch(np.arange(cfg.batch_size), torch.device("cpu")), torch.Generator().manual_seed(0))
-    cpu = torch.device("cpu")
-    probe = training_probe(trainable, batch, lambda m, b: m(b), cpu,
-                           lambda dtype: fast_cpu_attention(trainable, cpu, dtype), shape_model=model)
+    return arch, tok, arch.build_classifier(configs["model"], tok, labels, None)
+
+
+def run_finetuning(arch_name: str, tok, labels, train, configs: dict, cfg, steps: int) -> dict:
+    """One fine-tuning run of `steps` (a scratch classifier; pretrained weights cost the same):
+    real tokens/s and useful GFLOP/s, each batch's FLOPs counted at its own padded width."""
+    arch, tok, model = _classifier(arch_name, tok, labels, configs)
+    step = training_step(tok, train, len(labels), cfg, 0, CPU)
+    flops, tokens, positions, ends = [], [], [], []
+
+    def next_batch(i, micro):
+        batch = step.next_batch(i, micro)
+        rows, width = batch["input_ids"].shape
+        real = int(batch["attention_mask"].sum())
+        flops.append(flops_per_token(model, width, 1.0, real / (rows * width)) * rows * width)
+        tokens.append(real)
+        positions.append(rows * width)
+        return batch
+
+    _, dtype = resolve_device_dtype("cpu", cfg.dtype)
+    with fp32_head(model, arch.classifier_head, CPU, dtype):
+        fit(model, cfg, steps, next_batch, step.loss_fn, on_log=lambda s, m: ends.append(time.perf_counter()),
+            log_every=1)
+    return {"tokens_per_s": steady_rate(ends, tokens), "gflops": steady_rate(ends, flops) / 1e9,
+            "padding_share": 1 - sum(tokens) / sum(positions), "losses": []}
+
+
+@contextlib.contextmanager
+def torch_kernels():
+    """The step as it ran before issue 26: torch's CPU dropout and foreach AdamW (the baseline
+    of `cpu_kernels_speedup_*`)."""
+    from components.train import loop
+
+    def foreach_adamw(model, cfg, device):
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                                 betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, foreach=True)
+
+    saved = loop.make_optimizer, loop.fast_cpu_dropout
+    loop.make_optimizer, loop.fast_cpu_dropout = foreach_adamw, lambda model, device: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        loop.make_optimizer, loop.fast_cpu_dropout = saved
+
+
+def probe_pretraining(objective: str, tok, data: PretrainData, configs: dict) -> dict:
+    """What `dtype: auto` picks for this objective's demo step on this machine (measured now:
+    the caller points the cache at a fresh directory), and what the probe cost."""
+    cfg = configs["pretrain"]
+    trainable, next_batch = _pretraining(objective, tok, data, configs, cfg)
+    probe = training_probe(trainable, next_batch(0, 0), lambda m, b: m(b), CPU,
+                           lambda dtype: fast_cpu_attention(trainable, CPU, dtype), shape_model=trainable.inner)
+    return _choose(probe)
+
+
+def probe_finetuning(arch_name: str, tok, labels, train, configs: dict) -> dict:
+    arch, tok, model = _classifier(arch_name, tok, labels, configs)
+    step = training_step(tok, train, len(labels), configs["finetune"], 0, CPU)
+    return _choose(precision_probe(model, step, arch.classifier_head, CPU))
+
+
+def _choose(probe) -> dict:
     start = time.perf_counter()
     _, dtype = resolve_device_dtype("cpu", "auto", probe)
     return {"dtype": str(dtype).removeprefix("torch."), "bf16_speedup": probe.record["bf16_speedup"],
             "seconds": time.perf_counter() - start}
 
 
-def steady_tokens_per_s(step_ends: list[float], tokens_per_step: int) -> float:
-    """Tokens/s from the median step period (end to end: data, forward, backward, update),
-    after WARMUP steps: the first steps pay one-off costs (oneDNN builds its bf16 and fp32
-    kernels for each new shape, the allocator grows) that a real run amortises over thousands."""
-    periods = np.diff(step_ends[WARMUP - 1:])
-    return tokens_per_step / float(np.median(periods))
-
-
-def run_trainer(objective: str, tok, data: PretrainData, cfg: PretrainConfig, steps: int, work: Path) -> float:
+def run_trainer(objective: str, tok, data: PretrainData, configs: dict, cfg, steps: int, work: Path) -> float:
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
@@ -111,7 +231,7 @@ def run_trainer(objective: str, tok, data: PretrainData, cfg: PretrainConfig, st
             ends.append(time.perf_counter())
 
     torch.manual_seed(0)
-    model = OBJECTIVES[objective].build_model(ModelConfig(), tok)
+    model = OBJECTIVES[objective].build_model(replace(configs["model"], dropout=cfg.dropout), tok, cfg)
     n = steps * cfg.batch_size + cfg.batch_size
     ids = np.asarray(data.arrays["input_ids"][: min(n, data.n)], dtype=np.int64)
     dataset = Dataset.from_dict({"input_ids": ids.tolist()})
@@ -128,65 +248,158 @@ def run_trainer(objective: str, tok, data: PretrainData, cfg: PretrainConfig, st
     return steady_tokens_per_s(ends, cfg.batch_size * ids.shape[1])
 
 
+def profile_steps(data: dict, configs: dict, dtypes: dict) -> None:
+    """torch.profiler's table (self CPU time) for one MLM pretraining step and one BERT
+    fine-tuning step, after WARMUP steps of each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, (model, next_batch, loss_fn, cfg, wrap) in {
+        "pretraining mlm": _profiled_pretraining(data, configs, dtypes["pretrain_mlm"]),
+        "fine-tuning bert": _profiled_finetuning(data, configs, dtypes["finetune_bert"]),
+    }.items():
+        with wrap():
+            fit(model, cfg, WARMUP, next_batch, loss_fn)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fit(model, replace(cfg, warmup_steps=0), 1, next_batch, loss_fn)
+        print(f"\n== {name} ({cfg.dtype}): one step\n"
+              + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+
+
+def _profiled_pretraining(data, configs, dtype):
+    cfg = replace(configs["pretrain"], dtype=dtype)
+    trainable, next_batch = _pretraining("mlm", *data["mlm"], configs, cfg)
+    return trainable, next_batch, lambda m, b: m(b), cfg, contextlib.nullcontext
+
+
+def _profiled_finetuning(data, configs, dtype):
+    cfg = replace(configs["finetune"], dtype=dtype)
+    labels, train = data["downstream"]
+    arch, tok, model = _classifier("bert", data["mlm"][0], labels, configs)
+    step = training_step(tok, train, len(labels), cfg, 0, CPU)
+    return (model, step.next_batch, step.loss_fn, cfg,
+            lambda: fp32_head(model, arch.classifier_head, CPU, getattr(torch, dtype)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precisions", choices=("auto", "both"), default="auto",
+                        help="the precision dtype auto picks, or fp32 and bf16 both (slow where bf16 is)")
+    parser.add_argument("--profile", action="store_true", help="print one step's profile of each kind and stop")
     args = parser.parse_args()
-    # The config defaults are the demo profile's sizes.
-    bf16 = PretrainConfig(dtype="bfloat16", device="cpu")
-    fp32 = PretrainConfig(dtype="float32", device="cpu")
+    if args.steps <= WARMUP + 1:
+        parser.error(f"--steps must be above {WARMUP + 1} (the first {WARMUP} are not timed)")
+    configs = demo_configs()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = prepare_data(work)
+        data = prepare_data(work, configs)
+        labels, train = data["downstream"]
         block = data["clm"][1].meta["block_size"]
-        print(f"model {ModelConfig()} | batch {bf16.batch_size} x {block} tokens | {args.steps} steps | "
-              f"threads {torch.get_num_threads()} | bf16 autocast on both sides | torch.compile off on both sides | "
-              f"tokens/s from the median step period after {WARMUP} warm-up steps")
+        threads = torch.get_num_threads()
+        print(f"model {configs['model']} | pretraining batch {configs['pretrain'].batch_size} x {block} tokens | "
+              f"fine-tuning batch {configs['finetune'].batch_size} x <= {configs['finetune'].max_length} tokens | "
+              f"{args.steps} steps | threads {threads} | torch.compile off | rates after {WARMUP} warm-up steps",
+              flush=True)
         os.environ[CACHE_ENV] = str(work / "cache")  # measure now, not a cached choice
-        auto = {o: probe_auto(o, *data[o], fp32) for o in ("clm", "mlm")}
-        print("dtype auto: " + ", ".join(f"{o} -> {a['dtype']} (probe: bf16 {a['bf16_speedup']:.2f}x fp32, "
-                                        f"{a['seconds']:.1f} s)" for o, a in auto.items()), flush=True)
-        rows: dict[str, list[float]] = {}
-        curves: dict[str, list[float]] = {}
+        auto = {f"pretrain_{o}": probe_pretraining(o, *data[o], configs) for o in PRETRAIN_OBJECTIVES}
+        auto |= {f"finetune_{a}": probe_finetuning(a, data[OBJ_OF[a]][0], labels, train, configs)
+                 for a in ARCHITECTURES}
+        print("dtype auto: " + ", ".join(f"{k} -> {a['dtype']} (bf16 {a['bf16_speedup']:.2f}x fp32, "
+                                        f"{a['seconds']:.1f} s)" for k, a in auto.items()), flush=True)
+        dtypes = {k: a["dtype"] for k, a in auto.items()}
+        if args.profile:
+            profile_steps(data, configs, dtypes)
+            return
+        peak = {d: matmul_peak(getattr(torch, d)) for d in ("float32", "bfloat16")}
+        print("matmul peak GFLOP/s: " + ", ".join(
+            f"{d} {p['gflops']:.1f} (" + ", ".join(f"{n}: {r:.1f}" for n, r in p["by_size"].items()) + ")"
+            for d, p in peak.items()), flush=True)
+        precisions = ("float32", "bfloat16") if args.precisions == "both" else (None,)
+        rows: dict[str, list[dict]] = {}
         for rep in range(args.repeats):
-            for objective in ("clm", "mlm"):
-                tok, arr = data[objective]
-                rows.setdefault(f"trainer_{objective}", []).append(run_trainer(objective, tok, arr, bf16, args.steps, work))
-                tps, curves[f"ours_{objective}_bf16"] = run_ours(objective, tok, arr, bf16, args.steps)
-                rows.setdefault(f"ours_{objective}", []).append(tps)
-            for objective in ("clm", "mlm"):
-                tps, curves[f"ours_{objective}_fp32"] = run_ours(objective, *data[objective], fp32, args.steps)
-                rows.setdefault(f"ours_{objective}_fp32", []).append(tps)
-            print(f"repetition {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rows.items()), flush=True)
-    med = {k: statistics.median(v) for k, v in rows.items()}
-    # bf16 must train like fp32: the last 10 steps' mean loss, relative gap (tolerance 2%).
-    tail = lambda c: float(np.mean(c[-10:]))  # noqa: E731
-    gaps = {o: abs(tail(curves[f"ours_{o}_bf16"]) - tail(curves[f"ours_{o}_fp32"])) / tail(curves[f"ours_{o}_fp32"])
-            for o in ("clm", "mlm")}
-    print(f"\n{'side':<18}{'median tokens/s':>18}")
-    for k, v in med.items():
-        print(f"{k:<18}{v:>18,.0f}")
-    # What `auto` picked, against fp32, measured by the full runs above (the lower of the two).
-    auto_vs = {o: med[f"ours_{o}" if a["dtype"] == "bfloat16" else f"ours_{o}_fp32"] / med[f"ours_{o}_fp32"]
-               for o, a in auto.items()}
-    result = {
-        "auto_vs_fp32": min(auto_vs.values()),
-        **{f"auto_{o}": a["dtype"] for o, a in auto.items()},
-        **{f"auto_vs_fp32_{o}": v for o, v in auto_vs.items()},
-        **{f"auto_probe_bf16_speedup_{o}": a["bf16_speedup"] for o, a in auto.items()},
-        **{f"auto_probe_seconds_{o}": a["seconds"] for o, a in auto.items()},
-        "clm_speedup": med["ours_clm"] / med["trainer_clm"],
-        "mlm_speedup": med["ours_mlm"] / med["trainer_mlm"],
-        "bf16_vs_fp32": med["ours_clm"] / med["ours_clm_fp32"],
-        "bf16_vs_fp32_mlm": med["ours_mlm"] / med["ours_mlm_fp32"],
-        "bf16_fp32_loss_rel_gap_clm": gaps["clm"],
-        "bf16_fp32_loss_rel_gap_mlm": gaps["mlm"],
-        "bf16_loss_within_tolerance": max(gaps.values()) <= LOSS_TOLERANCE,
-        **{f"{k}_tokens_per_s": v for k, v in med.items()},
-        "steps": args.steps, "repeats": args.repeats,
-    }
+            for precision in precisions:
+                suffix = "" if precision is None else f"_{precision}"
+                for o in PRETRAIN_OBJECTIVES:
+                    cfg = replace(configs["pretrain"], dtype=precision or dtypes[f"pretrain_{o}"])
+                    rows.setdefault(f"pretrain_{o}{suffix}", []).append(
+                        {**run_pretraining(o, *data[o], configs, cfg, args.steps), "dtype": cfg.dtype})
+                for a in ARCHITECTURES:
+                    cfg = replace(configs["finetune"], dtype=precision or dtypes[f"finetune_{a}"])
+                    for kernels, context in (("", contextlib.nullcontext), ("_torch_kernels", torch_kernels)):
+                        with context():
+                            rows.setdefault(f"finetune_{a}{suffix}{kernels}", []).append(
+                                {**run_finetuning(a, data[OBJ_OF[a]][0], labels, train, configs, cfg, args.steps),
+                                 "dtype": cfg.dtype})
+                cfg = replace(configs["pretrain"], dtype=precision or dtypes["pretrain_mlm"])
+                with torch_kernels():
+                    rows.setdefault(f"pretrain_mlm{suffix}_torch_kernels", []).append(
+                        {**run_pretraining("mlm", *data["mlm"], configs, cfg, args.steps), "dtype": cfg.dtype})
+                for o in ("clm", "mlm"):
+                    cfg = replace(configs["pretrain"], dtype=precision or dtypes[f"pretrain_{o}"])
+                    rows.setdefault(f"trainer_{o}{suffix}", []).append(
+                        {"tokens_per_s": run_trainer(o, *data[o], configs, cfg, args.steps, work), "dtype": cfg.dtype})
+            print(f"repetition {rep + 1}: " + ", ".join(
+                f"{k} {v[-1]['tokens_per_s']:,.0f} tok/s" + (f" {v[-1]['gflops']:.1f} GFLOP/s" if "gflops" in v[-1] else "")
+                for k, v in rows.items()), flush=True)
+    result = summarise(rows, peak, auto, args)
+    print(f"\n{'step':<26}{'dtype':>10}{'tokens/s':>12}{'GFLOP/s':>10}{'of peak':>9}")
+    for k, v in result["steps_measured"].items():
+        print(f"{k:<26}{v['dtype']:>10}{v['tokens_per_s']:>12,.0f}"
+              + (f"{v['achieved_gflops']:>10.1f}{v['share_of_peak']:>9.1%}" if "achieved_gflops" in v else ""))
     print(json.dumps(result))
+
+
+OBJ_OF = {"gpt2": "clm", "bert": "mlm"}
+"""Whose tokenizer each architecture's classifier reads (the stage's: tokenizers/<arch>)."""
+
+
+def summarise(rows: dict, peak: dict, auto: dict, args) -> dict:
+    """Medians over repetitions, each step's share of the peak in its precision, the ratios."""
+    steps = {}
+    for key, runs in rows.items():
+        dtype = runs[0]["dtype"]
+        entry = {"dtype": dtype, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs)}
+        if "gflops" in runs[0]:
+            achieved = statistics.median(r["gflops"] for r in runs)
+            entry |= {"achieved_gflops": achieved, "share_of_peak": achieved / peak[dtype]["gflops"]}
+        if "padding_share" in runs[0]:
+            entry["padding_share"] = statistics.median(r["padding_share"] for r in runs)
+        steps[key] = entry
+    ratio = lambda a, b: steps[a]["tokens_per_s"] / steps[b]["tokens_per_s"]  # noqa: E731
+    suffix = "" if args.precisions == "auto" else f"_{auto['pretrain_mlm']['dtype']}"
+    result = {
+        "cpu": _cpu(), "threads": torch.get_num_threads(),
+        "peak_gflops": {d: p["gflops"] for d, p in peak.items()},
+        "peak_gflops_by_size": {d: p["by_size"] for d, p in peak.items()},
+        **{f"auto_{k}": a["dtype"] for k, a in auto.items()},
+        **{f"auto_probe_bf16_speedup_{k}": a["bf16_speedup"] for k, a in auto.items()},
+        **{f"{k}_achieved_gflops": v["achieved_gflops"] for k, v in steps.items() if "achieved_gflops" in v},
+        **{f"{k}_share_of_peak": v["share_of_peak"] for k, v in steps.items() if "share_of_peak" in v},
+        **{f"{k}_tokens_per_s": v["tokens_per_s"] for k, v in steps.items()},
+        **{f"{k}_padding_share": v["padding_share"] for k, v in steps.items() if "padding_share" in v},
+        **{f"cpu_kernels_speedup_{k.removesuffix('_torch_kernels')}": ratio(k.removesuffix("_torch_kernels"), k)
+           for k in steps if k.endswith("_torch_kernels")},
+        "clm_speedup": ratio(f"pretrain_clm{suffix}", f"trainer_clm{suffix}"),
+        "mlm_speedup": ratio(f"pretrain_mlm{suffix}", f"trainer_mlm{suffix}"),
+        "steps": args.steps, "repeats": args.repeats, "steps_measured": steps,
+    }
+    if args.precisions == "both":
+        tail = lambda c: float(np.mean(c[-10:]))  # noqa: E731
+        for o in ("clm", "mlm"):
+            bf16, fp32 = rows[f"pretrain_{o}_bfloat16"], rows[f"pretrain_{o}_float32"]
+            result[f"bf16_vs_fp32_{o}"] = ratio(f"pretrain_{o}_bfloat16", f"pretrain_{o}_float32")
+            gap = abs(tail(bf16[-1]["losses"]) - tail(fp32[-1]["losses"])) / tail(fp32[-1]["losses"])
+            result[f"bf16_fp32_loss_rel_gap_{o}"] = gap
+        result["bf16_loss_within_tolerance"] = max(result[f"bf16_fp32_loss_rel_gap_{o}"]
+                                                   for o in ("clm", "mlm")) <= LOSS_TOLERANCE
+    return result
+
+
+def _cpu() -> str:
+    from components.train.precision import cpu_name
+
+    return cpu_name()
 
 
 if __name__ == "__main__":

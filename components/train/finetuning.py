@@ -21,7 +21,7 @@ from components.io import atomic_dir, read_json, write_json_atomic
 from components.tokens.tokenization import load_tokenizer
 from components.config import FinetuneConfig
 from components.train.loop import autocast, fit, resolve_device, resolve_device_dtype
-from components.train.models import fast_cpu_attention, fp32_head
+from components.train.models import fast_cpu_attention, fast_cpu_dropout, fp32_head
 from components.train.precision import training_probe
 from components.train.scores import macro_f1
 
@@ -136,6 +136,31 @@ def _batches(train_x: list[list[int]], train_y: torch.Tensor, cfg: FinetuneConfi
     return next_batch, steps_per_epoch
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingStep:
+    """What one fine-tuning step runs: `next_batch(step, micro)` for `fit` and the loss."""
+    next_batch: Callable[[int, int], dict]
+    loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor]
+    steps_per_epoch: int
+    n_examples: int
+
+
+def training_step(tokenizer, train: pd.DataFrame, n_labels: int, cfg: FinetuneConfig, seed: int,
+                  device) -> TrainingStep:
+    """The training examples encoded and batched (by length, a fresh order each epoch) and the
+    class-weighted cross-entropy: fine-tuning's step, which `benchmarks/train.py` times too."""
+    train_x = encode_for_classifier(tokenizer, train["text"].tolist(), cfg.max_length)
+    train_y = torch.tensor(train["label"].to_numpy(), dtype=torch.long)
+    weights = class_weights(train_y.numpy(), n_labels, device) if cfg.class_weighting else None
+    next_batch, steps_per_epoch = _batches(train_x, train_y, cfg, seed, tokenizer.pad_token_id, device)
+
+    def loss_fn(m, batch):
+        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits.float(), batch["labels"], weight=weights)
+
+    return TrainingStep(next_batch, loss_fn, steps_per_epoch, len(train_x))
+
+
 def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels: int,
              cfg: FinetuneConfig, seed: int, on_log=None, head: Sequence[str] = ()) -> dict:
     """Fine-tune with early stopping on validation macro-F1; the best epoch's weights are kept.
@@ -146,30 +171,20 @@ def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels:
     device = resolve_device(cfg.device)
     model.to(device)
     pad_id = tokenizer.pad_token_id
-    train_x = encode_for_classifier(tokenizer, train["text"].tolist(), cfg.max_length)
-    train_y = torch.tensor(train["label"].to_numpy(), dtype=torch.long)
     val_x = encode_for_classifier(tokenizer, val["text"].tolist(), cfg.max_length)
     val_y = val["label"].to_numpy()
-    weights = class_weights(train_y.numpy(), n_labels, device) if cfg.class_weighting else None
-
-    next_batch, steps_per_epoch = _batches(train_x, train_y, cfg, seed, pad_id, device)
-
-    def loss_fn(m, batch):
-        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return F.cross_entropy(logits.float(), batch["labels"], weight=weights)
+    step = training_step(tokenizer, train, n_labels, cfg, seed, device)
+    next_batch, loss_fn, steps_per_epoch = step.next_batch, step.loss_fn, step.steps_per_epoch
 
     # dtype auto on CPU: the faster precision, timed on this run's own first step.
-    probe = None
-    if cfg.dtype == "auto" and device.type == "cpu":
-        probe = training_probe(model, next_batch(0, 0), loss_fn, device,
-                               lambda dtype: _precision_helpers(model, head, device, dtype))
+    probe = precision_probe(model, step, head, device) if cfg.dtype == "auto" and device.type == "cpu" else None
     _, dtype = resolve_device_dtype(str(device), cfg.dtype, probe)
     cfg = dataclasses.replace(cfg, dtype=str(dtype).removeprefix("torch."))  # what fit runs
     chosen = {"dtype": cfg.dtype, "precision_source": probe.record["source"] if probe else f"finetune.dtype on {device.type}",
               **({"precision_bf16_speedup": probe.record["bf16_speedup"]} if probe else {})}
     best = {"val_macro_f1": -1.0, "epoch": 0, "step": 0, "evals": 0, "state": None}
     history: list[dict] = []
-    total_steps, eval_every = finetune_steps(len(train_x), cfg)
+    total_steps, eval_every = finetune_steps(step.n_examples, cfg)
 
     def evaluate(step: int) -> bool:
         epoch = step / steps_per_epoch
@@ -204,10 +219,17 @@ def finetune_steps(n_examples: int, cfg: FinetuneConfig) -> tuple[int, int]:
     return total, min(total, cfg.eval_every or steps_per_epoch)
 
 
+def precision_probe(model, step: TrainingStep, head: Sequence[str], device):
+    """dtype auto's Probe: this run's first batch, timed as `fit` runs it (fp32 head, CPU attention)."""
+    return training_probe(model, step.next_batch(0, 0), step.loss_fn, device,
+                          lambda dtype: _precision_helpers(model, head, device, dtype))
+
+
 @contextlib.contextmanager
 def _precision_helpers(model, head: Sequence[str], device, dtype):
-    """What a fine-tuning step runs inside: the fp32 head and `fit`'s CPU attention."""
-    with fp32_head(model, head, device, dtype), fast_cpu_attention(model, device, dtype):
+    """What a fine-tuning step runs inside: the fp32 head and `fit`'s CPU attention and dropout."""
+    with fp32_head(model, head, device, dtype), fast_cpu_attention(model, device, dtype), \
+            fast_cpu_dropout(model, device):
         yield
 
 
