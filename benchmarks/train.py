@@ -10,9 +10,9 @@ lmforge's `fit` against transformers' Trainer.
    `components/train/flops.py` (padding and embedding lookups count nothing), against the peak
    in that precision.
 3. **Against a peer**: Trainer and `fit` on the same model, data, batch, steps, threads and
-   precision (the one auto picks; `--precisions both` adds the other), CLM and MLM; and
-   the fine-tuning steps as they ran before issue 26 (torch's CPU dropout: `*_torch_kernels`,
-   `cpu_kernels_speedup_*`).
+   precision (the one auto picks; `--precisions both` adds the other), CLM and MLM; and the
+   fine-tuning step with `finetune.fast_cpu_dropout` (`*_fast_cpu_dropout`,
+   `fast_cpu_dropout_speedup_*`).
 
 Every side runs `--steps` optimiser steps `--repeats` times; rates come from the steps after
 `WARMUP`, medians over repetitions. `--profile` prints torch.profiler's table for one MLM
@@ -177,20 +177,6 @@ def run_finetuning(arch_name: str, tok, labels, train, configs: dict, cfg, steps
             "padding_share": 1 - sum(tokens) / sum(positions), "losses": []}
 
 
-@contextlib.contextmanager
-def torch_kernels():
-    """The step as it ran before issue 26, with torch's CPU dropout (the baseline of
-    `cpu_kernels_speedup_*`)."""
-    from components.train import loop
-
-    saved = loop.fast_cpu_dropout
-    loop.fast_cpu_dropout = lambda model, device: contextlib.nullcontext()
-    try:
-        yield
-    finally:
-        loop.fast_cpu_dropout = saved
-
-
 def probe_pretraining(objective: str, tok, data: PretrainData, configs: dict) -> dict:
     """What `dtype: auto` picks for this objective's demo step on this machine (measured now:
     the caller points the cache at a fresh directory), and what the probe cost."""
@@ -320,11 +306,10 @@ def main() -> None:
                         {**run_pretraining(o, *data[o], configs, cfg, args.steps), "dtype": cfg.dtype})
                 for a in ARCHITECTURES:
                     cfg = replace(configs["finetune"], dtype=precision or dtypes[f"finetune_{a}"])
-                    for kernels, context in (("", contextlib.nullcontext), ("_torch_kernels", torch_kernels)):
-                        with context():
-                            rows.setdefault(f"finetune_{a}{suffix}{kernels}", []).append(
-                                {**run_finetuning(a, data[OBJ_OF[a]][0], labels, train, configs, cfg, args.steps),
-                                 "dtype": cfg.dtype})
+                    for variant, fast in (("", False), ("_fast_cpu_dropout", True)):
+                        rows.setdefault(f"finetune_{a}{suffix}{variant}", []).append(
+                            {**run_finetuning(a, data[OBJ_OF[a]][0], labels, train, configs,
+                                              replace(cfg, fast_cpu_dropout=fast), args.steps), "dtype": cfg.dtype})
                 for o in ("clm", "mlm"):
                     cfg = replace(configs["pretrain"], dtype=precision or dtypes[f"pretrain_{o}"])
                     rows.setdefault(f"trainer_{o}{suffix}", []).append(
@@ -372,8 +357,8 @@ def summarise(rows: dict, peak: dict, auto: dict, args) -> dict:
         **{f"{k}_share_of_peak": v["share_of_peak"] for k, v in steps.items() if "share_of_peak" in v},
         **{f"{k}_tokens_per_s": v["tokens_per_s"] for k, v in steps.items()},
         **{f"{k}_padding_share": v["padding_share"] for k, v in steps.items() if "padding_share" in v},
-        **{f"cpu_kernels_speedup_{k.removesuffix('_torch_kernels')}": ratio(k.removesuffix("_torch_kernels"), k)
-           for k in steps if k.endswith("_torch_kernels")},
+        **{f"fast_cpu_dropout_speedup_{k.removesuffix('_fast_cpu_dropout')}": ratio(k, k.removesuffix("_fast_cpu_dropout"))
+           for k in steps if k.endswith("_fast_cpu_dropout")},
         "clm_speedup": ratio(f"pretrain_clm{suffix}", f"trainer_clm{suffix}"),
         "mlm_speedup": ratio(f"pretrain_mlm{suffix}", f"trainer_mlm{suffix}"),
         "steps": args.steps, "repeats": args.repeats, "steps_measured": steps,

@@ -177,7 +177,8 @@ def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels:
     next_batch, loss_fn, steps_per_epoch = step.next_batch, step.loss_fn, step.steps_per_epoch
 
     # dtype auto on CPU: the faster precision, timed on this run's own first step.
-    probe = precision_probe(model, step, head, device) if cfg.dtype == "auto" and device.type == "cpu" else None
+    probe = (precision_probe(model, step, head, device, cfg.fast_cpu_dropout)
+             if cfg.dtype == "auto" and device.type == "cpu" else None)
     _, dtype = resolve_device_dtype(str(device), cfg.dtype, probe)
     cfg = dataclasses.replace(cfg, dtype=str(dtype).removeprefix("torch."))  # what fit runs
     chosen = {"dtype": cfg.dtype, "precision_source": probe.record["source"] if probe else f"finetune.dtype on {device.type}",
@@ -219,17 +220,18 @@ def finetune_steps(n_examples: int, cfg: FinetuneConfig) -> tuple[int, int]:
     return total, min(total, cfg.eval_every or steps_per_epoch)
 
 
-def precision_probe(model, step: TrainingStep, head: Sequence[str], device):
-    """dtype auto's Probe: this run's first batch, timed as `fit` runs it (fp32 head, CPU attention)."""
+def precision_probe(model, step: TrainingStep, head: Sequence[str], device, fast_dropout: bool = False):
+    """dtype auto's Probe: this run's first batch, timed as `fit` runs it (fp32 head, CPU
+    attention and, with `finetune.fast_cpu_dropout`, the cheaper dropout)."""
     return training_probe(model, step.next_batch(0, 0), step.loss_fn, device,
-                          lambda dtype: _precision_helpers(model, head, device, dtype))
+                          lambda dtype: _precision_helpers(model, head, device, dtype, fast_dropout))
 
 
 @contextlib.contextmanager
-def _precision_helpers(model, head: Sequence[str], device, dtype):
+def _precision_helpers(model, head: Sequence[str], device, dtype, fast_dropout: bool):
     """What a fine-tuning step runs inside: the fp32 head and `fit`'s CPU attention and dropout."""
     with fp32_head(model, head, device, dtype), fast_cpu_attention(model, device, dtype), \
-            fast_cpu_dropout(model, device):
+            (fast_cpu_dropout(model, device) if fast_dropout else contextlib.nullcontext()):
         yield
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -107,7 +108,8 @@ def fit(
     """
     device = next(model.parameters()).device
     _, dtype = resolve_device_dtype(str(device), cfg.dtype)
-    with fast_cpu_attention(model, device, dtype), fast_cpu_dropout(model, device):
+    cheap_dropout = fast_cpu_dropout(model, device) if getattr(cfg, "fast_cpu_dropout", False) else nullcontext()
+    with fast_cpu_attention(model, device, dtype), cheap_dropout:
         return _fit_loop(model, cfg, total_steps, next_batch, loss_fn, evaluate, eval_every, on_log, log_every,
                          checkpointer, state, device, dtype)
 

@@ -129,7 +129,8 @@ DROPOUT_RESOLUTION = 1 << 15
 
 @contextlib.contextmanager
 def fast_cpu_dropout(model, device):
-    """Run every `nn.Dropout` of `model` with a cheaper random mask on the CPU.
+    """Run every `nn.Dropout` of `model` with a cheaper random mask on the CPU (`fit` does,
+    with `finetune.fast_cpu_dropout`).
 
     Why: torch's CPU dropout draws a float Bernoulli per element (`bernoulli_`), then scales
     the mask and multiplies; at fine-tuning's shapes (32 x 48 tokens x 256) its forward and

@@ -60,3 +60,20 @@ def test_it_is_removed_on_exit_and_is_a_no_op_off_the_cpu():
     assert "forward" not in vars(net[1])  # saved models and later runs see torch's Dropout
     with fast_cpu_dropout(net, torch.device("cuda")):
         assert "forward" not in vars(net[1])
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_fit_uses_it_only_when_finetune_fast_cpu_dropout_is_on(on):
+    from components.config import FinetuneConfig
+    from components.train.loop import fit
+
+    net = _net(0.1)
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append("forward" in vars(model[1]))
+        return model(batch["x"]).pow(2).mean()
+
+    cfg = FinetuneConfig(device="cpu", dtype="float32", fast_cpu_dropout=on)
+    fit(net, cfg, 2, lambda step, micro: {"x": torch.ones(2, 4), "input_ids": torch.ones(2, 4)}, loss_fn)
+    assert seen == [on, on] and "forward" not in vars(net[1])
