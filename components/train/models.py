@@ -108,17 +108,21 @@ def fp32_head(model, head: Sequence[str], device, dtype):
     """
     import torch
 
-    wrapped = []
-    if dtype != torch.float32:
-        for path in head:
-            module = model.get_submodule(path)
-            if not getattr(module.forward, "lmforge_fp32", False):
-                module.forward = _in_fp32(module.forward, device.type)
-                wrapped.append(module)
+    modules = [model.get_submodule(path) for path in head] if dtype != torch.float32 else []
+    with _forwards({m: _in_fp32(m.forward, device.type) for m in modules
+                    if not getattr(m.forward, "lmforge_fp32", False)}):
+        yield
+
+
+@contextlib.contextmanager
+def _forwards(replacements):
+    """Each module's forward replaced (an instance attribute) for the duration, removed on exit."""
+    for module, forward in replacements.items():
+        module.forward = forward
     try:
         yield
     finally:
-        for module in wrapped:
+        for module in replacements:
             del module.forward
 
 
@@ -146,17 +150,10 @@ def fast_cpu_dropout(model, device):
     """
     import torch
 
-    wrapped = []
-    if device.type == "cpu":
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout) and module.p > 0 and "forward" not in vars(module):
-                module.forward = _cheap_dropout(module)
-                wrapped.append(module)
-    try:
+    modules = model.modules() if device.type == "cpu" else ()
+    with _forwards({m: _cheap_dropout(m) for m in modules
+                    if isinstance(m, torch.nn.Dropout) and m.p > 0 and "forward" not in vars(m)}):
         yield
-    finally:
-        for module in wrapped:
-            del module.forward
 
 
 def _cheap_dropout(module):
