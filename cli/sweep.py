@@ -121,12 +121,17 @@ def collect(repo: Path, names: list[str]) -> list[dict]:
     proc = _dvc(repo, "exp", "show", "--json")
     if proc.returncode != 0:
         raise RuntimeError(f"dvc exp show --json failed: {_last_line(proc)}")
-    found = {}
+    found, failed = {}, []
     for baseline in json.loads(proc.stdout):
         for group in baseline.get("experiments") or []:
             for rev in group.get("revs") or []:
-                if rev.get("name") in names and rev.get("data"):
+                if rev.get("name") in names and rev.get("error"):
+                    failed.append(rev["name"])  # its data is the commit it started from, not a result
+                elif rev.get("name") in names and rev.get("data"):
                     found[rev["name"]] = rev["data"]
+    if failed:
+        raise RuntimeError(f"experiment(s) {', '.join(failed)} failed (`dvc exp run --run-all` exits 0 all the "
+                           f"same); `dvc queue logs {failed[0]}` shows why")
     missing = [n for n in names if n not in found]
     if missing:
         raise RuntimeError(f"no results for experiment(s) {', '.join(missing)} in `dvc exp show`; "

@@ -56,3 +56,21 @@ def test_results_not_committed_are_named_before_a_sweep(tmp_path):
     (tmp_path / "reports" / "pretrain" / "validation.json").write_text("{}")
     (tmp_path / "params.yaml").write_text("seed: 2\n")  # a param change is the sweep's business, not a loose result
     assert sorted(uncommitted_results(tmp_path)) == ["dvc.lock", "reports/pretrain/validation.json"]
+
+
+def test_a_failed_experiment_is_an_error_not_the_numbers_of_the_commit_it_started_from(monkeypatch):
+    """`dvc exp run --run-all` exits 0 when a queued experiment fails, and `dvc exp show` lists the
+    failed one with an `error` and its base commit's metrics (seen with DVC 3: a corpus that
+    failed validation); reading those as its result would report the base commit's verdicts."""
+    import json
+
+    from cli import sweep as sweep_cli
+
+    shown = [{"rev": "workspace", "name": None, "data": {}, "error": None, "experiments": [
+        {"revs": [{"rev": "cbffdaa", "name": "corpus-pydocs-steps-450", "experiments": None,
+                   "error": {"msg": "Experiment run failed", "type": ""},
+                   "data": {"params": {}, "metrics": {"reports/metrics.json": {"data": {}}}}}]}]}]
+    monkeypatch.setattr(sweep_cli, "_dvc", lambda repo, *args: subprocess.CompletedProcess(
+        args, 0, stdout=json.dumps(shown), stderr=""))
+    with pytest.raises(RuntimeError, match=r"corpus-pydocs-steps-450 failed .*dvc queue logs corpus-pydocs-steps-450"):
+        sweep_cli.collect(ROOT, ["corpus-pydocs-steps-450"])
