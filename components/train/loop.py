@@ -192,24 +192,22 @@ def _backward(model, cfg: OptimConfig, step: int, next_batch, loss_fn, device, d
 class _FiniteGuard:
     """Stops training on a NaN/inf loss or gradient norm before it reaches the weights.
 
-    With fused AdamW on CUDA nothing is read back inside the step: a device flag, the
+    With fused AdamW (CUDA) nothing is read back inside the step: a device flag, the
     `found_inf` GradScaler hands the same optimiser, makes it skip the update (weights and
     moments untouched) once any loss or norm was not finite, and stays set, so every later
     step is skipped too; `check` (log, evaluation, checkpoint and last steps) reads the
-    values back and raises for the first bad step, before anything is saved. On the CPU, where a read-back costs nothing, and with an optimiser that has no
-    such flag (foreach AdamW), each value is checked at once, as soon as it exists.
+    values back and raises for the first bad step, before anything is saved. A CPU "sync"
+    costs nothing, so there (foreach AdamW, which has no such flag) each value is checked
+    at once, as soon as it exists.
     """
-
-    defer_on = ("cuda",)
-    """Device types where fused AdamW's checks are deferred (the tests add "cpu" to run them)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, checkpointer: Checkpointer | None):
         self.checkpointer = checkpointer
-        self.deferred = bool(optimizer.defaults.get("fused")) and _device(optimizer).type in self.defer_on
+        self.deferred = bool(optimizer.defaults.get("fused"))
         self.pending: list[tuple[int, int, torch.Tensor]] = []  # (step, micro-batches, values)
         self.losses: list[torch.Tensor] = []
         if self.deferred:
-            device = _device(optimizer)
+            device = optimizer.param_groups[0]["params"][0].device
             self.found_inf = torch.zeros((), dtype=torch.float32, device=device)
             optimizer.found_inf = self.found_inf
 
@@ -250,10 +248,6 @@ class _FiniteGuard:
     def _raise(self, what: str, value: float, step: int):
         kept = _kept(self.checkpointer)
         raise FloatingPointError(f"{what} is {value} at step {step}; lower the learning rate{kept}")
-
-
-def _device(optimizer: torch.optim.Optimizer) -> torch.device:
-    return optimizer.param_groups[0]["params"][0].device
 
 
 def _kept(checkpointer: Checkpointer | None) -> str:

@@ -105,7 +105,6 @@ def _device_guarded(monkeypatch):
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=True)
 
     monkeypatch.setattr(loop, "make_optimizer", fused)
-    monkeypatch.setattr(loop._FiniteGuard, "defer_on", ("cuda", "cpu"))
 
 
 def _run(synthetic, total: int, poison_at: int | None = None, **kw):
