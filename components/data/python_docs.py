@@ -26,7 +26,12 @@ What is read, in a deterministic order:
   cut by decontamination anyway; leaving them out keeps the corpus one copy of each library.
 
 One document per module: its docstrings (module, then classes and functions in source
-order) joined by blank lines, with source ``<dist>==<version>:<path>``. A file that does not
+order) joined by blank lines, with source ``<dist>==<version>:<path>``. A module whose
+docstrings hold more than ``DOC_CHARS`` characters (altair's generated schema module holds
+1.2 M, over ``validate.max_doc_chars``) becomes several documents of consecutive docstrings,
+each at most ``DOC_CHARS`` (a single longer docstring is cut at that length), with sources
+``...:<path>#2``, ``#3`` ...: documents a sequence packer can take whole, and a gate that
+holds for the corpus at its default params. A file that does not
 parse (Python 2 code, templates) is skipped and counted. ``max_characters`` stops reading
 once the documents read reach it, so a smaller corpus is a prefix of a larger one.
 
@@ -52,6 +57,8 @@ VENDORED_DIRS = frozenset({"_vendor", "vendor", "_vendored", "vendored", "extern
 # Where distributions are looked for when a reader names no paths: None = sys.path (the running
 # environment's site-packages). Tests point it at a fake site-packages directory.
 DEFAULT_PATHS: list[str | Path] | None = None
+# The most characters in one document; a module with more docstrings is split (see above).
+DOC_CHARS = 100_000
 # ast.parse raises these on a file that is not Python 3 source (or nests too deep to compile).
 _UNPARSABLE = (SyntaxError, ValueError, RecursionError, MemoryError)
 
@@ -125,16 +132,17 @@ class PythonDocs:
                     self.missing += 1
                     continue
                 try:
-                    text = "\n\n".join(docstrings_of(source, str(path)))
+                    docstrings = docstrings_of(source, str(path))
                 except _UNPARSABLE:
                     self.unparsable.append(f"{name}=={version}:{rel}")
                     continue
-                if not text:
+                if not any(docstrings):
                     continue
                 entry["files"] += 1
-                entry["characters"] += len(text)
-                read += len(text)
-                yield f"{name}=={version}:{rel}", text
+                for k, part in enumerate(parts_of(docstrings), 1):
+                    entry["characters"] += len(part)
+                    read += len(part)
+                    yield f"{name}=={version}:{rel}" + (f"#{k}" if k > 1 else ""), part
             if entry["files"]:
                 self.manifest.append(entry)
             if self.max_characters and read >= self.max_characters:
@@ -151,6 +159,28 @@ class PythonDocs:
         """reports/corpus_manifest.json: what the corpus was read from, and its digest."""
         return {"max_characters": self.max_characters, "packages": self.manifest,
                 "sha256": manifest_digest(self.manifest), "unparsable_files": self.unparsable}
+
+
+def parts_of(docstrings: Iterable[str], limit: int | None = None) -> list[str]:
+    """A module's docstrings as documents of at most `limit` (default DOC_CHARS) characters:
+    consecutive docstrings joined by blank lines, a new document where the next would pass the
+    limit; a docstring longer than the limit on its own is cut into limit-long pieces. One
+    module under the limit is one document, exactly its docstrings joined."""
+    limit = limit or DOC_CHARS
+    parts: list[str] = []
+    current = ""
+    for doc in filter(None, docstrings):
+        pieces = [doc[i:i + limit] for i in range(0, len(doc), limit)]
+        for piece in pieces:
+            if current and len(current) + 2 + len(piece) <= limit:
+                current += "\n\n" + piece
+            else:
+                if current:
+                    parts.append(current)
+                current = piece
+    if current:
+        parts.append(current)
+    return parts
 
 
 def empty_stats() -> dict[str, int]:

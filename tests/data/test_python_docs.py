@@ -123,6 +123,35 @@ def test_max_characters_is_a_prefix(site):
     assert [s for s, _ in _read(site, sizes[0] + 1)[0]] == [s for s, _ in everything[:2]]
 
 
+def test_parts_of_keeps_docstrings_whole_under_the_limit_and_splits_past_it():
+    docs = ["a" * 40, "b" * 40, "c" * 15, "d" * 130, "e" * 5]
+    parts = python_docs.parts_of(docs, limit=100)
+    assert parts == ["a" * 40 + "\n\n" + "b" * 40 + "\n\n" + "c" * 15, "d" * 100, "d" * 30 + "\n\n" + "e" * 5]
+    assert all(len(p) <= 100 for p in parts)
+    assert "".join(parts).replace("\n", "") == "".join(docs)  # nothing lost, order kept
+    assert python_docs.parts_of(docs[:2], limit=100) == ["\n\n".join(docs[:2])]  # under it: one document
+    assert python_docs.parts_of(["", "x"]) == ["x"]
+
+
+def test_a_module_past_the_limit_becomes_numbered_documents(tmp_path, monkeypatch):
+    """altair's generated schema module holds 1.2 M characters of docstrings, over the gate's
+    validate.max_doc_chars: it is read as consecutive documents, each within DOC_CHARS."""
+    functions = [(f"f{i}", f"Function number {i} of a generated module, documented at length. " * 3) for i in range(40)]
+    site = tmp_path / "site-packages"
+    _dist(site, "bigpkg", "1.0", {"bigpkg/schema.py": _module("A generated schema module.", *functions),
+                                  "bigpkg/small.py": _module("A small module of the same package.")})
+    monkeypatch.setattr(python_docs, "DOC_CHARS", 2_000)
+    docs, reader = _read(site)
+    sources = [s for s, _ in docs]
+    assert sources[0] == "bigpkg==1.0:bigpkg/schema.py" and sources[-1] == "bigpkg==1.0:bigpkg/small.py"
+    assert sources[1:-1] == [f"bigpkg==1.0:bigpkg/schema.py#{k}" for k in range(2, len(sources) - 1 + 1)]
+    assert len(sources) > 4 and all(len(t) <= 2_000 for _, t in docs)
+    whole = "\n\n".join(stdlib_docs.docstrings_of((site / "bigpkg/schema.py").read_bytes(), "schema.py"))
+    assert "\n\n".join(t for _, t in docs[:-1]) == whole
+    assert reader.manifest == [{"package": "bigpkg", "version": "1.0", "files": 2,
+                                "characters": sum(len(t) for _, t in docs)}]
+
+
 def test_manifest_sums_match_the_documents(site):
     docs, reader = _read(site)
     assert reader.manifest == [
