@@ -389,6 +389,19 @@ class PretrainConfig(OptimConfig):
     its Small model 1/4); same depth, heads and feed-forward scaled alike."""
     rtd_discriminator_weight: float = 50.0
     """rtd: loss = generator MLM loss + this x discriminator loss (ELECTRA's 50)."""
+    rtd_uniform_start: float = 0.0
+    """rtd: replacement curriculum. At step 0 this share of the masked positions is filled with a
+    token drawn uniformly from the vocabulary (specials left out) instead of the generator's
+    sample, annealed linearly to rtd_uniform_end at the last step; validation uses the end share.
+    ELECTRA's maintainers: a discriminator facing a generator it cannot yet read learns nothing;
+    a random token gives itself away (docs/RECIPE.md). 0 and 0: ELECTRA, generator samples only."""
+    rtd_uniform_end: float = 0.0
+    """rtd: the uniform share at the last step (see rtd_uniform_start)."""
+    rtd_disentangled_embeddings: bool = False
+    """rtd: DeBERTaV3's gradient-disentangled embedding sharing: the discriminator's token
+    embeddings are the generator's, outside its gradient, plus a delta of its own (zero at
+    start); the saved discriminator holds their sum in a standard embedding layer. false:
+    ELECTRA's plain sharing, both losses move one table."""
     rtd_equal_flops: bool = True
     """rtd: cut its max_steps so its training FLOPs, generator included, do not exceed mlm's at
     max_steps (evaluate then compares rtd with mlm at equal compute); false: max_steps as given."""
@@ -407,6 +420,8 @@ class PretrainConfig(OptimConfig):
         within(self, "mlm_probability", "(0, 1)")
         within(self, "rtd_mask_probability", "(0, 1)")
         within(self, "rtd_generator_width", "(0, 1]")
+        within(self, "rtd_uniform_start", "[0, 1]")
+        within(self, "rtd_uniform_end", "[0, 1]")
         if self.rtd_discriminator_weight <= 0:
             raise ValueError(f"pretrain.rtd_discriminator_weight must be > 0, got {self.rtd_discriminator_weight}")
         within(self, "dropout", "[0, 1)")

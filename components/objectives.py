@@ -307,10 +307,11 @@ class ReplacedTokenDetection(Objective):
 
         train_cfg = train_cfg or PretrainConfig()
         config = self.architecture.model_config(cfg, tokenizer, attn_implementation="sdpa")
-        return build_replaced_token_model(config, train_cfg.rtd_generator_width)
+        return build_replaced_token_model(config, train_cfg.rtd_generator_width,
+                                          train_cfg.rtd_disentangled_embeddings)
 
     def saved_model(self, model):
-        return model.discriminator
+        return model.saved_discriminator()
 
     def masked_fraction(self, train_cfg):
         return train_cfg.rtd_mask_probability
@@ -333,13 +334,17 @@ class ReplacedTokenDetection(Objective):
     def training(self, tokenizer, cfg):
         from components.train.rtd import ReplacedTokenTraining
 
-        return ReplacedTokenTraining(tokenizer, cfg.rtd_mask_probability, cfg.rtd_discriminator_weight)
+        return ReplacedTokenTraining(tokenizer, cfg.rtd_mask_probability, cfg.rtd_discriminator_weight,
+                                     cfg.rtd_uniform_start, cfg.rtd_uniform_end)
 
     def summary_line(self, metrics):
         text = f"RTD acc {metrics['val_rtd_accuracy']:.3f}"
         if "val_rtd_baseline_accuracy" in metrics:
             text += (f" (unreplaced share {metrics['val_rtd_baseline_accuracy']:.3f}), replaced found "
                      f"{metrics['val_rtd_replaced_recall']:.3f}")
+        if "val_rtd_uniform_recall" in metrics:
+            text += (f" (uniform share {metrics['val_rtd_uniform_share']:g}: found {metrics['val_rtd_uniform_recall']:.3f}"
+                     f" of uniform, {metrics['val_rtd_generator_recall']:.3f} of the generator's)")
         text += f", generator MLM acc {metrics['val_mlm_accuracy']:.3f}"
         if "val_mlm_baseline_accuracy" in metrics:
             text += (f" (most-frequent token {metrics['val_mlm_baseline_accuracy']:.3f}), MLM loss "

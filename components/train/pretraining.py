@@ -120,7 +120,7 @@ class CausalLMTraining:
         causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
         return ((document[:, :, None] == document[:, None, :]) & causal)[:, None]
 
-    def prepare(self, raw: dict, generator: torch.Generator) -> dict:
+    def prepare(self, raw: dict, generator: torch.Generator, progress: float = 1.0) -> dict:
         return {"input_ids": raw["input_ids"]}
 
     def loss_denominators(self, batch: dict, world_size: int) -> dict:
@@ -175,7 +175,7 @@ class MaskedLMTraining:
         # Never a target (mask_tokens never chooses them), so never the baseline's guess.
         self.baseline_excluded = tuple(self.special_ids)
 
-    def prepare(self, raw: dict, generator: torch.Generator) -> dict:
+    def prepare(self, raw: dict, generator: torch.Generator, progress: float = 1.0) -> dict:
         word_starts = None
         if self.whole_word_masking:
             if "word_starts" not in raw:
@@ -338,7 +338,9 @@ def _batches(training, train: PretrainData, cfg: PretrainConfig, seed: int, devi
         # Masks are drawn for the whole global batch, then sliced: every world size sees
         # exactly the inputs a single process would.
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
-        return _rows(training, training.prepare(train.batch(np.asarray(idx), device), generator), rank,
+        # progress (0 at the first step, 1 at the last) drives a curriculum (rtd's); validation uses 1.
+        progress = step / max(1, cfg.max_steps - 1)
+        return _rows(training, training.prepare(train.batch(np.asarray(idx), device), generator, progress), rank,
                      world_size)
 
     return next_batch

@@ -24,16 +24,67 @@ ORIGINAL, REPLACED = 0, 1
 LABELS = {ORIGINAL: "original", REPLACED: "replaced"}
 
 
-class ReplacedTokenModel(torch.nn.Module):
-    """Discriminator and generator trained together, one embedding layer between them."""
+class DisentangledEmbedding(torch.nn.Module):
+    """DeBERTaV3's gradient-disentangled embedding sharing (He et al. 2021, GDES): the
+    discriminator's token embeddings are the shared table outside its gradient plus a delta
+    of its own, zero at the start. The generator's MLM loss alone moves the shared table; the
+    discriminator's (weighted 50) moves only the delta, ending the tug-of-war over one table."""
 
-    def __init__(self, discriminator, generator):
+    def __init__(self, shared: torch.nn.Embedding):
+        super().__init__()
+        object.__setattr__(self, "shared", shared)  # the generator's module, not registered twice
+        self.delta = torch.nn.Parameter(torch.zeros_like(shared.weight))
+        self.padding_idx = shared.padding_idx
+        self.num_embeddings, self.embedding_dim = shared.num_embeddings, shared.embedding_dim
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.shared.weight.detach() + self.delta
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.weight, self.padding_idx)
+
+    def folded(self) -> torch.nn.Embedding:
+        """A standard embedding layer holding the sum, as the saved discriminator has."""
+        out = torch.nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
+                                 device=self.delta.device, dtype=self.delta.dtype)
+        with torch.no_grad():
+            out.weight.copy_(self.weight)
+        return out
+
+
+class ReplacedTokenModel(torch.nn.Module):
+    """Discriminator and generator trained together, one embedding layer between them; with
+    `disentangled`, the token table is the generator's and the discriminator adds its own
+    delta (DisentangledEmbedding), the position and token-type tables and their LayerNorm
+    still one."""
+
+    def __init__(self, discriminator, generator, disentangled: bool = False):
         super().__init__()
         self.discriminator = discriminator
         self.generator = generator
         embeddings = discriminator.bert.embeddings
-        generator.electra.embeddings = embeddings
-        generator.generator_lm_head.weight = embeddings.word_embeddings.weight
+        if disentangled:
+            ours = generator.electra.embeddings
+            for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"):
+                setattr(ours, name, getattr(embeddings, name))
+            embeddings.word_embeddings = DisentangledEmbedding(ours.word_embeddings)
+            generator.generator_lm_head.weight = ours.word_embeddings.weight
+        else:
+            generator.electra.embeddings = embeddings
+            generator.generator_lm_head.weight = embeddings.word_embeddings.weight
+
+    def saved_discriminator(self):
+        """The discriminator as saved: itself, or with disentangled embeddings a copy whose
+        token embeddings are the folded sum (a plain `BertForTokenClassification`)."""
+        words = self.discriminator.bert.embeddings.word_embeddings
+        if not isinstance(words, DisentangledEmbedding):
+            return self.discriminator
+        import copy
+
+        saved = copy.deepcopy(self.discriminator)
+        saved.bert.embeddings.word_embeddings = words.folded()
+        return saved
 
 
 def generator_shape(d_model: int, n_heads: int, d_ff: int, width: float) -> dict:
@@ -46,10 +97,10 @@ def generator_shape(d_model: int, n_heads: int, d_ff: int, width: float) -> dict
             "intermediate_size": max(1, round(d_ff * hidden / d_model))}
 
 
-def build_replaced_token_model(discriminator_config, width: float) -> ReplacedTokenModel:
+def build_replaced_token_model(discriminator_config, width: float, disentangled: bool = False) -> ReplacedTokenModel:
     """The discriminator from its (BERT) config with two labels, the generator an ELECTRA
     masked LM of the same depth at `width` of its hidden size, token embeddings at the
-    discriminator's width, shared."""
+    discriminator's width, shared (or gradient-disentangled)."""
     import transformers
 
     config = discriminator_config
@@ -63,7 +114,7 @@ def build_replaced_token_model(discriminator_config, width: float) -> ReplacedTo
         type_vocab_size=config.type_vocab_size, pad_token_id=config.pad_token_id,
         hidden_dropout_prob=config.hidden_dropout_prob, attention_probs_dropout_prob=config.attention_probs_dropout_prob,
         attn_implementation=config._attn_implementation, **shape)
-    return ReplacedTokenModel(discriminator, transformers.ElectraForMaskedLM(generator_config))
+    return ReplacedTokenModel(discriminator, transformers.ElectraForMaskedLM(generator_config), disentangled)
 
 
 def sample_tokens(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -81,18 +132,30 @@ class ReplacedTokenTraining:
     predicts them (its MLM loss), a token sampled from its prediction replaces each, and the
     discriminator labels every real token original or replaced (a sampled token equal to the
     original counts as original). Loss = generator MLM loss + `discriminator_weight` x
-    discriminator loss (ELECTRA's 50). Sampling is outside the gradient, as in ELECTRA."""
+    discriminator loss (ELECTRA's 50). Sampling is outside the gradient, as in ELECTRA.
 
-    def __init__(self, tokenizer, mask_probability: float, discriminator_weight: float):
+    The replacement curriculum: a share of the masked positions, `uniform_start` at the first
+    step annealed linearly to `uniform_end` at the last (`prepare`'s `progress`), takes a
+    token drawn uniformly from the non-special vocabulary instead of the generator's sample.
+    Validation uses the end share, and counts replacements of each kind apart."""
+
+    def __init__(self, tokenizer, mask_probability: float, discriminator_weight: float,
+                 uniform_start: float = 0.0, uniform_end: float = 0.0):
         self.mask_probability = mask_probability
         self.discriminator_weight = discriminator_weight
+        self.uniform_start, self.uniform_end = uniform_start, uniform_end
         self.mask_id = tokenizer.mask_token_id
         self.pad_id = tokenizer.pad_token_id
         self.special_ids = sorted(set(tokenizer.all_special_ids))
+        self.ordinary_ids = torch.tensor(sorted(set(range(len(tokenizer))) - set(self.special_ids)))
         # Never a generator target, so never the most-frequent baseline's guess.
         self.baseline_excluded = tuple(self.special_ids)
 
-    def prepare(self, raw: dict, generator: torch.Generator) -> dict:
+    def uniform_share(self, progress: float) -> float:
+        """The share of masked positions replaced uniformly at `progress` (0 first step, 1 last)."""
+        return self.uniform_start + (self.uniform_end - self.uniform_start) * min(max(progress, 0.0), 1.0)
+
+    def prepare(self, raw: dict, generator: torch.Generator, progress: float = 1.0) -> dict:
         input_ids = raw["input_ids"]
         device = input_ids.device
 
@@ -102,9 +165,16 @@ class ReplacedTokenTraining:
         special = torch.isin(input_ids, torch.tensor(self.special_ids, device=device))
         chosen = (uniform(*input_ids.shape) < self.mask_probability) & ~special
         labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-        return {"input_ids": torch.where(chosen, torch.full_like(input_ids, self.mask_id), input_ids),
-                "labels": labels, "original_ids": input_ids, "sample_uniform": uniform(*input_ids.shape),
-                "attention_mask": (input_ids != self.pad_id).long()}
+        batch = {"input_ids": torch.where(chosen, torch.full_like(input_ids, self.mask_id), input_ids),
+                 "labels": labels, "original_ids": input_ids, "sample_uniform": uniform(*input_ids.shape),
+                 "attention_mask": (input_ids != self.pad_id).long()}
+        if self.uniform_start or self.uniform_end:  # else no draws: ELECTRA's batches as they were
+            share = self.uniform_share(progress)
+            picked = (uniform(*input_ids.shape) < share) & chosen
+            ordinary = self.ordinary_ids.to(device)
+            index = (uniform(*input_ids.shape) * len(ordinary)).long().clamp_(max=len(ordinary) - 1)
+            batch["uniform_ids"] = torch.where(picked, ordinary[index], torch.full_like(input_ids, -1))
+        return batch
 
     def loss_denominators(self, batch: dict, world_size: int) -> dict:
         """Under DDP each rank divides its summed losses by the global counts over the world
@@ -128,6 +198,8 @@ class ReplacedTokenTraining:
             sampled = sample_tokens(logits.detach(), batch["sample_uniform"][chosen])
             corrupted = batch["original_ids"].clone()
             corrupted[chosen] = sampled
+            if "uniform_ids" in batch:  # the curriculum's uniform replacements
+                corrupted = torch.where(batch["uniform_ids"] >= 0, batch["uniform_ids"], corrupted)
             replaced = (corrupted != batch["original_ids"]).long()
         real = batch["attention_mask"].bool()
         rtd_logits = discriminator(input_ids=corrupted, attention_mask=batch["attention_mask"]).logits[real]
@@ -135,15 +207,21 @@ class ReplacedTokenTraining:
         rtd_loss = F.cross_entropy(rtd_logits.float(), rtd_targets, reduction="sum") / batch.get(
             "rtd_denominator", max(1, rtd_targets.numel()))
         n_masked, n_real = targets.numel(), rtd_targets.numel()
-        return {
+        found = (rtd_logits.argmax(-1) == REPLACED) & (rtd_targets == REPLACED)
+        out = {
             "loss": mlm_loss + self.discriminator_weight * rtd_loss,
             "loss_sum": mlm_loss.detach() * n_masked, "count": n_masked,
             "mlm_correct": (logits.argmax(-1) == targets).sum(),
             "rtd_loss_sum": rtd_loss.detach() * n_real, "rtd_count": n_real,
             "rtd_correct": (rtd_logits.argmax(-1) == rtd_targets).sum(),
             "rtd_replaced": rtd_targets.sum(),
-            "rtd_replaced_found": ((rtd_logits.argmax(-1) == REPLACED) & (rtd_targets == REPLACED)).sum(),
+            "rtd_replaced_found": found.sum(),
         }
+        if "uniform_ids" in batch:
+            uniform = (batch["uniform_ids"][real] >= 0) & (rtd_targets == REPLACED)
+            out["rtd_uniform_replaced"] = uniform.sum()
+            out["rtd_uniform_found"] = (found & uniform).sum()
+        return out
 
     def baseline_sums(self, batch: dict, baseline) -> dict:
         """The generator's baselines over its targets (the masked tokens); the discriminator's
@@ -169,6 +247,11 @@ class ReplacedTokenTraining:
                    "val_rtd_replaced_recall": sums["rtd_replaced_found"] / max(1, sums["rtd_replaced"]),
                    "val_rtd_loss": sums["rtd_loss_sum"] / real,
                    "val_mlm_loss": sums["loss_sum"] / count, "val_mlm_accuracy": sums["mlm_correct"] / count}
+        if "rtd_uniform_replaced" in sums:  # the curriculum: recall on each kind of replacement
+            sampled = sums["rtd_replaced"] - sums["rtd_uniform_replaced"]
+            metrics["val_rtd_uniform_recall"] = sums["rtd_uniform_found"] / max(1, sums["rtd_uniform_replaced"])
+            metrics["val_rtd_generator_recall"] = (sums["rtd_replaced_found"] - sums["rtd_uniform_found"]) / max(1, sampled)
+            metrics["val_rtd_uniform_share"] = self.uniform_end
         metrics["val_loss"] = metrics["val_mlm_loss"] + self.discriminator_weight * metrics["val_rtd_loss"]
         if "baseline_correct" in sums:
             metrics["val_mlm_baseline_accuracy"] = sums["baseline_correct"] / count

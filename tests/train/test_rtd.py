@@ -191,3 +191,92 @@ def test_rtd_params_are_checked():
     with pytest.raises(ValueError, match="pretrain.rtd_discriminator_weight"):
         PretrainConfig(rtd_discriminator_weight=0)
     assert REPLACED == 1
+
+
+def test_disentangled_embeddings_keep_the_discriminators_gradient_off_the_shared_table(rtd_data, tmp_path):
+    """DeBERTaV3's GDES: the generator owns the token table; the discriminator reads it outside
+    its gradient plus a delta (zero at the start) that only it moves; saved, the sum is a plain
+    embedding layer of a standard BertForTokenClassification."""
+    from transformers import AutoModelForTokenClassification
+
+    from components.train.rtd import DisentangledEmbedding
+
+    tokenizer, root = rtd_data
+    cfg = PretrainConfig(rtd_disentangled_embeddings=True)
+    torch.manual_seed(0)
+    model = RTD.build_model(TINY, tokenizer, cfg)
+    disc, gen = model.discriminator, model.generator
+    words = disc.bert.embeddings.word_embeddings
+    assert isinstance(words, DisentangledEmbedding) and words.shared is gen.electra.embeddings.word_embeddings
+    assert gen.generator_lm_head.weight is gen.electra.embeddings.word_embeddings.weight
+    assert gen.electra.embeddings.position_embeddings is disc.bert.embeddings.position_embeddings  # still one
+    torch.testing.assert_close(words.weight, words.shared.weight)  # the delta starts at zero
+    ids = [id(p) for p in model.parameters()]
+    assert len(ids) == len(set(ids))
+
+    training = RTD.training(tokenizer, cfg)
+    batch = training.prepare(PretrainData(root, "train").batch(np.arange(8), torch.device("cpu")),
+                             torch.Generator().manual_seed(3))
+    table = gen.electra.embeddings.word_embeddings.weight
+    disc(input_ids=batch["original_ids"]).logits.square().sum().backward()  # a discriminator loss alone
+    assert table.grad is None or not table.grad.any()
+    assert words.delta.grad is not None and words.delta.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    training.forward(model, batch)["loss"].backward()  # the generator's MLM loss moves the table
+    assert table.grad.abs().sum() > 0
+
+    with torch.no_grad():
+        words.delta.normal_()
+    saved = RTD.saved_model(model)
+    assert saved is not disc and type(saved.bert.embeddings.word_embeddings) is torch.nn.Embedding
+    torch.testing.assert_close(saved.bert.embeddings.word_embeddings.weight, words.shared.weight + words.delta)
+    saved.save_pretrained(tmp_path)
+    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path).eval()
+    x = batch["original_ids"][:2]
+    torch.testing.assert_close(loaded(input_ids=x).logits, disc.eval()(input_ids=x).logits)
+    assert isinstance(disc.bert.embeddings.word_embeddings, DisentangledEmbedding)  # training's model untouched
+
+
+def test_the_replacement_curriculum_anneals_uniform_replacements(rtd_data):
+    tokenizer, root = rtd_data
+    raw = PretrainData(root, "train").batch(np.arange(16), torch.device("cpu"))
+    plain = RTD.training(tokenizer, PretrainConfig()).prepare(raw, torch.Generator().manual_seed(0))
+    assert "uniform_ids" not in plain  # off: ELECTRA's batches, the same random draws as before
+
+    training = RTD.training(tokenizer, PretrainConfig(rtd_uniform_start=1.0, rtd_uniform_end=0.0))
+    assert training.uniform_share(0.0) == 1.0 and training.uniform_share(0.5) == 0.5 and training.uniform_share(1.0) == 0.0
+    first = training.prepare(raw, torch.Generator().manual_seed(0), progress=0.0)
+    chosen = first["labels"] != IGNORE_INDEX
+    for key in plain:  # the curriculum draws after ELECTRA's: masks and samples unchanged
+        assert torch.equal(first[key], plain[key]), key
+    assert torch.all(first["uniform_ids"][chosen] >= 0) and torch.all(first["uniform_ids"][~chosen] == -1)
+    assert not torch.isin(first["uniform_ids"][chosen], torch.tensor(tokenizer.all_special_ids)).any()
+    assert len(set(first["uniform_ids"][chosen].tolist())) > chosen.sum() // 2  # spread over the vocabulary
+    last = training.prepare(raw, torch.Generator().manual_seed(0), progress=1.0)
+    assert torch.all(last["uniform_ids"] == -1)
+
+    model = RTD.build_model(TINY, tokenizer)
+    out = training.forward(model, first)
+    corrupted_share = out["rtd_uniform_replaced"] / out["rtd_replaced"]
+    assert out["rtd_uniform_replaced"] > 0 and float(corrupted_share) == 1.0  # every replacement uniform at step 0
+    m = training.metrics({k: float(v) for k, v in out.items() if k != "loss"})
+    assert {"val_rtd_uniform_recall", "val_rtd_generator_recall", "val_rtd_uniform_share"} <= set(m)
+    assert "of uniform" in RTD.summary_line(m)
+
+
+def test_pretraining_passes_its_progress_to_the_curriculum(rtd_data):
+    from components.train.pretraining import _batches
+
+    tokenizer, root = rtd_data
+    cfg = PretrainConfig(max_steps=11, batch_size=8, rtd_uniform_start=1.0, rtd_uniform_end=0.0)
+    training = RTD.training(tokenizer, cfg)
+    next_batch = _batches(training, PretrainData(root, "train"), cfg, 0, torch.device("cpu"), 0, 1)
+    first, middle, last = next_batch(0, 0), next_batch(5, 0), next_batch(10, 0)
+    share = lambda b: float((b["uniform_ids"] >= 0).sum() / (b["labels"] != IGNORE_INDEX).sum())
+    assert share(first) == 1.0 and share(last) == 0.0 and 0.2 < share(middle) < 0.8
+
+
+def test_rtd_curriculum_params_are_checked():
+    for name in ("rtd_uniform_start", "rtd_uniform_end"):
+        with pytest.raises(ValueError, match=rf"pretrain.{name} must be in \[0, 1\]"):
+            PretrainConfig(**{name: 1.5})
