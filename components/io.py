@@ -156,3 +156,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load through libyaml where PyYAML has it (CSafeLoader: the same documents,
+    about 5x faster; a stage reads dvc.lock and params.yaml on start, 0.5 s a stage in pure
+    Python), else PyYAML's pure-Python SafeLoader."""
+    import yaml
+
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)

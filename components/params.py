@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from components.config import SECTIONS
+from components.io import load_yaml
 
 PARAMS_FILE = "params.yaml"
 TOP_LEVEL = {"profile": "demo", "seed": 1337, "objectives": ("clm", "mlm", "mlm_nsp")}
@@ -124,7 +125,7 @@ def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: file not found; run from the repository root or pass --params")
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        params = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(params, dict):

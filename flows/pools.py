@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from components.io import load_yaml
 
 DEFAULT_POOL = "cpu"
 
@@ -92,7 +93,7 @@ def read_lock(repo: Path) -> str:
 def merge_lock_entry(repo: Path, stage: str, entry: dict) -> None:
     """Set `stage`'s entry in the controller's dvc.lock (written atomically)."""
     path = repo / "dvc.lock"
-    lock = (yaml.safe_load(path.read_text()) if path.exists() else None) or {"schema": "2.0", "stages": {}}
+    lock = (load_yaml(path.read_text()) if path.exists() else None) or {"schema": "2.0", "stages": {}}
     lock.setdefault("stages", {})[stage] = entry
     tmp = path.with_suffix(".lock.tmp")
     tmp.write_text(yaml.safe_dump(lock, sort_keys=False))

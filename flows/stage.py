@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from prefect import flow, get_run_logger
 
 from components.registry.lineage import redact
+from components.io import load_yaml
 
 STAGE_FLOW = "lmforge-stage"
 WORKER_DIR_ENV = "LMFORGE_WORKER_DIR"
@@ -143,7 +143,7 @@ def stage(stage: str, repo_url: str, revision: str, params_yaml: str, dvc_lock: 
         _dvc_api(workdir, "pull", pulls)
     dvc(["repro", "--single-item", stage], workdir, logger)
     _dvc_api(workdir, "push", [stage])
-    entry = (yaml.safe_load((workdir / "dvc.lock").read_text()) or {}).get("stages", {}).get(stage)
+    entry = (load_yaml((workdir / "dvc.lock").read_text()) or {}).get("stages", {}).get(stage)
     if entry is None:
         raise WorkerStageFailed(f"{stage}: no dvc.lock entry after dvc repro in {where}")
     seconds = round(time.monotonic() - start, 1)

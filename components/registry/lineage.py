@@ -15,9 +15,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from components import paths
+from components.io import load_yaml
 
 # Environment variables whose values must never reach a tag, a param or an artifact.
 _SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL", re.I)
@@ -78,7 +78,7 @@ def dvc_out_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
     lock_path = Path(lock_path)
     if not lock_path.exists():
         return {}
-    return _out_hashes(yaml.safe_load(lock_path.read_text()) or {})
+    return _out_hashes(load_yaml(lock_path.read_text()) or {})
 
 
 def _out_hashes(lock: dict) -> dict[str, str]:
@@ -119,7 +119,7 @@ def environment_record(lock: str | Path = LOCK_FILE) -> dict[str, str]:
 
 
 def params_digest(params_path: str | Path = "params.yaml") -> str:
-    data = yaml.safe_load(Path(params_path).read_text()) or {}
+    data = load_yaml(Path(params_path).read_text()) or {}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -143,7 +143,7 @@ def lock_committed(wanted: dict[str, str], lock_path: str | Path = "dvc.lock") -
     committed = _git("show", f"HEAD:{Path(lock_path).as_posix()}")
     if not committed:
         return False
-    head = _out_hashes(yaml.safe_load(committed) or {})
+    head = _out_hashes(load_yaml(committed) or {})
     now = dvc_out_hashes(lock_path)
     return all(head.get(p) == now.get(p) for p in wanted.values())
 
@@ -185,7 +185,7 @@ def model_lineage(run: str, architecture: str, pretrained: bool, lock_path: str 
     committed = lineage["git_commit"] != "unknown" and lock_committed(wanted, lock_path)
     lineage["dvc_lock_committed"] = str(committed).lower()
     lineage["params_sha256"] = params_digest(params_path)
-    params = yaml.safe_load(Path(params_path).read_text()) or {}
+    params = load_yaml(Path(params_path).read_text()) or {}
     lineage["data_source"] = redact(str((params.get("data") or {}).get("source", "")))
     lineage["corpus_manifest_sha256"] = corpus_manifest_digest()
     lineage.update({f"{k}_md5": hashes.get(v, "unknown") for k, v in wanted.items()})

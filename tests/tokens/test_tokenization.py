@@ -44,6 +44,23 @@ def test_bert_tokenizer_saves_a_loadable_wordpiece(tmp_path):
     assert ids.count(tok.sep_token_id) == 2
 
 
+@pytest.mark.parametrize("architecture", ["gpt2", "bert"])
+def test_load_tokenizer_gives_what_autotokenizer_gives(architecture, tmp_path):
+    """load_tokenizer takes our saved class directly (no torch, no auto mapping): the same class,
+    specials, limits and encodings as AutoTokenizer's, single texts and pairs."""
+    from components.tokens.tokenization import load_tokenizer
+
+    ARCHITECTURES[architecture].train_tokenizer(_prose(), TokenizerConfig(vocab_size=400, min_frequency=1), tmp_path)
+    ours, auto = load_tokenizer(tmp_path), AutoTokenizer.from_pretrained(str(tmp_path))
+    assert type(ours) is type(auto) and type(ours).__name__ == "TokenizersBackend"
+    assert ours.all_special_ids == auto.all_special_ids and ours.special_tokens_map == auto.special_tokens_map
+    assert (len(ours), ours.model_max_length, ours.pad_token_id) == (len(auto), auto.model_max_length, auto.pad_token_id)
+    texts = [*_prose()[:3], *WORLD, "  Spaced   OUT\ttext\n"]
+    assert ours(texts)["input_ids"] == auto(texts)["input_ids"]
+    assert ours(texts[0], texts[1])["input_ids"] == auto(texts[0], texts[1])["input_ids"]
+    assert ours(texts, return_offsets_mapping=True)["offset_mapping"] == auto(texts, return_offsets_mapping=True)["offset_mapping"]
+
+
 def test_wordpiece_training_is_byte_identical_across_runs(tmp_path):
     cfg = TokenizerConfig(vocab_size=400, min_frequency=1)
     ARCHITECTURES["bert"].train_tokenizer(_prose(), cfg, tmp_path / "a")
