@@ -389,13 +389,16 @@ class PretrainConfig(OptimConfig):
     its Small model 1/4); same depth, heads and feed-forward scaled alike."""
     rtd_discriminator_weight: float = 50.0
     """rtd: loss = generator MLM loss + this x discriminator loss (ELECTRA's 50)."""
-    rtd_uniform_start: float = 0.0
+    rtd_uniform_start: float = 1.0
     """rtd: replacement curriculum. At step 0 this share of the masked positions is filled with a
     token drawn uniformly from the vocabulary (specials left out) instead of the generator's
     sample, annealed linearly to rtd_uniform_end at the last step; validation uses the end share.
-    ELECTRA's maintainers: a discriminator facing a generator it cannot yet read learns nothing;
-    a random token gives itself away (docs/RECIPE.md). 0 and 0: ELECTRA, generator samples only."""
-    rtd_uniform_end: float = 0.0
+    1 and 1 (the default): every replacement uniform, the `uniform_generator` switch of ELECTRA's
+    released code; the only setting whose discriminator left its prior at the demo budget
+    (docs/RECIPE.md: the generator stays at the most-frequent-token level for 455 steps, and
+    its samples are as hard to spot as the originals). 0 and 0: ELECTRA's paper, generator
+    samples only (did not train at the demo budget)."""
+    rtd_uniform_end: float = 1.0
     """rtd: the uniform share at the last step (see rtd_uniform_start)."""
     rtd_disentangled_embeddings: bool = False
     """rtd: DeBERTaV3's gradient-disentangled embedding sharing: the discriminator's token

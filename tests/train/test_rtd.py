@@ -103,9 +103,10 @@ def test_loss_labels_and_gradients(rtd_data):
 
 
 def test_a_sample_equal_to_the_original_counts_as_original(rtd_data):
-    """A generator certain of the right token replaces nothing: the trivial baseline is then 1."""
+    """A generator certain of the right token replaces nothing: the trivial baseline is then 1
+    (ELECTRA's generator samples only: no uniform replacements)."""
     tokenizer, root = rtd_data
-    training = RTD.training(tokenizer, PretrainConfig())
+    training = RTD.training(tokenizer, PretrainConfig(rtd_uniform_start=0.0, rtd_uniform_end=0.0))
     model = RTD.build_model(TINY, tokenizer)
     raw = PretrainData(root, "train").batch(np.arange(4), torch.device("cpu"))
     batch = training.prepare(raw, torch.Generator().manual_seed(0))
@@ -240,7 +241,8 @@ def test_disentangled_embeddings_keep_the_discriminators_gradient_off_the_shared
 def test_the_replacement_curriculum_anneals_uniform_replacements(rtd_data):
     tokenizer, root = rtd_data
     raw = PretrainData(root, "train").batch(np.arange(16), torch.device("cpu"))
-    plain = RTD.training(tokenizer, PretrainConfig()).prepare(raw, torch.Generator().manual_seed(0))
+    electra = PretrainConfig(rtd_uniform_start=0.0, rtd_uniform_end=0.0)
+    plain = RTD.training(tokenizer, electra).prepare(raw, torch.Generator().manual_seed(0))
     assert "uniform_ids" not in plain  # off: ELECTRA's batches, the same random draws as before
 
     training = RTD.training(tokenizer, PretrainConfig(rtd_uniform_start=1.0, rtd_uniform_end=0.0))
