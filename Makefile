@@ -71,8 +71,8 @@ gpu-check:
 	test -n "$$py" || { echo "error: gpu-check: no python on PATH imports torch; install torch or put its python first on PATH" >&2; exit 1; }; \
 	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" PYTHONUNBUFFERED=1 "$$py" -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
-# Everything but the end-to-end runs through DVC/Prefect (marked slow): 478 tests, 1 min 25 s on two
-# CPU cores (Intel Xeon, lightly loaded). `pytest tests/train` (or any folder) runs one area.
+# Everything but the end-to-end runs through DVC/Prefect (marked slow): 585 tests, 8 min 55 s on two
+# AMD EPYC cores shared with a pipeline run (2026-12-07; 478 took 1 min 25 s on a lightly loaded Intel Xeon). `pytest tests/train` (or any folder) runs one area.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
