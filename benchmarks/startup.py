@@ -72,12 +72,12 @@ def pair(baseline: str, ours: str, repeats: int) -> dict:
 
 
 def _tokenizer(root: Path) -> Path:
+    """A BERT tokenizer as train_tokenizer saves one, trained on this project's own source
+    (no task text: the standard library's docstrings hold the task's held-out texts)."""
     from components.config import TokenizerConfig
-    from components.data.stdlib_docs import cleaned_modules
     from components.objectives import ARCHITECTURES
-    from components.data.clean import clean_text
 
-    texts = ["\n\n".join(m.docstrings) for m in cleaned_modules(clean_text)[:200]]
+    texts = [p.read_text() for p in sorted((ROOT / "components").rglob("*.py"))]
     ARCHITECTURES["bert"].train_tokenizer(texts, TokenizerConfig(vocab_size=4000, min_frequency=2), root / "bert")
     return root / "bert"
 

@@ -82,9 +82,12 @@ class ReplacedTokenModel(torch.nn.Module):
             return self.discriminator
         import copy
 
-        saved = copy.deepcopy(self.discriminator)
-        saved.bert.embeddings.word_embeddings = words.folded()
-        return saved
+        embeddings = self.discriminator.bert.embeddings
+        embeddings.word_embeddings = words.folded()  # copied in place of the delta and the shared table
+        try:
+            return copy.deepcopy(self.discriminator)
+        finally:
+            embeddings.word_embeddings = words
 
 
 def generator_shape(d_model: int, n_heads: int, d_ff: int, width: float) -> dict:
