@@ -11,8 +11,8 @@ lmforge's `fit` against transformers' Trainer.
    in that precision.
 3. **Against a peer**: Trainer and `fit` on the same model, data, batch, steps, threads and
    precision (the one auto picks; `--precisions both` adds the other), CLM and MLM; and the
-   fine-tuning step with `finetune.fast_cpu_dropout` (`*_fast_cpu_dropout`,
-   `fast_cpu_dropout_speedup_*`).
+   fine-tuning step with torch's dropout instead of `finetune.fast_cpu_dropout`
+   (`*_torch_dropout`; `fast_cpu_dropout_speedup_*` is the default's rate over it).
 
 Every side runs `--steps` optimiser steps `--repeats` times; rates come from the steps after
 `WARMUP`, medians over repetitions. `--profile` prints torch.profiler's table for one MLM
@@ -306,7 +306,8 @@ def main() -> None:
                         {**run_pretraining(o, *data[o], configs, cfg, args.steps), "dtype": cfg.dtype})
                 for a in ARCHITECTURES:
                     cfg = replace(configs["finetune"], dtype=precision or dtypes[f"finetune_{a}"])
-                    for variant, fast in (("", False), ("_fast_cpu_dropout", True)):
+                    # The default (finetune.fast_cpu_dropout) and torch's own dropout beside it.
+                    for variant, fast in (("", cfg.fast_cpu_dropout), ("_torch_dropout", False)):
                         rows.setdefault(f"finetune_{a}{suffix}{variant}", []).append(
                             {**run_finetuning(a, data[OBJ_OF[a]][0], labels, train, configs,
                                               replace(cfg, fast_cpu_dropout=fast), args.steps), "dtype": cfg.dtype})
@@ -357,8 +358,8 @@ def summarise(rows: dict, peak: dict, auto: dict, args) -> dict:
         **{f"{k}_share_of_peak": v["share_of_peak"] for k, v in steps.items() if "share_of_peak" in v},
         **{f"{k}_tokens_per_s": v["tokens_per_s"] for k, v in steps.items()},
         **{f"{k}_padding_share": v["padding_share"] for k, v in steps.items() if "padding_share" in v},
-        **{f"fast_cpu_dropout_speedup_{k.removesuffix('_fast_cpu_dropout')}": ratio(k, k.removesuffix("_fast_cpu_dropout"))
-           for k in steps if k.endswith("_fast_cpu_dropout")},
+        **{f"fast_cpu_dropout_speedup_{k.removesuffix('_torch_dropout')}": ratio(k.removesuffix("_torch_dropout"), k)
+           for k in steps if k.endswith("_torch_dropout")},
         "clm_speedup": ratio(f"pretrain_clm{suffix}", f"trainer_clm{suffix}"),
         "mlm_speedup": ratio(f"pretrain_mlm{suffix}", f"trainer_mlm{suffix}"),
         "steps": args.steps, "repeats": args.repeats, "steps_measured": steps,

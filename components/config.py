@@ -466,11 +466,11 @@ class FinetuneConfig(OptimConfig):
     """Batches of similar length (as transformers' Trainer `group_by_length`): each epoch's
     shuffled examples are sorted by length within windows of 50 batches, and the batches
     shuffled, so little of a batch is padding (about 1/3 of the demo's random batches was)."""
-    fast_cpu_dropout: bool = False
+    fast_cpu_dropout: bool = True
     """On the CPU, run the classifier's dropout with a cheaper mask (components/train/models.py
-    `fast_cpu_dropout`): a fine-tuning step 1.05-1.17x faster on an AMD EPYC, but another
+    `fast_cpu_dropout`): torch's float Bernoulli was a tenth of a fine-tuning step. Another
     random stream than torch's, so results differ from torch dropout's as another set of seeds
-    would (benchmarks/README.md). Off: the demo's numbers are torch dropout's."""
+    would (benchmarks/README.md, issue 26); false gives torch's dropout back."""
 
     def __post_init__(self):
         super().__post_init__()

@@ -98,8 +98,12 @@ class GPT2Architecture(Architecture):
         from components.train.models import transformers_config
 
         # pad differs from eos so EOS keeps its label, and classification finds the last real token.
+        # GPT-2's GELU (the tanh approximation) as torch's one kernel, `gelu_pytorch_tanh`, not
+        # `gelu_new`, the same formula in eight elementwise ops that took a quarter of a CPU
+        # fine-tuning step: 1.25x the step, outputs within 5e-7 (benchmarks/README.md, issue 26).
         return transformers_config("GPT2Config", GPT2_NAMES, cfg, tokenizer, fixed={
-            "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}, **extra)
+            "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "activation_function": "gelu_pytorch_tanh"}, **extra)
 
     def prepare_classifier_tokenizer(self, tokenizer, max_length):
         # GPT-2 classifies from the last non-pad token: an appended EOS gives it one to read.

@@ -74,12 +74,11 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.devic
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # Fused on CUDA only. On the CPU, fused AdamW was 0-7% faster per step than foreach, within
-    # this machine's noise (benchmarks/README.md), and its rounding would change every
-    # pretrained model's bytes.
-    fused = device.type == "cuda"
+    # Fused everywhere: one pass over each tensor instead of foreach's eight, which on the CPU
+    # fall back to a loop of per-tensor ops: the demo model's update took 2.2x less time fused
+    # (benchmarks/README.md, issue 26). Same update, rounded differently.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                             fused=fused, foreach=not fused)
+                             fused=True)
 
 
 def fit(
@@ -192,22 +191,21 @@ def _backward(model, cfg: OptimConfig, step: int, next_batch, loss_fn, device, d
 class _FiniteGuard:
     """Stops training on a NaN/inf loss or gradient norm before it reaches the weights.
 
-    With fused AdamW (CUDA) nothing is read back inside the step: a device flag, the
+    On CUDA nothing is read back inside the step: a device flag, the
     `found_inf` GradScaler hands the same optimiser, makes it skip the update (weights and
     moments untouched) once any loss or norm was not finite, and stays set, so every later
     step is skipped too; `check` (log, evaluation, checkpoint and last steps) reads the
     values back and raises for the first bad step, before anything is saved. A CPU "sync"
-    costs nothing, so there (foreach AdamW, which has no such flag) each value is checked
-    at once, as soon as it exists.
+    costs nothing, so there each value is checked at once, as soon as it exists.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, checkpointer: Checkpointer | None):
         self.checkpointer = checkpointer
-        self.deferred = bool(optimizer.defaults.get("fused"))
+        self.deferred = bool(optimizer.defaults.get("fused")) and _device(optimizer).type != "cpu"
         self.pending: list[tuple[int, int, torch.Tensor]] = []  # (step, micro-batches, values)
         self.losses: list[torch.Tensor] = []
         if self.deferred:
-            device = optimizer.param_groups[0]["params"][0].device
+            device = _device(optimizer)
             self.found_inf = torch.zeros((), dtype=torch.float32, device=device)
             optimizer.found_inf = self.found_inf
 
@@ -248,6 +246,10 @@ class _FiniteGuard:
     def _raise(self, what: str, value: float, step: int):
         kept = _kept(self.checkpointer)
         raise FloatingPointError(f"{what} is {value} at step {step}; lower the learning rate{kept}")
+
+
+def _device(optimizer: torch.optim.Optimizer) -> torch.device:
+    return optimizer.param_groups[0]["params"][0].device
 
 
 def _kept(checkpointer: Checkpointer | None) -> str:
