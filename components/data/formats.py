@@ -148,7 +148,14 @@ def csv_rows(path: Path) -> tuple[list[str] | None, Iterator[tuple[int, list[str
     # Documents are often longer than csv's default 128 KiB field limit.
     csv.field_size_limit(2**31 - 1)
     reader = csv.reader(line for _, line in lines(path))
-    header = next(reader, None)
+
+    def bad(e: csv.Error) -> ValueError:
+        return ValueError(f"{path}, line {reader.line_num}: bad CSV ({e}); fix the row's quoting")
+
+    try:  # the header row can be the bad one too (a lone carriage return in it, say)
+        header = next(reader, None)
+    except csv.Error as e:
+        raise bad(e) from None
 
     def rows() -> Iterator[tuple[int, list[str]]]:
         try:
@@ -156,7 +163,7 @@ def csv_rows(path: Path) -> tuple[list[str] | None, Iterator[tuple[int, list[str
                 if row:
                     yield reader.line_num, row
         except csv.Error as e:
-            raise ValueError(f"{path}, line {reader.line_num}: bad CSV ({e}); fix the row's quoting") from None
+            raise bad(e) from None
 
     return header, rows()
 

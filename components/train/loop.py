@@ -201,7 +201,7 @@ class _FiniteGuard:
 
     def __init__(self, optimizer: torch.optim.Optimizer, checkpointer: Checkpointer | None):
         self.checkpointer = checkpointer
-        self.deferred = bool(optimizer.defaults.get("fused")) and _device(optimizer).type != "cpu"
+        self.deferred = _reads_back_late(optimizer)
         self.pending: list[tuple[int, int, torch.Tensor]] = []  # (step, micro-batches, values)
         self.losses: list[torch.Tensor] = []
         if self.deferred:
@@ -250,6 +250,12 @@ class _FiniteGuard:
 
 def _device(optimizer: torch.optim.Optimizer) -> torch.device:
     return optimizer.param_groups[0]["params"][0].device
+
+
+def _reads_back_late(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether _FiniteGuard defers its checks to the device: with fused AdamW off the CPU (its
+    `found_inf` flag skips the update there); on the CPU a check costs nothing, so it is immediate."""
+    return bool(optimizer.defaults.get("fused")) and _device(optimizer).type != "cpu"
 
 
 def _kept(checkpointer: Checkpointer | None) -> str:

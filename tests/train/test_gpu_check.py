@@ -98,13 +98,15 @@ def test_the_resume_check_fails_when_resuming_is_not_exact(synthetic, tmp_path, 
 
 
 def _device_guarded(monkeypatch):
-    """fit with fused AdamW, as on CUDA: the step is skipped on the device, nothing syncs in it."""
+    """fit with fused AdamW and the guard deferred, as on CUDA: the step is skipped on the device,
+    nothing syncs in it (on the CPU the guard checks at once unless told otherwise)."""
     def fused(model, cfg, device):
         groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=True)
 
     monkeypatch.setattr(loop, "make_optimizer", fused)
+    monkeypatch.setattr(loop, "_reads_back_late", lambda optimizer: True)
 
 
 def _run(synthetic, total: int, poison_at: int | None = None, **kw):
