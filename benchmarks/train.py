@@ -11,8 +11,9 @@ lmforge's `fit` against transformers' Trainer.
    in that precision.
 3. **Against a peer**: Trainer and `fit` on the same model, data, batch, steps, threads and
    precision (the one auto picks; `--precisions both` adds the other), CLM and MLM; and the
-   fine-tuning step with torch's dropout instead of `finetune.fast_cpu_dropout`
-   (`*_torch_dropout`; `fast_cpu_dropout_speedup_*` is the default's rate over it).
+   fine-tuning step without each of its cuts: the padded forward instead of `finetune.unpad`
+   (`*_padded`; `unpad_speedup_*` is the default's rate over it) and torch's dropout instead
+   of `finetune.fast_cpu_dropout` (`*_torch_dropout`, `fast_cpu_dropout_speedup_*`).
 
 Every side runs `--steps` optimiser steps `--repeats` times; rates come from the steps after
 `WARMUP`, medians over repetitions. `--profile` prints torch.profiler's table for one MLM
@@ -155,7 +156,9 @@ def _classifier(arch_name: str, tok, labels, configs: dict):
 
 def run_finetuning(arch_name: str, tok, labels, train, configs: dict, cfg, steps: int) -> dict:
     """One fine-tuning run of `steps` (a scratch classifier; pretrained weights cost the same):
-    real tokens/s and useful GFLOP/s, each batch's FLOPs counted at its own padded width."""
+    real tokens/s and useful GFLOP/s, each batch's FLOPs counted at its own padded width (the
+    attention's; the dense layers' count real tokens), and the batches' padding share (the
+    positions `finetune.unpad` leaves out)."""
     arch, tok, model = _classifier(arch_name, tok, labels, configs)
     step = training_step(tok, train, len(labels), cfg, 0, CPU)
     flops, tokens, positions, ends = [], [], [], []
@@ -306,11 +309,12 @@ def main() -> None:
                         {**run_pretraining(o, *data[o], configs, cfg, args.steps), "dtype": cfg.dtype})
                 for a in ARCHITECTURES:
                     cfg = replace(configs["finetune"], dtype=precision or dtypes[f"finetune_{a}"])
-                    # The default (finetune.fast_cpu_dropout) and torch's own dropout beside it.
-                    for variant, fast in (("", cfg.fast_cpu_dropout), ("_torch_dropout", False)):
+                    # The defaults (finetune.unpad, fast_cpu_dropout), and each without its cut beside them.
+                    for variant, change in (("", {}), ("_padded", {"unpad": False}),
+                                            ("_torch_dropout", {"fast_cpu_dropout": False})):
                         rows.setdefault(f"finetune_{a}{suffix}{variant}", []).append(
                             {**run_finetuning(a, data[OBJ_OF[a]][0], labels, train, configs,
-                                              replace(cfg, fast_cpu_dropout=fast), args.steps), "dtype": cfg.dtype})
+                                              replace(cfg, **change), args.steps), "dtype": cfg.dtype})
                 for o in ("clm", "mlm"):
                     cfg = replace(configs["pretrain"], dtype=precision or dtypes[f"pretrain_{o}"])
                     rows.setdefault(f"trainer_{o}{suffix}", []).append(
@@ -360,6 +364,8 @@ def summarise(rows: dict, peak: dict, auto: dict, args) -> dict:
         **{f"{k}_padding_share": v["padding_share"] for k, v in steps.items() if "padding_share" in v},
         **{f"fast_cpu_dropout_speedup_{k.removesuffix('_torch_dropout')}": ratio(k.removesuffix("_torch_dropout"), k)
            for k in steps if k.endswith("_torch_dropout")},
+        **{f"unpad_speedup_{k.removesuffix('_padded')}": ratio(k.removesuffix("_padded"), k)
+           for k in steps if k.endswith("_padded")},
         "clm_speedup": ratio(f"pretrain_clm{suffix}", f"trainer_clm{suffix}"),
         "mlm_speedup": ratio(f"pretrain_mlm{suffix}", f"trainer_mlm{suffix}"),
         "steps": args.steps, "repeats": args.repeats, "steps_measured": steps,

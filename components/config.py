@@ -471,6 +471,11 @@ class FinetuneConfig(OptimConfig):
     `fast_cpu_dropout`): torch's float Bernoulli was a tenth of a fine-tuning step. Another
     random stream than torch's, so results differ from torch dropout's as another set of seeds
     would (benchmarks/README.md, issue 26); false gives torch's dropout back."""
+    unpad: bool = True
+    """Train on the real tokens only (components/train/unpad.py, MosaicBERT's unpadding): the
+    same model and logits as the padded forward, without the work on padding (15% of the
+    demo's fine-tuning positions). Another dropout stream than the padded forward's (its masks
+    cover fewer elements); false runs the padded forward."""
 
     def __post_init__(self):
         super().__post_init__()

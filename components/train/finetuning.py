@@ -24,6 +24,7 @@ from components.train.loop import autocast, fit, resolve_device, resolve_device_
 from components.train.models import fast_cpu_attention, fast_cpu_dropout, fp32_head
 from components.train.precision import training_probe
 from components.train.scores import macro_f1
+from components.train.unpad import classifier_logits
 
 
 def read_labelled(path: Path, labels: list[str]) -> pd.DataFrame:
@@ -155,7 +156,8 @@ def training_step(tokenizer, train: pd.DataFrame, n_labels: int, cfg: FinetuneCo
     next_batch, steps_per_epoch = _batches(train_x, train_y, cfg, seed, tokenizer.pad_token_id, device)
 
     def loss_fn(m, batch):
-        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = (classifier_logits(m, batch, cfg.fast_cpu_dropout) if cfg.unpad
+                  else m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
         return F.cross_entropy(logits.float(), batch["labels"], weight=weights)
 
     return TrainingStep(next_batch, loss_fn, steps_per_epoch, len(train_x))
