@@ -85,7 +85,7 @@ def predict(model, encoded: list[list[int]], pad_id: int, batch_size: int, devic
             idx = order[start : start + batch_size]
             batch = collate([encoded[i] for i in idx], pad_id, device)
             with autocast(device, dtype):
-                logits = model(**batch).logits
+                logits = model(**batch, use_cache=False).logits  # GPT-2 would fill a key/value cache
             probs[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
     return probs
 
@@ -156,8 +156,8 @@ def training_step(tokenizer, train: pd.DataFrame, n_labels: int, cfg: FinetuneCo
     next_batch, steps_per_epoch = _batches(train_x, train_y, cfg, seed, tokenizer.pad_token_id, device)
 
     def loss_fn(m, batch):
-        logits = (classifier_logits(m, batch, cfg.fast_cpu_dropout) if cfg.unpad
-                  else m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
+        logits = (classifier_logits(m, batch, cfg.fast_cpu_dropout) if cfg.unpad else
+                  m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits)
         return F.cross_entropy(logits.float(), batch["labels"], weight=weights)
 
     return TrainingStep(next_batch, loss_fn, steps_per_epoch, len(train_x))

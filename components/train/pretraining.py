@@ -132,11 +132,12 @@ class CausalLMTraining:
         """Loss plus the counts evaluation needs (sums, so batches add up)."""
         # Next-token loss with the head fused into it (components/train/losses.py): the same
         # number transformers' labels= path gives, without its full fp32 logits.
+        # No key/value cache (GPT-2's config asks for one; filling it copies K and V per layer).
         mask = self.attention_mask(batch["input_ids"])
         if mask is None:
-            hidden = model.transformer(input_ids=batch["input_ids"])[0][:, :-1]
+            hidden = model.transformer(input_ids=batch["input_ids"], use_cache=False)[0][:, :-1]
         else:
-            hidden = model.transformer(input_ids=batch["input_ids"], attention_mask=mask)[0][:, :-1]
+            hidden = model.transformer(input_ids=batch["input_ids"], attention_mask=mask, use_cache=False)[0][:, :-1]
         targets = batch["input_ids"][:, 1:].reshape(-1)
         loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, targets)
         n = targets.numel()

@@ -90,7 +90,9 @@ def _bert(model, ids, positions, packing):
 
 
 def _gpt2(model, ids, positions, packing):
-    hidden = model.transformer(input_ids=ids, position_ids=positions, lmforge_packing=packing).last_hidden_state[0]
+    # No key/value cache: GPT-2's config asks for one, and filling it costs a copy per layer.
+    hidden = model.transformer(input_ids=ids, position_ids=positions, use_cache=False,
+                               lmforge_packing=packing).last_hidden_state[0]
     return model.score(hidden[packing.last])  # the last token: the appended EOS, the last non-pad
 
 
