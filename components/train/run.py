@@ -30,12 +30,27 @@ from components.train.models import count_parameters
 from components.train.pretraining import PretrainData, pretrain
 
 
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+"""The project's checkout: components/ and pipelines/ hold the code a stage runs."""
+
+
+def code_fingerprint(root: Path = SOURCE_ROOT) -> str:
+    """The project's own code, every .py under components/ and pipelines/ (path and bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for folder in ("components", "pipelines") for p in (root / folder).rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def run_fingerprint(objective: str, model_cfg: ModelConfig, train_cfg: PretrainConfig, seed: int,
-                    data_dir: Path) -> str:
-    """What a checkpoint must match to be resumed: objective, configs, seed, data."""
+                    data_dir: Path, code: str | None = None) -> str:
+    """What a checkpoint must match to be resumed: objective, configs, seed, data and code
+    (`code_fingerprint`). Without the code, `dvc repro` after a code change resumed the old
+    code's final checkpoint and saved its weights as the new code's model."""
     data = (data_dir / "meta.json").read_text()
     sizes = sorted((p.name, p.stat().st_size) for p in data_dir.glob("*.npy"))
     keyed = {"objective": objective, "model": asdict(model_cfg), "seed": seed, "data": data, "sizes": sizes,
+             "code": code or code_fingerprint(),
              "pretrain": {k: v for k, v in asdict(train_cfg).items()
                           if k not in ("log_every", "keep_checkpoints", "device", "nproc_per_node")}}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
