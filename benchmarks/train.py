@@ -160,7 +160,7 @@ def run_finetuning(arch_name: str, tok, labels, train, configs: dict, cfg, steps
     attention's; the dense layers' count real tokens), and the batches' padding share (the
     positions `finetune.unpad` leaves out)."""
     arch, tok, model = _classifier(arch_name, tok, labels, configs)
-    step = training_step(tok, train, len(labels), cfg, 0, CPU)
+    step = training_step(tok, train, len(labels), cfg, 0, CPU, arch.unpadded_logits)
     flops, tokens, positions, ends = [], [], [], []
 
     def next_batch(i, micro):
@@ -192,7 +192,7 @@ def probe_pretraining(objective: str, tok, data: PretrainData, configs: dict) ->
 
 def probe_finetuning(arch_name: str, tok, labels, train, configs: dict) -> dict:
     arch, tok, model = _classifier(arch_name, tok, labels, configs)
-    step = training_step(tok, train, len(labels), configs["finetune"], 0, CPU)
+    step = training_step(tok, train, len(labels), configs["finetune"], 0, CPU, arch.unpadded_logits)
     return _choose(precision_probe(model, step, arch.classifier_head, CPU))
 
 
@@ -258,7 +258,7 @@ def _profiled_finetuning(data, configs, dtype):
     cfg = replace(configs["finetune"], dtype=dtype)
     labels, train = data["downstream"]
     arch, tok, model = _classifier("bert", data["mlm"][0], labels, configs)
-    step = training_step(tok, train, len(labels), cfg, 0, CPU)
+    step = training_step(tok, train, len(labels), cfg, 0, CPU, arch.unpadded_logits)
     return (model, step.next_batch, step.loss_fn, cfg,
             lambda: fp32_head(model, arch.classifier_head, CPU, getattr(torch, dtype)))
 

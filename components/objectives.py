@@ -77,6 +77,11 @@ class Architecture:
         tokenizer.model_max_length = max_length
         return tokenizer
 
+    def unpadded_logits(self, model, ids, positions, packing):
+        """The classifier's logits from a packed row of real tokens (ids and positions (1, T),
+        a components.train.unpad.Packing): what its padded forward gives (`finetune.unpad`)."""
+        raise NotImplementedError
+
 
 # Our `model` params -> each transformers config's own names for them.
 GPT2_NAMES = {"vocab_size": "vocab_size", "max_positions": "n_positions", "d_model": "n_embd",
@@ -112,6 +117,12 @@ class GPT2Architecture(Architecture):
         append_eos(tokenizer)
         return super().prepare_classifier_tokenizer(tokenizer, max_length)
 
+    def unpadded_logits(self, model, ids, positions, packing):
+        # No key/value cache: GPT-2's config asks for one, and filling it costs a copy per layer.
+        hidden = model.transformer(input_ids=ids, position_ids=positions, use_cache=False,
+                                   lmforge_packing=packing).last_hidden_state[0]
+        return model.score(hidden[packing.last])  # each row's last token: the appended EOS
+
 
 class BertArchitecture(Architecture):
     # BERT's tokenizer already adds [CLS] ... [SEP]; its classifier reads the pooled [CLS].
@@ -124,6 +135,14 @@ class BertArchitecture(Architecture):
         from components.train.models import transformers_config
 
         return transformers_config("BertConfig", BERT_NAMES, cfg, tokenizer, fixed={"type_vocab_size": 2}, **extra)
+
+    def unpadded_logits(self, model, ids, positions, packing):
+        import torch
+
+        hidden = model.bert(input_ids=ids, position_ids=positions, token_type_ids=torch.zeros_like(ids),
+                            lmforge_packing=packing).last_hidden_state[0]
+        pooled = model.bert.pooler(hidden[packing.first][:, None])  # the pooler reads position 0: [CLS]
+        return model.classifier(model.dropout(pooled))
 
 
 @dataclass(frozen=True)

@@ -147,16 +147,18 @@ class TrainingStep:
 
 
 def training_step(tokenizer, train: pd.DataFrame, n_labels: int, cfg: FinetuneConfig, seed: int,
-                  device) -> TrainingStep:
+                  device, unpadded: Callable | None = None) -> TrainingStep:
     """The training examples encoded and batched (by length, a fresh order each epoch) and the
-    class-weighted cross-entropy: fine-tuning's step, which `benchmarks/train.py` times too."""
+    class-weighted cross-entropy: fine-tuning's step, which `benchmarks/train.py` times too.
+    `unpadded`: the architecture's `unpadded_logits`, run with `finetune.unpad` (without it,
+    the padded forward)."""
     train_x = encode_for_classifier(tokenizer, train["text"].tolist(), cfg.max_length)
     train_y = torch.tensor(train["label"].to_numpy(), dtype=torch.long)
     weights = class_weights(train_y.numpy(), n_labels, device) if cfg.class_weighting else None
     next_batch, steps_per_epoch = _batches(train_x, train_y, cfg, seed, tokenizer.pad_token_id, device)
 
     def loss_fn(m, batch):
-        logits = (classifier_logits(m, batch, cfg.fast_cpu_dropout) if cfg.unpad else
+        logits = (classifier_logits(m, batch, unpadded, cfg.fast_cpu_dropout) if cfg.unpad and unpadded else
                   m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits)
         return F.cross_entropy(logits.float(), batch["labels"], weight=weights)
 
@@ -164,18 +166,20 @@ def training_step(tokenizer, train: pd.DataFrame, n_labels: int, cfg: FinetuneCo
 
 
 def finetune(model, tokenizer, train: pd.DataFrame, val: pd.DataFrame, n_labels: int,
-             cfg: FinetuneConfig, seed: int, on_log=None, head: Sequence[str] = ()) -> dict:
+             cfg: FinetuneConfig, seed: int, on_log=None, head: Sequence[str] = (),
+             unpadded: Callable | None = None) -> dict:
     """Fine-tune with early stopping on validation macro-F1; the best epoch's weights are kept.
 
     `tokenizer` must have been through its architecture's `prepare_classifier_tokenizer`;
-    `head` (its `classifier_head`) trains and predicts in fp32 under bf16 autocast."""
+    `head` (its `classifier_head`) trains and predicts in fp32 under bf16 autocast; with
+    `finetune.unpad`, `unpadded` (its `unpadded_logits`) trains on real tokens only."""
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)
     model.to(device)
     pad_id = tokenizer.pad_token_id
     val_x = encode_for_classifier(tokenizer, val["text"].tolist(), cfg.max_length)
     val_y = val["label"].to_numpy()
-    step = training_step(tokenizer, train, n_labels, cfg, seed, device)
+    step = training_step(tokenizer, train, n_labels, cfg, seed, device, unpadded)
     next_batch, loss_fn, steps_per_epoch = step.next_batch, step.loss_fn, step.steps_per_epoch
 
     # dtype auto on CPU: the faster precision, timed on this run's own first step.
@@ -287,7 +291,7 @@ def finetune_run(run, model_cfg, cfg: FinetuneConfig, seed: int, track: Callable
                   + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()), file=sys.stderr, flush=True)
 
         result = finetune(model, tokenizer, train, val, len(labels), replace(cfg, lr=lr), s, on_log,
-                          head=run.architecture.classifier_head)
+                          head=run.architecture.classifier_head, unpadded=run.architecture.unpadded_logits)
         return model, {"lr": lr, "seed": s, **result}
 
     with track():

@@ -3,7 +3,8 @@
 A right-padded batch's real tokens are packed into one row: embeddings, every dense layer,
 LayerNorm, GELU and dropout run on them alone, and attention pads them back around itself
 (rows x width, the only place a row's own tokens must stay apart). The classifier reads each
-row's token as the padded model does: BERT's [CLS] (the row's first), GPT-2's last. Same
+row's token as the padded model does (its architecture's `unpadded_logits`: BERT's [CLS],
+GPT-2's last token). Same
 weights and modules, so the saved model is the standard one and its padded forward gives the
 same logits (tests/train/test_unpad.py); only the work on padding is gone (15% of fine-tuning's
 positions at the demo's 100 labels) and, on the CPU with `finetune.fast_cpu_dropout`, the
@@ -65,38 +66,20 @@ def pack(batch: dict, causal: bool, cheap_dropout_on_cpu: bool) -> tuple[torch.T
     return batch["input_ids"].flatten()[index][None], (index % width)[None], packing
 
 
-def classifier_logits(model, batch: dict, cheap_dropout_on_cpu: bool) -> torch.Tensor:
-    """A BERT or GPT-2 sequence classifier's logits for a right-padded batch, computed on its
-    real tokens only; what `model(**batch).logits` gives, up to float rounding and dropout's draws."""
-    kind = model.config.model_type
-    if kind not in _CLASSIFIERS:
-        raise ValueError(f"unpadded fine-tuning knows BERT and GPT-2 classifiers, not {kind!r}; "
-                         f"set finetune.unpad: false")
-    ids, positions, packing = pack(batch, causal=kind == "gpt2", cheap_dropout_on_cpu=cheap_dropout_on_cpu)
+def classifier_logits(model, batch: dict, forward, cheap_dropout_on_cpu: bool) -> torch.Tensor:
+    """A sequence classifier's logits for a right-padded batch, computed on its real tokens
+    only: what `model(**batch).logits` gives, up to float rounding and dropout's draws.
+    `forward(model, ids, positions, packing)` is its architecture's `unpadded_logits`
+    (components/objectives.py: which token the classifier reads)."""
+    causal = any(getattr(m, "is_causal", False) for m in model.modules())  # GPT-2's attention
+    ids, positions, packing = pack(batch, causal=causal, cheap_dropout_on_cpu=cheap_dropout_on_cpu)
     _register()
     config, before = model.config, model.config._attn_implementation
     config._attn_implementation = UNPADDED
     try:
-        return _CLASSIFIERS[kind](model, ids, positions, packing)
+        return forward(model, ids, positions, packing)
     finally:
         config._attn_implementation = before
-
-
-def _bert(model, ids, positions, packing):
-    hidden = model.bert(input_ids=ids, position_ids=positions, token_type_ids=torch.zeros_like(ids),
-                        lmforge_packing=packing).last_hidden_state[0]
-    pooled = model.bert.pooler(hidden[packing.first][:, None])  # the pooler reads position 0: [CLS]
-    return model.classifier(model.dropout(pooled))
-
-
-def _gpt2(model, ids, positions, packing):
-    # No key/value cache: GPT-2's config asks for one, and filling it costs a copy per layer.
-    hidden = model.transformer(input_ids=ids, position_ids=positions, use_cache=False,
-                               lmforge_packing=packing).last_hidden_state[0]
-    return model.score(hidden[packing.last])  # the last token: the appended EOS, the last non-pad
-
-
-_CLASSIFIERS = {"bert": _bert, "gpt2": _gpt2}
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, lmforge_packing=None,
