@@ -4,9 +4,8 @@ A right-padded batch's real tokens are packed into one row: embeddings, every de
 LayerNorm, GELU and dropout run on them alone, and attention pads them back around itself
 (rows x width, the only place a row's own tokens must stay apart). The classifier reads each
 row's token as the padded model does (its architecture's `unpadded_logits`: BERT's [CLS],
-GPT-2's last token). Same
-weights and modules, so the saved model is the standard one and its padded forward gives the
-same logits (tests/train/test_unpad.py); only the work on padding is gone (15% of fine-tuning's
+GPT-2's last token). Same weights and modules, so the saved model is the standard one and its
+padded forward gives the same logits (tests/train/test_unpad.py); only the work on padding is gone (15% of fine-tuning's
 positions at the demo's 100 labels) and, on the CPU with `finetune.fast_cpu_dropout`, the
 attention probabilities' dropout is the cheap mask too (torch's SDPA draws a float Bernoulli).
 """
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from components.train.models import cheap_dropout
 
 UNPADDED = "lmforge_unpadded"
-"""The attention implementation name the packed forward runs under (registered on first use)."""
+"""The attention implementation name the packed forward runs under (registered as it runs)."""
 
 
 @dataclasses.dataclass(frozen=True)
