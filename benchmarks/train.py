@@ -8,7 +8,11 @@ lmforge's `fit` against transformers' Trainer.
    architecture's classifier on the built-in task, batched by length as the stage does), in
    the precision `dtype: auto` picks on this machine, with the useful FLOPs of
    `components/train/flops.py` (padding and embedding lookups count nothing), against the peak
-   in that precision.
+   in that precision. The machine's speed drifts (noisy neighbours: the fp32 peak has read
+   111-186 GFLOP/s within a day here), so each timed run also gets the peak of 1024 and 2048
+   products measured just before it (`adjacent_peak_gflops`, `share_of_adjacent_peak`: the
+   median of the runs' own ratios); `share_of_peak` stays the stricter figure, against the
+   best peak of the whole benchmark.
 3. **Against a peer**: Trainer and `fit` on the same model, data, batch, steps, threads and
    precision (the one auto picks; `--precisions both` adds the other), CLM and MLM; and the
    fine-tuning step without each of its cuts: the padded forward instead of `finetune.unpad`
@@ -65,23 +69,21 @@ def demo_configs() -> dict:
 
 def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048, 4096), budget_s: float = 2.0) -> dict:
     """The best rate of an n x n x n matmul in `dtype` over `sizes` (the fastest of >= 3 timed
-    products after one warm-up: a peak, on machines whose speed drifts), in GFLOP/s. A size
-    whose one product takes longer than `budget_s` ends the climb (bf16 without hardware
-    support runs ~100x below fp32)."""
+    products after one warm-up: a peak, on machines whose speed drifts), in GFLOP/s. The climb
+    ends before a size whose one product would take longer than `budget_s` at the last size's
+    rate (bf16 without hardware support runs ~100x below fp32)."""
     rates = {}
-    for n in sizes:
+    for i, n in enumerate(sizes):
+        if i and 2 * n**3 / (rates[sizes[i - 1]] * 1e9) > budget_s:
+            break
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        start = time.perf_counter()
-        a @ b
-        first = time.perf_counter() - start
+        a @ b  # warm-up
         times = []
         while len(times) < 3 or (sum(times) < 0.5 and len(times) < 50):
             start = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - start)
         rates[n] = 2 * n**3 / min(times) / 1e9
-        if first > budget_s:
-            break
     return {"gflops": max(rates.values()), "by_size": rates}
 
 
@@ -300,20 +302,23 @@ def main() -> None:
             for d, p in peak.items()), flush=True)
         precisions = ("float32", "bfloat16") if args.precisions == "both" else (None,)
         rows: dict[str, list[dict]] = {}
+        adjacent = lambda dtype: matmul_peak(getattr(torch, dtype), sizes=(1024, 2048))["gflops"]  # noqa: E731
         for rep in range(args.repeats):
             for precision in precisions:
                 suffix = "" if precision is None else f"_{precision}"
                 for o in PRETRAIN_OBJECTIVES:
                     cfg = replace(configs["pretrain"], dtype=precision or dtypes[f"pretrain_{o}"])
                     rows.setdefault(f"pretrain_{o}{suffix}", []).append(
-                        {**run_pretraining(o, *data[o], configs, cfg, args.steps), "dtype": cfg.dtype})
+                        {"adjacent_peak": adjacent(cfg.dtype),
+                         **run_pretraining(o, *data[o], configs, cfg, args.steps), "dtype": cfg.dtype})
                 for a in ARCHITECTURES:
                     cfg = replace(configs["finetune"], dtype=precision or dtypes[f"finetune_{a}"])
                     # The defaults (finetune.unpad, fast_cpu_dropout), and each without its cut beside them.
                     for variant, change in (("", {}), ("_padded", {"unpad": False}),
                                             ("_torch_dropout", {"fast_cpu_dropout": False})):
                         rows.setdefault(f"finetune_{a}{suffix}{variant}", []).append(
-                            {**run_finetuning(a, data[OBJ_OF[a]][0], labels, train, configs,
+                            {"adjacent_peak": adjacent(cfg.dtype),
+                             **run_finetuning(a, data[OBJ_OF[a]][0], labels, train, configs,
                                               replace(cfg, **change), args.steps), "dtype": cfg.dtype})
                 for o in ("clm", "mlm"):
                     cfg = replace(configs["pretrain"], dtype=precision or dtypes[f"pretrain_{o}"])
@@ -327,10 +332,11 @@ def main() -> None:
         again = matmul_peak(torch.float32)
         peak["float32"] = max((peak["float32"], again), key=lambda p: p["gflops"])
     result = summarise(rows, peak, auto, args)
-    print(f"\n{'step':<26}{'dtype':>10}{'tokens/s':>12}{'GFLOP/s':>10}{'of peak':>9}")
+    print(f"\n{'step':<30}{'dtype':>9}{'tokens/s':>10}{'GFLOP/s':>9}{'of peak':>9}{'of adjacent':>13}")
     for k, v in result["steps_measured"].items():
-        print(f"{k:<26}{v['dtype']:>10}{v['tokens_per_s']:>12,.0f}"
-              + (f"{v['achieved_gflops']:>10.1f}{v['share_of_peak']:>9.1%}" if "achieved_gflops" in v else ""))
+        print(f"{k:<30}{v['dtype']:>9}{v['tokens_per_s']:>10,.0f}"
+              + (f"{v['achieved_gflops']:>9.1f}{v['share_of_peak']:>9.1%}{v['share_of_adjacent_peak']:>13.1%}"
+                 if "achieved_gflops" in v else ""))
     print(json.dumps(result))
 
 
@@ -346,7 +352,9 @@ def summarise(rows: dict, peak: dict, auto: dict, args) -> dict:
         entry = {"dtype": dtype, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs)}
         if "gflops" in runs[0]:
             achieved = statistics.median(r["gflops"] for r in runs)
-            entry |= {"achieved_gflops": achieved, "share_of_peak": achieved / peak[dtype]["gflops"]}
+            entry |= {"achieved_gflops": achieved, "share_of_peak": achieved / peak[dtype]["gflops"],
+                      "adjacent_peak_gflops": statistics.median(r["adjacent_peak"] for r in runs),
+                      "share_of_adjacent_peak": statistics.median(r["gflops"] / r["adjacent_peak"] for r in runs)}
         if "padding_share" in runs[0]:
             entry["padding_share"] = statistics.median(r["padding_share"] for r in runs)
         steps[key] = entry
@@ -360,6 +368,8 @@ def summarise(rows: dict, peak: dict, auto: dict, args) -> dict:
         **{f"auto_probe_bf16_speedup_{k}": a["bf16_speedup"] for k, a in auto.items()},
         **{f"{k}_achieved_gflops": v["achieved_gflops"] for k, v in steps.items() if "achieved_gflops" in v},
         **{f"{k}_share_of_peak": v["share_of_peak"] for k, v in steps.items() if "share_of_peak" in v},
+        **{f"{k}_share_of_adjacent_peak": v["share_of_adjacent_peak"] for k, v in steps.items()
+           if "share_of_adjacent_peak" in v},
         **{f"{k}_tokens_per_s": v["tokens_per_s"] for k, v in steps.items()},
         **{f"{k}_padding_share": v["padding_share"] for k, v in steps.items() if "padding_share" in v},
         **{f"fast_cpu_dropout_speedup_{k.removesuffix('_torch_dropout')}": ratio(k.removesuffix("_torch_dropout"), k)
