@@ -239,8 +239,8 @@ def profile_steps(data: dict, configs: dict, dtypes: dict) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     for name, (model, next_batch, loss_fn, cfg, wrap) in {
-        "pretraining mlm": _profiled_pretraining(data, configs, dtypes["pretrain_mlm"]),
-        "fine-tuning bert": _profiled_finetuning(data, configs, dtypes["finetune_bert"]),
+        "pretraining mlm": _profiled_pretraining("mlm", data, configs, dtypes["pretrain_mlm"]),
+        "fine-tuning bert": _profiled_finetuning("bert", data, configs, dtypes["finetune_bert"]),
     }.items():
         with wrap():
             fit(model, cfg, WARMUP, next_batch, loss_fn)
@@ -250,16 +250,56 @@ def profile_steps(data: dict, configs: dict, dtypes: dict) -> None:
               + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
 
 
-def _profiled_pretraining(data, configs, dtype):
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+PROFILER_DTYPES = {"float": torch.float32, "c10::BFloat16": torch.bfloat16, "c10::Half": torch.float16,
+                   "double": torch.float64}
+
+
+def gemm_ceiling(model, next_batch, loss_fn, cfg, wrap, repeats: int = 20) -> float:
+    """The rate of a step's own matmuls alone, GFLOP/s: one step (after WARMUP) is profiled
+    for the shapes and dtypes of its mm, addmm, bmm and baddbmm calls, which are then replayed
+    back to back on random operands, the fastest of `repeats` passes. A step made of nothing
+    but its matmuls would run at this rate: small GEMMs (a fine-tuning batch's few hundred
+    rows against 256-wide weights) run far below a square product's peak, so this, not the
+    peak, bounds the share a step of these shapes can reach."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with wrap():
+        fit(model, cfg, WARMUP, next_batch, loss_fn)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            fit(model, replace(cfg, warmup_steps=0), 1, next_batch, loss_fn)
+    calls, flops = [], 0
+    for event in prof.events():
+        if event.name not in MATMULS or any(c.name in MATMULS for c in event.cpu_children):
+            continue  # autocast's call (fp32 operands) around the kernel's own: count the inner one
+        shapes = [s for s in event.input_shapes if s]
+        dtype = PROFILER_DTYPES[event.input_dtypes[0]]
+        operands = [torch.randn(*s, dtype=dtype) for s in shapes]
+        a, b = operands[-2], operands[-1]  # (batch,) rows x inner, inner x columns
+        flops += 2 * a.numel() * b.shape[-1]
+        op = getattr(torch, event.name.removeprefix("aten::"))
+        calls.append((op, operands))
+    for op, operands in calls:
+        op(*operands)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for op, operands in calls:
+            op(*operands)
+        best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+def _profiled_pretraining(objective, data, configs, dtype):
     cfg = replace(configs["pretrain"], dtype=dtype)
-    trainable, next_batch = _pretraining("mlm", *data["mlm"], configs, cfg)
+    trainable, next_batch = _pretraining(objective, *data[objective], configs, cfg)
     return trainable, next_batch, lambda m, b: m(b), cfg, contextlib.nullcontext
 
 
-def _profiled_finetuning(data, configs, dtype):
+def _profiled_finetuning(arch_name, data, configs, dtype):
     cfg = replace(configs["finetune"], dtype=dtype)
     labels, train = data["downstream"]
-    arch, tok, model = _classifier("bert", data["mlm"][0], labels, configs)
+    arch, tok, model = _classifier(arch_name, data[OBJ_OF[arch_name]][0], labels, configs)
     step = training_step(tok, train, len(labels), cfg, 0, CPU, arch.unpadded_logits)
     return (model, step.next_batch, step.loss_fn, cfg,
             lambda: fp32_head(model, arch.classifier_head, CPU, getattr(torch, dtype)))
@@ -300,6 +340,13 @@ def main() -> None:
         print("matmul peak GFLOP/s: " + ", ".join(
             f"{d} {p['gflops']:.1f} (" + ", ".join(f"{n}: {r:.1f}" for n, r in p["by_size"].items()) + ")"
             for d, p in peak.items()), flush=True)
+        # What each step's own matmuls reach alone (the bound its shapes set), in auto's precision.
+        ceilings = {f"pretrain_{o}": gemm_ceiling(*_profiled_pretraining(o, data, configs, dtypes[f"pretrain_{o}"]))
+                    for o in PRETRAIN_OBJECTIVES}
+        ceilings |= {f"finetune_{a}": gemm_ceiling(*_profiled_finetuning(a, data, configs, dtypes[f"finetune_{a}"]))
+                     for a in ARCHITECTURES}
+        print("the steps' matmuls alone, GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in ceilings.items()),
+              flush=True)
         precisions = ("float32", "bfloat16") if args.precisions == "both" else (None,)
         rows: dict[str, list[dict]] = {}
         adjacent = lambda dtype: matmul_peak(getattr(torch, dtype), sizes=(1024, 2048))["gflops"]  # noqa: E731
@@ -331,12 +378,14 @@ def main() -> None:
         # by a slow moment at the start).
         again = matmul_peak(torch.float32)
         peak["float32"] = max((peak["float32"], again), key=lambda p: p["gflops"])
-    result = summarise(rows, peak, auto, args)
-    print(f"\n{'step':<30}{'dtype':>9}{'tokens/s':>10}{'GFLOP/s':>9}{'of peak':>9}{'of adjacent':>13}")
+    result = summarise(rows, peak, auto, ceilings, args)
+    print(f"\n{'step':<30}{'dtype':>9}{'tokens/s':>10}{'GFLOP/s':>9}{'of peak':>9}{'of adjacent':>13}"
+          f"{'matmuls alone':>15}")
     for k, v in result["steps_measured"].items():
         print(f"{k:<30}{v['dtype']:>9}{v['tokens_per_s']:>10,.0f}"
               + (f"{v['achieved_gflops']:>9.1f}{v['share_of_peak']:>9.1%}{v['share_of_adjacent_peak']:>13.1%}"
-                 if "achieved_gflops" in v else ""))
+                 if "achieved_gflops" in v else "")
+              + (f"{v['gemm_ceiling_share_of_peak']:>15.1%}" if "gemm_ceiling_share_of_peak" in v else ""))
     print(json.dumps(result))
 
 
@@ -344,8 +393,9 @@ OBJ_OF = {"gpt2": "clm", "bert": "mlm"}
 """Whose tokenizer each architecture's classifier reads (the stage's: tokenizers/<arch>)."""
 
 
-def summarise(rows: dict, peak: dict, auto: dict, args) -> dict:
-    """Medians over repetitions, each step's share of the peak in its precision, the ratios."""
+def summarise(rows: dict, peak: dict, auto: dict, ceilings: dict, args) -> dict:
+    """Medians over repetitions, each step's share of the peak in its precision, the ratios;
+    for the default steps, their matmuls' rate alone (`ceilings`) and its share of the peak."""
     steps = {}
     for key, runs in rows.items():
         dtype = runs[0]["dtype"]
@@ -357,6 +407,9 @@ def summarise(rows: dict, peak: dict, auto: dict, args) -> dict:
                       "share_of_adjacent_peak": statistics.median(r["gflops"] / r["adjacent_peak"] for r in runs)}
         if "padding_share" in runs[0]:
             entry["padding_share"] = statistics.median(r["padding_share"] for r in runs)
+        if key in ceilings and dtype == auto[key]["dtype"]:
+            entry |= {"gemm_ceiling_gflops": ceilings[key],
+                      "gemm_ceiling_share_of_peak": ceilings[key] / peak[dtype]["gflops"]}
         steps[key] = entry
     ratio = lambda a, b: steps[a]["tokens_per_s"] / steps[b]["tokens_per_s"]  # noqa: E731
     suffix = "" if args.precisions == "auto" else f"_{auto['pretrain_mlm']['dtype']}"
@@ -370,6 +423,8 @@ def summarise(rows: dict, peak: dict, auto: dict, args) -> dict:
         **{f"{k}_share_of_peak": v["share_of_peak"] for k, v in steps.items() if "share_of_peak" in v},
         **{f"{k}_share_of_adjacent_peak": v["share_of_adjacent_peak"] for k, v in steps.items()
            if "share_of_adjacent_peak" in v},
+        **{f"{k}_{m}": v[m] for k, v in steps.items()
+           for m in ("gemm_ceiling_gflops", "gemm_ceiling_share_of_peak") if m in v},
         **{f"{k}_tokens_per_s": v["tokens_per_s"] for k, v in steps.items()},
         **{f"{k}_padding_share": v["padding_share"] for k, v in steps.items() if "padding_share" in v},
         **{f"fast_cpu_dropout_speedup_{k.removesuffix('_torch_dropout')}": ratio(k.removesuffix("_torch_dropout"), k)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from components.config import PretrainConfig
 from components.train.checkpoint import Checkpointer
 from components.train.collators import IGNORE_INDEX, mask_tokens
-from components.train.losses import linear_cross_entropy
+from components.train.losses import linear_cross_entropy, top1
 from components.train.loop import autocast, fit, resolve_device, resolve_device_dtype
 from components.train.models import fast_cpu_attention
 from components.train.precision import training_probe
@@ -224,7 +224,7 @@ class MaskedLMTraining:
             "loss": mlm_loss,
             "loss_sum": mlm_loss.detach() * targets.numel(),
             "count": targets.numel(),
-            "mlm_correct": (logits.argmax(-1) == targets).sum(),
+            "mlm_correct": (top1(logits) == targets).sum(),
         }
         if self.next_sentence:
             nsp_logits = model.cls.seq_relationship(bert_out[1])
@@ -235,7 +235,7 @@ class MaskedLMTraining:
                 nsp_loss = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"])
             result["loss"] = mlm_loss + nsp_loss
             result["nsp_loss_sum"] = nsp_loss.detach() * len(nsp_logits)
-            result["nsp_correct"] = (nsp_logits.argmax(-1) == batch["nsp_labels"]).sum()
+            result["nsp_correct"] = (top1(nsp_logits) == batch["nsp_labels"]).sum()
             result["nsp_count"] = len(nsp_logits)
         return result
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from components.train.collators import IGNORE_INDEX
+from components.train.losses import top1
 
 ORIGINAL, REPLACED = 0, 1
 LABELS = {ORIGINAL: "original", REPLACED: "replaced"}
@@ -210,13 +211,13 @@ class ReplacedTokenTraining:
         rtd_loss = F.cross_entropy(rtd_logits.float(), rtd_targets, reduction="sum") / batch.get(
             "rtd_denominator", max(1, rtd_targets.numel()))
         n_masked, n_real = targets.numel(), rtd_targets.numel()
-        found = (rtd_logits.argmax(-1) == REPLACED) & (rtd_targets == REPLACED)
+        found = (top1(rtd_logits) == REPLACED) & (rtd_targets == REPLACED)
         out = {
             "loss": mlm_loss + self.discriminator_weight * rtd_loss,
             "loss_sum": mlm_loss.detach() * n_masked, "count": n_masked,
-            "mlm_correct": (logits.argmax(-1) == targets).sum(),
+            "mlm_correct": (top1(logits) == targets).sum(),
             "rtd_loss_sum": rtd_loss.detach() * n_real, "rtd_count": n_real,
-            "rtd_correct": (rtd_logits.argmax(-1) == rtd_targets).sum(),
+            "rtd_correct": (top1(rtd_logits) == rtd_targets).sum(),
             "rtd_replaced": rtd_targets.sum(),
             "rtd_replaced_found": found.sum(),
         }

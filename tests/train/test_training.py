@@ -338,3 +338,15 @@ def test_clm_document_attention_within_ignores_the_previous_document(gpt2_tokeni
 def test_clm_document_attention_is_checked():
     with pytest.raises(ValueError, match="pretrain.clm_document_attention must be cross or within"):
         PretrainConfig(clm_document_attention="document")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_top1_is_argmax_ties_included(dtype):
+    """losses.top1 (max's indices, faster on the CPU) picks what argmax picks: the first of
+    tied maxima, which small integer logits make common."""
+    from components.train.losses import top1
+
+    torch.manual_seed(0)
+    for logits in (torch.randn(64, 500), torch.randint(0, 4, (64, 500)).float(), torch.zeros(3, 7)):
+        logits = logits.to(dtype)
+        assert torch.equal(top1(logits), logits.argmax(-1))
