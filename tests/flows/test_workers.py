@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,7 @@ def killed_run(pools_run, cluster):
                      default=(0.0, "")) for n in ("gpu-1", "gpu-2")}
     victim = max(newest, key=newest.get)
     os.kill(cluster["workers"][victim].pid, signal.SIGKILL)
+    killed_at = datetime.now(timezone.utc)
     cluster["workers"]["gpu-3"] = start_worker(env, repo, root, "gpu", "gpu-3")
     output, _ = controller.communicate(timeout=900)
     seconds = time.monotonic() - start
@@ -122,7 +124,7 @@ def killed_run(pools_run, cluster):
     runs = [r for r in stage_runs(client) if r["id"] not in known]
     print(f"\npools: clm and mlm at 250 pretraining steps, {victim} killed while pretraining "
           f"{newest[victim][1]}, in {seconds:.0f} s")
-    return {"runs": runs, "output": output, "victim": victim, "objective": newest[victim][1]}
+    return {"runs": runs, "output": output, "victim": victim, "objective": newest[victim][1], "killed_at": killed_at}
 
 
 def test_setup_makes_the_pools_deployments_and_zombie_automation(cluster):
@@ -190,8 +192,11 @@ def test_mlflow_runs_carry_the_same_lineage_as_one_checkout(pools_run, cluster, 
 
 
 def test_pretraining_of_different_objectives_overlaps(killed_run):
-    spans = [(r["stage"], r["start"], r["end"]) for r in killed_run["runs"]
-             if r["stage"].startswith("pretrain@") and r["state"] == "COMPLETED"]
+    """The two GPU workers pretrain the two objectives at once. Every attempt counts: the killed
+    one ran until the kill (Prefect dates its end when it marks it crashed, later), and on a
+    fast CPU the survivor can finish before the retry on the new worker starts."""
+    spans = [(r["stage"], r["start"], killed_run["killed_at"] if r["state"] == "CRASHED" else r["end"])
+             for r in killed_run["runs"] if r["stage"].startswith("pretrain@") and r["start"] is not None]
     overlaps = [(a[0], b[0], (min(a[2], b[2]) - max(a[1], b[1])).total_seconds())
                 for i, a in enumerate(spans) for b in spans[i + 1:] if a[0] != b[0]]
     print(f"\npretrain overlaps (s): {overlaps}")
