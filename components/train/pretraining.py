@@ -143,6 +143,10 @@ class CausalLMTraining:
         n = targets.numel()
         return {"loss": loss, "loss_sum": loss.detach() * n, "count": n}
 
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """The training loss alone (`forward`'s, whose head is fused into it already)."""
+        return self.forward(model, batch)["loss"]
+
     def baseline_sums(self, batch: dict, baseline: TokenBaseline) -> dict:
         """The baselines' sums over exactly the targets `forward` scores."""
         return baseline.sums(batch["input_ids"][:, 1:])
@@ -206,17 +210,9 @@ class MaskedLMTraining:
     def forward(self, model, batch: dict) -> dict:
         """Loss plus the counts evaluation needs. The vocabulary head runs only on masked
         positions (as MosaicBERT and Cramming do): ~3x fewer head FLOPs at 30%."""
-        bert_out = model.bert(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            token_type_ids=batch.get("token_type_ids"),
-        )
-        hidden = bert_out[0]
-        chosen = batch["labels"] != IGNORE_INDEX
-        targets = batch["labels"][chosen]
-        # BertForPreTraining holds the MLM head next to the NSP one; BertForMaskedLM's is `cls` itself.
-        head = model.cls.predictions if self.next_sentence else model.cls
-        logits = head(hidden[chosen])
+        bert_out, chosen, targets = self._encode(model, batch)
+        # BertForPreTraining holds the MLM head next to the NSP one; BertForMaskedLM's `cls` holds it alone.
+        logits = model.cls.predictions(bert_out[0][chosen])
         # Sum over count, not mean: a batch that drew no masked token scores 0, not NaN.
         mlm_loss = F.cross_entropy(logits.float(), targets, reduction="sum") / batch.get(
             "mlm_denominator", max(1, targets.numel()))
@@ -227,17 +223,43 @@ class MaskedLMTraining:
             "mlm_correct": (top1(logits) == targets).sum(),
         }
         if self.next_sentence:
-            nsp_logits = model.cls.seq_relationship(bert_out[1])
-            if "nsp_denominator" in batch:
-                nsp_loss = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"],
-                                           reduction="sum") / batch["nsp_denominator"]
-            else:
-                nsp_loss = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"])
+            nsp_loss, nsp_logits = self._next_sentence(model, bert_out, batch)
             result["loss"] = mlm_loss + nsp_loss
             result["nsp_loss_sum"] = nsp_loss.detach() * len(nsp_logits)
             result["nsp_correct"] = (top1(nsp_logits) == batch["nsp_labels"]).sum()
             result["nsp_count"] = len(nsp_logits)
         return result
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """The training loss alone: `forward`'s, with the vocabulary head's last matmul fused
+        into its cross-entropy as CLM's is (components/train/losses.py: no fp32 logits kept, no
+        log-softmax or its backward) and none of the counts evaluation needs."""
+        bert_out, chosen, targets = self._encode(model, batch)
+        head = model.cls.predictions
+        loss = linear_cross_entropy(head.transform(bert_out[0][chosen]), head.decoder.weight, targets,
+                                    bias=head.decoder.bias, denominator=batch.get("mlm_denominator"))
+        if self.next_sentence:
+            loss = loss + self._next_sentence(model, bert_out, batch)[0]
+        return loss
+
+    def _encode(self, model, batch: dict):
+        """The encoder's outputs, which positions were masked, and their targets."""
+        bert_out = model.bert(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch.get("token_type_ids"),
+        )
+        chosen = batch["labels"] != IGNORE_INDEX
+        return bert_out, chosen, batch["labels"][chosen]
+
+    def _next_sentence(self, model, bert_out, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """NSP's loss (over the DDP denominator where one is set) and logits."""
+        nsp_logits = model.cls.seq_relationship(bert_out[1])
+        if "nsp_denominator" in batch:
+            nsp_loss = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"], reduction="sum") / batch["nsp_denominator"]
+        else:
+            nsp_loss = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"])
+        return nsp_loss, nsp_logits
 
     def supervised_targets(self, rows: int, block_size: int, real_tokens: int) -> dict:
         """What the loss was trained on: the masked positions, in expectation mlm_probability of the
@@ -311,7 +333,7 @@ class _Trainable(torch.nn.Module):
         self.training_objective = training
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.training_objective.forward(self.inner, batch)["loss"]
+        return self.training_objective.loss(self.inner, batch)
 
 
 def _rows(training, batch: dict, rank: int, world_size: int) -> dict:

@@ -189,6 +189,11 @@ class ReplacedTokenTraining:
         return {"mlm_denominator": torch.tensor(masked / world_size, device=device),
                 "rtd_denominator": torch.tensor(real / world_size, device=device)}
 
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """The training loss alone (`forward`'s: the generator's logits are sampled from, so
+        its head is not fused into the loss as MLM's is)."""
+        return self.forward(model, batch)["loss"]
+
     def forward(self, model, batch: dict) -> dict:
         generator, discriminator = model.generator, model.discriminator
         chosen = batch["labels"] != IGNORE_INDEX

@@ -304,6 +304,49 @@ def test_fused_head_loss_matches_cross_entropy_and_its_gradients():
     assert low.dtype == torch.float32 and low.item() == pytest.approx(reference.item(), rel=2e-2)
     everything_ignored = torch.full((300,), IGNORE_INDEX)
     assert linear_cross_entropy(hidden, weight, everything_ignored).item() == 0.0
+    # With a bias (BERT's decoder) and a given denominator (DDP's global count per rank).
+    bias = torch.randn(50, requires_grad=True)
+    denominator = torch.tensor(97.5)
+    reference = F.cross_entropy(torch.addmm(bias, hidden, weight.t()), targets, ignore_index=IGNORE_INDEX,
+                                reduction="sum") / denominator
+    ref_grads = torch.autograd.grad(reference, (hidden, weight, bias))
+    fused = linear_cross_entropy(hidden, weight, targets, chunk=64, bias=bias, denominator=denominator)
+    assert fused.item() == pytest.approx(reference.item(), rel=1e-6)
+    for got, want in zip(torch.autograd.grad(fused, (hidden, weight, bias)), ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        assert linear_cross_entropy(hidden, weight, targets, bias=bias, denominator=denominator).item() == \
+            pytest.approx(reference.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("objective_name", ["mlm", "mlm_nsp"])
+def test_mlm_training_loss_is_forwards_loss_with_the_same_gradients(objective_name, tokenized):
+    """MaskedLMTraining.loss (the head fused into the loss, what training runs) against forward's
+    loss (transformers' head, then cross-entropy; what evaluation runs): the same loss and the
+    same gradient for every parameter, in fp32 and with DDP's denominators; close under bf16."""
+    tokenizer, data_dir = tokenized[objective_name]
+    objective = OBJECTIVES[objective_name].training(tokenizer, PretrainConfig())
+    batch = objective.prepare(PretrainData(data_dir, "train").batch(np.arange(4), torch.device("cpu")),
+                              torch.Generator().manual_seed(0))
+    model = _model(objective_name, tokenizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for case in (batch, {**batch, **objective.loss_denominators(batch, world_size=2)}):
+        torch.manual_seed(1)  # the same dropout masks for both
+        reference = objective.forward(model, case)["loss"]
+        torch.manual_seed(1)
+        fused = objective.loss(model, case)
+        assert fused.item() == pytest.approx(reference.item(), rel=1e-6)
+        for got, want in zip(torch.autograd.grad(fused, params, allow_unused=True),
+                             torch.autograd.grad(reference, params, allow_unused=True)):
+            assert (got is None) == (want is None)
+            if got is not None:
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        low = objective.loss(model, batch)
+        torch.manual_seed(1)
+        reference = objective.forward(model, batch)["loss"]
+    assert low.item() == pytest.approx(reference.item(), rel=1e-2)
 
 
 def test_clm_objective_loss_equals_the_models_own_labels_loss(tokenized):
