@@ -12,7 +12,8 @@ lmforge's `fit` against transformers' Trainer.
    111-186 GFLOP/s within a day here), so each timed run also gets the peak of 1024 and 2048
    products measured just before it (`adjacent_peak_gflops`, `share_of_adjacent_peak`: the
    median of the runs' own ratios); `share_of_peak` stays the stricter figure, against the
-   best peak of the whole benchmark.
+   best peak of the whole benchmark. Beside it, the bound the step's shapes set
+   (`gemm_ceiling_gflops`, `gemm_ceiling_share_of_peak`): its own matmuls replayed alone.
 3. **Against a peer**: Trainer and `fit` on the same model, data, batch, steps, threads and
    precision (the one auto picks; `--precisions both` adds the other), CLM and MLM; and the
    fine-tuning step without each of its cuts: the padded forward instead of `finetune.unpad`
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -255,30 +257,39 @@ PROFILER_DTYPES = {"float": torch.float32, "c10::BFloat16": torch.bfloat16, "c10
                    "double": torch.float64}
 
 
-def gemm_ceiling(model, next_batch, loss_fn, cfg, wrap, repeats: int = 20) -> float:
-    """The rate of a step's own matmuls alone, GFLOP/s: one step (after WARMUP) is profiled
-    for the shapes and dtypes of its mm, addmm, bmm and baddbmm calls, which are then replayed
-    back to back on random operands, the fastest of `repeats` passes. A step made of nothing
-    but its matmuls would run at this rate: small GEMMs (a fine-tuning batch's few hundred
-    rows against 256-wide weights) run far below a square product's peak, so this, not the
-    peak, bounds the share a step of these shapes can reach."""
+def step_matmuls(model, next_batch, loss_fn, cfg, wrap) -> list[tuple[str, list[tuple[int, ...]], torch.dtype]]:
+    """(op, operand shapes, dtype) of each matmul (mm, addmm, bmm, baddbmm) one training step
+    runs, profiled after WARMUP steps under `wrap()`. Under autocast, a direct torch.addmm call
+    (GPT-2's Conv1D) shows twice, autocast's call with fp32 operands around the kernel's own:
+    the inner one is kept."""
     from torch.profiler import ProfilerActivity, profile
 
     with wrap():
         fit(model, cfg, WARMUP, next_batch, loss_fn)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             fit(model, replace(cfg, warmup_steps=0), 1, next_batch, loss_fn)
+    return [(event.name.removeprefix("aten::"), [tuple(s) for s in event.input_shapes if s],
+             PROFILER_DTYPES[event.input_dtypes[0]])
+            for event in prof.events()
+            if event.name in MATMULS and not any(c.name in MATMULS for c in event.cpu_children)]
+
+
+def matmul_flops(shapes: list[tuple[int, ...]]) -> int:
+    """2 x rows x inner x columns (x batch) of a matmul whose last two operands are multiplied."""
+    a, b = shapes[-2], shapes[-1]
+    return 2 * math.prod(a) * b[-1]
+
+
+def gemm_ceiling(model, next_batch, loss_fn, cfg, wrap, repeats: int = 20) -> float:
+    """The rate of a step's own matmuls alone, GFLOP/s: `step_matmuls` replayed back to back
+    on fresh random operands, the fastest of `repeats` passes. A step made of nothing but its
+    matmuls would run at this rate: small GEMMs (a fine-tuning batch's few hundred rows
+    against 256-wide weights) run far below a square product's peak, so this, not the peak,
+    bounds the share a step of these shapes can reach."""
     calls, flops = [], 0
-    for event in prof.events():
-        if event.name not in MATMULS or any(c.name in MATMULS for c in event.cpu_children):
-            continue  # autocast's call (fp32 operands) around the kernel's own: count the inner one
-        shapes = [s for s in event.input_shapes if s]
-        dtype = PROFILER_DTYPES[event.input_dtypes[0]]
-        operands = [torch.randn(*s, dtype=dtype) for s in shapes]
-        a, b = operands[-2], operands[-1]  # (batch,) rows x inner, inner x columns
-        flops += 2 * a.numel() * b.shape[-1]
-        op = getattr(torch, event.name.removeprefix("aten::"))
-        calls.append((op, operands))
+    for op, shapes, dtype in step_matmuls(model, next_batch, loss_fn, cfg, wrap):
+        calls.append((getattr(torch, op), [torch.randn(*s, dtype=dtype) for s in shapes]))
+        flops += matmul_flops(shapes)
     for op, operands in calls:
         op(*operands)
     best = float("inf")

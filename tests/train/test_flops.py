@@ -86,3 +86,34 @@ def test_mfu_only_for_known_devices():
     assert device_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert device_peak_flops("cpu") is None and mfu(1e5, 1e9, None) is None
     assert mfu(100_000, 989e7, 989e12) == 1.0
+
+
+def test_benchmark_replays_each_matmul_of_a_step_once():
+    """benchmarks/train.py's matmuls-alone bound: one training step's matmuls, each once, in the
+    dtype it ran in. Under bf16 autocast a direct torch.addmm (as GPT-2's Conv1D calls it) shows
+    in the profile twice (autocast's fp32 call around the bf16 kernel): counted once, in bf16."""
+    import contextlib
+
+    from benchmarks.train import matmul_flops, step_matmuls
+    from components.config import PretrainConfig
+
+    class DirectAddmm(torch.nn.Module):  # Conv1D's pattern: x @ W + b through torch.addmm
+        def __init__(self):
+            super().__init__()
+            self.weight, self.bias = torch.nn.Parameter(torch.randn(16, 8)), torch.nn.Parameter(torch.zeros(8))
+
+        def forward(self, x):
+            return torch.addmm(self.bias, x, self.weight)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(DirectAddmm(), torch.nn.Linear(8, 4))
+    x = torch.randn(32, 16)
+    calls = step_matmuls(model, lambda step, micro: {"input_ids": x},
+                         lambda m, b: m(b["input_ids"]).float().pow(2).mean(),
+                         PretrainConfig(device="cpu", dtype="bfloat16"), contextlib.nullcontext)
+    # Forward: x @ W1, h @ W2; backward: W2's and h's gradients, W1's (x needs none).
+    assert sorted(shapes for _, shapes, _ in calls) == sorted([
+        [(8,), (32, 16), (16, 8)], [(4,), (32, 8), (8, 4)],
+        [(4, 32), (32, 8)], [(32, 4), (4, 8)], [(16, 32), (32, 8)]])
+    assert {dtype for *_, dtype in calls} == {torch.bfloat16}
+    assert sum(matmul_flops(shapes) for _, shapes, _ in calls) == 2 * (2 * 32 * 16 * 8 + 3 * 32 * 8 * 4)
