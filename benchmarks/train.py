@@ -79,14 +79,20 @@ def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048, 4096), budget_s: float = 
         if i and 2 * n**3 / (rates[sizes[i - 1]] * 1e9) > budget_s:
             break
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b  # warm-up
-        times = []
-        while len(times) < 3 or (sum(times) < 0.5 and len(times) < 50):
-            start = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - start)
-        rates[n] = 2 * n**3 / min(times) / 1e9
+        rates[n] = 2 * n**3 / _fastest(lambda: a @ b) / 1e9
     return {"gflops": max(rates.values()), "by_size": rates}
+
+
+def _fastest(run) -> float:
+    """Seconds of the fastest call of `run` after one warm-up: at least 3 calls, more (up to 50)
+    until 0.5 s have been spent."""
+    run()
+    times = []
+    while len(times) < 3 or (sum(times) < 0.5 and len(times) < 50):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def prepare_data(work: Path, configs: dict) -> dict:
@@ -238,18 +244,24 @@ def run_trainer(objective: str, tok, data: PretrainData, configs: dict, cfg, ste
 def profile_steps(data: dict, configs: dict, dtypes: dict) -> None:
     """torch.profiler's table (self CPU time) for one MLM pretraining step and one BERT
     fine-tuning step, after WARMUP steps of each."""
-    from torch.profiler import ProfilerActivity, profile
-
     for name, (model, next_batch, loss_fn, cfg, wrap) in {
         "pretraining mlm": _profiled_pretraining("mlm", data, configs, dtypes["pretrain_mlm"]),
         "fine-tuning bert": _profiled_finetuning("bert", data, configs, dtypes["finetune_bert"]),
     }.items():
-        with wrap():
-            fit(model, cfg, WARMUP, next_batch, loss_fn)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                fit(model, replace(cfg, warmup_steps=0), 1, next_batch, loss_fn)
+        prof = _profile_one_step(model, next_batch, loss_fn, cfg, wrap)
         print(f"\n== {name} ({cfg.dtype}): one step\n"
               + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+
+
+def _profile_one_step(model, next_batch, loss_fn, cfg, wrap, record_shapes: bool = False):
+    """torch.profiler over one training step, after WARMUP unprofiled ones, under `wrap()`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with wrap():
+        fit(model, cfg, WARMUP, next_batch, loss_fn)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=record_shapes) as prof:
+            fit(model, replace(cfg, warmup_steps=0), 1, next_batch, loss_fn)
+    return prof
 
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
@@ -262,12 +274,7 @@ def step_matmuls(model, next_batch, loss_fn, cfg, wrap) -> list[tuple[str, list[
     runs, profiled after WARMUP steps under `wrap()`. Under autocast, a direct torch.addmm call
     (GPT-2's Conv1D) shows twice, autocast's call with fp32 operands around the kernel's own:
     the inner one is kept."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with wrap():
-        fit(model, cfg, WARMUP, next_batch, loss_fn)
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            fit(model, replace(cfg, warmup_steps=0), 1, next_batch, loss_fn)
+    prof = _profile_one_step(model, next_batch, loss_fn, cfg, wrap, record_shapes=True)
     return [(event.name.removeprefix("aten::"), [tuple(s) for s in event.input_shapes if s],
              PROFILER_DTYPES[event.input_dtypes[0]])
             for event in prof.events()
@@ -280,9 +287,9 @@ def matmul_flops(shapes: list[tuple[int, ...]]) -> int:
     return 2 * math.prod(a) * b[-1]
 
 
-def gemm_ceiling(model, next_batch, loss_fn, cfg, wrap, repeats: int = 20) -> float:
+def gemm_ceiling(model, next_batch, loss_fn, cfg, wrap) -> float:
     """The rate of a step's own matmuls alone, GFLOP/s: `step_matmuls` replayed back to back
-    on fresh random operands, the fastest of `repeats` passes. A step made of nothing but its
+    on fresh random operands, the fastest pass (`_fastest`). A step made of nothing but its
     matmuls would run at this rate: small GEMMs (a fine-tuning batch's few hundred rows
     against 256-wide weights) run far below a square product's peak, so this, not the peak,
     bounds the share a step of these shapes can reach."""
@@ -290,15 +297,12 @@ def gemm_ceiling(model, next_batch, loss_fn, cfg, wrap, repeats: int = 20) -> fl
     for op, shapes, dtype in step_matmuls(model, next_batch, loss_fn, cfg, wrap):
         calls.append((getattr(torch, op), [torch.randn(*s, dtype=dtype) for s in shapes]))
         flops += matmul_flops(shapes)
-    for op, operands in calls:
-        op(*operands)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def replay():
         for op, operands in calls:
             op(*operands)
-        best = min(best, time.perf_counter() - start)
-    return flops / best / 1e9
+
+    return flops / _fastest(replay) / 1e9
 
 
 def _profiled_pretraining(objective, data, configs, dtype):
